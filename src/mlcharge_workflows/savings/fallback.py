@@ -1,0 +1,222 @@
+"""When to distrust an ML-started SCF, and the rerun-from-atoms logic (engine-agnostic).
+
+An ML-started SCF is rerun from atoms when it
+
+* did not converge,
+* landed in a different magnetic state: ``|ΔM| > magnetization_tol`` μB/cell against the
+  baseline when known, else against the predicted density's moment,
+* landed at a different energy than expected: ``|ΔE| > energy_tol_eV_per_atom * n_atoms``
+  against the baseline (or a given expected energy).
+
+A run whose engine did not read the predicted density is a run from atoms: it is kept,
+but never counted as ML-initialised. Every attempt is returned, so no result is lost.
+
+>>> policy = FallbackPolicy()
+>>> policy.check(RunSummary(converged=False, scf_iterations=100), n_atoms=2)
+'not_converged: the ML-started SCF did not converge in 100 iterations'
+>>> policy.check(RunSummary(converged=True, energy_eV=-10.0, total_magnetization=0.0),
+...              n_atoms=2, reference_magnetization=0.6) is not None
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+#: fallback reason prefixes (the part before ':' in the record's "fallback" field)
+UNSUPPORTED = "unsupported_elements"
+PREDICTION_FAILED = "prediction_failed"
+NOT_CONVERGED = "not_converged"
+MAGNETIZATION = "magnetization_mismatch"
+ENERGY = "energy_mismatch"
+NOT_READ = "ml_density_not_read"
+ML_RUN_FAILED = "ml_run_failed"
+
+
+@dataclass
+class RunSummary:
+    """What the fallback check needs to know about one SCF run (units: eV, μB per cell)."""
+
+    converged: bool | None
+    scf_iterations: int | None = None
+    energy_eV: float | None = None
+    total_magnetization: float | None = None
+    density_read_from_file: bool | None = None
+
+    @classmethod
+    def from_task(cls, task: Any) -> RunSummary:
+        """Build from a task document (attributes or keys of the same names).
+
+        ``total_magnetization`` is also looked up as ``magnetization`` / ``magnetisation``
+        (a number, or a dict with a ``total`` entry).
+        """
+
+        def get(name: str) -> Any:
+            if isinstance(task, dict):
+                return task.get(name)
+            return getattr(task, name, None)
+
+        mag = get("total_magnetization")
+        for alias in ("magnetization", "magnetisation"):
+            if mag is None:
+                mag = get(alias)
+        if isinstance(mag, dict):
+            mag = mag.get("total", mag.get("total_magnetization"))
+        elif mag is not None and not isinstance(mag, (int, float)):
+            mag = getattr(mag, "total", getattr(mag, "total_magnetization", None))
+        return cls(
+            converged=get("converged"),
+            scf_iterations=get("scf_iterations"),
+            energy_eV=get("energy_eV"),
+            total_magnetization=None if mag is None else float(mag),
+            density_read_from_file=get("density_read_from_file"),
+        )
+
+
+@dataclass
+class FallbackPolicy:
+    """Tolerances that decide whether an ML-started SCF is trusted.
+
+    Parameters
+    ----------
+    magnetization_tol
+        Largest accepted ``|M_ml - M_ref|`` in μB per cell.
+    energy_tol_eV_per_atom
+        Largest accepted ``|E_ml - E_ref|`` per atom (eV). Two converged SCF runs of
+        the same state agree far better (≈ conv_thr); distinct SCF solutions (e.g.
+        magnetic vs non-magnetic Ni, 68 meV/cell) differ far more.
+    rerun_on_failure
+        Rerun from atoms when the ML-started run crashes.
+    """
+
+    magnetization_tol: float = 0.1
+    energy_tol_eV_per_atom: float = 1e-3
+    rerun_on_failure: bool = True
+
+    def __post_init__(self) -> None:
+        if self.magnetization_tol <= 0 or self.energy_tol_eV_per_atom <= 0:
+            raise ValueError(
+                f"fallback tolerances must be positive, got magnetization_tol="
+                f"{self.magnetization_tol}, energy_tol_eV_per_atom={self.energy_tol_eV_per_atom}"
+            )
+
+    def check(
+        self,
+        run: RunSummary,
+        n_atoms: int,
+        reference_energy_eV: float | None = None,
+        reference_magnetization: float | None = None,
+        predicted_magnetization: float | None = None,
+    ) -> str | None:
+        """Return why an ML-started run must be rerun from atoms, or None to accept it.
+
+        ``reference_*`` come from the baseline (atomic start) when it is known;
+        ``predicted_magnetization`` (the predicted density's moment) is used only when
+        there is no reference moment.
+        """
+        if not run.converged:
+            n = "?" if run.scf_iterations is None else run.scf_iterations
+            return f"{NOT_CONVERGED}: the ML-started SCF did not converge in {n} iterations"
+        ref_m, what = reference_magnetization, "baseline"
+        if ref_m is None and predicted_magnetization is not None:
+            ref_m, what = predicted_magnetization, "prediction"
+        if ref_m is not None and run.total_magnetization is not None:
+            dm = run.total_magnetization - ref_m
+            if abs(dm) > self.magnetization_tol:
+                return (
+                    f"{MAGNETIZATION}: total magnetization {run.total_magnetization:.3f} μB/cell "
+                    f"vs {ref_m:.3f} from the {what} (|ΔM| > {self.magnetization_tol})"
+                )
+        if reference_energy_eV is not None and run.energy_eV is not None:
+            de = run.energy_eV - reference_energy_eV
+            tol = self.energy_tol_eV_per_atom * max(n_atoms, 1)
+            if abs(de) > tol:
+                return (
+                    f"{ENERGY}: energy differs from the expected one by {de:+.4f} eV "
+                    f"(tolerance {tol:.4f} eV)"
+                )
+        return None
+
+
+@dataclass
+class FallbackOutcome:
+    """Result of :func:`run_with_fallback`.
+
+    ``attempts`` holds every run in order as ``(start, task_or_None, rejected_reason)``
+    with start ``"ml"`` or ``"atomic"``; ``accepted`` is the task whose results count.
+    """
+
+    accepted: Any
+    accepted_start: str
+    ml_density_used: bool
+    fallback: str | None
+    attempts: list[tuple[str, Any, str | None]]
+
+
+def run_with_fallback(
+    run_ml: Callable[[], Any] | None,
+    run_atomic: Callable[[], Any],
+    n_atoms: int,
+    policy: FallbackPolicy | None = None,
+    reference_energy_eV: float | None = None,
+    reference_magnetization: float | None = None,
+    predicted_magnetization: float | None = None,
+    skip_reason: str | None = None,
+) -> FallbackOutcome:
+    """Run the ML-started SCF and, if it is not trusted, the same SCF from atoms.
+
+    Parameters
+    ----------
+    run_ml, run_atomic
+        Callables running one SCF and returning its task document. ``run_ml`` is None
+        when there is no predicted density (then ``skip_reason`` says why).
+    skip_reason
+        Fallback reason recorded when ``run_ml`` is None (e.g. unsupported elements).
+
+    Returns
+    -------
+    FallbackOutcome
+        The accepted task, whether it really started from the ML density, the
+        fallback reason (None if the ML run was accepted) and every attempt.
+    """
+    policy = policy or FallbackPolicy()
+    attempts: list[tuple[str, Any, str | None]] = []
+    if run_ml is None:
+        task = run_atomic()
+        attempts.append(("atomic", task, None))
+        return FallbackOutcome(task, "atomic", False, skip_reason or "no_prediction", attempts)
+
+    try:
+        ml_task = run_ml()
+    except Exception as exc:  # a crashed ML start must not lose the structure
+        if not policy.rerun_on_failure:
+            raise
+        reason = f"{ML_RUN_FAILED}: {type(exc).__name__}: {exc}"
+        attempts.append(("ml", None, reason))
+        task = run_atomic()
+        attempts.append(("atomic", task, None))
+        return FallbackOutcome(task, "atomic", False, reason, attempts)
+
+    summary = RunSummary.from_task(ml_task)
+    if summary.density_read_from_file is False:
+        # pw.x silently started from atoms: a valid atomic-start run, never counted as ML
+        attempts.append(("ml", ml_task, None))
+        reason = f"{NOT_READ}: the engine did not read the predicted density (started from atoms)"
+        if policy.check(summary, n_atoms, reference_energy_eV, reference_magnetization) is None:
+            return FallbackOutcome(ml_task, "atomic", False, reason, attempts)
+        attempts[-1] = ("ml", ml_task, reason)
+        task = run_atomic()
+        attempts.append(("atomic", task, None))
+        return FallbackOutcome(task, "atomic", False, reason, attempts)
+
+    reason = policy.check(
+        summary, n_atoms, reference_energy_eV, reference_magnetization, predicted_magnetization
+    )
+    if reason is None:
+        attempts.append(("ml", ml_task, None))
+        return FallbackOutcome(ml_task, "ml", True, None, attempts)
+    attempts.append(("ml", ml_task, reason))
+    task = run_atomic()
+    attempts.append(("atomic", task, None))
+    return FallbackOutcome(task, "atomic", False, reason, attempts)
