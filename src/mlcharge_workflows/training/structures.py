@@ -1,0 +1,283 @@
+"""Seeded, deterministic generator of small periodic structures for density datasets.
+
+Structure ``i`` of seed ``s`` depends only on ``(s, i)`` and the element list, so a
+dataset of 1000 structures starts with the same 20 as a sample of 20, and a resumed
+generation re-creates exactly the structures it planned.
+
+Each structure is a prototype (diamond, zincblende, wurtzite, rocksalt, CsCl/B2,
+fluorite, anti-fluorite, perovskite, anti-perovskite, anti-ReO3, L1_2, L1_0, fcc,
+bcc, hcp, layered hexagonal, CdI2, rutile, NiAs, cristobalite) decorated with the
+supported elements, optionally expanded to a small supercell with substitutions and a
+vacancy, then strained (about ±6 %) and rattled (0.02-0.1 Å). Nearest-neighbour
+distances come from tabulated bonding radii; structures with atoms closer than
+``min_distance_factor`` times the summed radii are rejected and redrawn.
+
+Examples
+--------
+>>> from mlcharge_workflows.training.structures import generate_structures
+>>> [g.id for g in generate_structures(2, seed=0, elements=["Si", "C", "Ni"])]  # doctest: +SKIP
+['zincblende-SiC-0-00000', 'fcc-Ni-0-00001']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from pymatgen.core import Element, Lattice, Structure
+
+from mlcharge_workflows.training import prototypes as P
+
+#: Initial magnetic moments (μB) for spin-polarised starts.
+MAGNETIC_MOMENTS = {"Fe": 3.0, "Co": 2.0, "Ni": 1.0, "Mn": 3.0, "Cr": 2.0}
+
+#: Elements used when the QE engine cannot be asked (same as its default registry).
+DEFAULT_ELEMENTS = ("H", "B", "C", "N", "O", "Si", "Fe", "Co", "Ni", "Cu")
+
+
+@dataclass
+class GeneratedStructure:
+    """One generated structure.
+
+    Attributes
+    ----------
+    id
+        ``{prototype}-{reduced formula}-{seed}-{index:05d}``; stable for a given seed,
+        index and element list.
+    structure
+        The cell (Å); site property ``magmom`` holds initial moments when magnetic.
+    family
+        Composition family for splits: the chemical system, e.g. ``"Fe-N-O"``.
+    prototype
+        Prototype name (supercells: ``sc-<base prototype>``).
+    info
+        How it was made: strain, rattle amplitude, substitutions, vacancy, supercell.
+    """
+
+    id: str
+    structure: Structure
+    family: str
+    prototype: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def magnetic(self) -> bool:
+        """Whether any site carries a nonzero initial moment."""
+        return any(abs(m) > 0 for m in self.structure.site_properties.get("magmom", []))
+
+
+def default_elements() -> list[str]:
+    """Supported elements of the QE engine (falls back to :data:`DEFAULT_ELEMENTS`)."""
+    try:
+        from mlcharge_workflows.engines.qe.pseudo import supported_elements
+    except ImportError:
+        return list(DEFAULT_ELEMENTS)
+    return sorted(str(e) for e in supported_elements())
+
+
+def family_of(structure: Structure) -> str:
+    """Composition family key: the sorted chemical system (``"Fe-O"``)."""
+    return structure.composition.chemical_system
+
+
+def formula_key(structure: Structure) -> str:
+    """Reduced formula without groupings, filesystem-safe (``Fe5Cu2Si8``, ``NiO``)."""
+    formula = structure.composition.reduced_composition.formula
+    return re.sub(r"(?<=[A-Za-z])1(?![0-9])", "", formula).replace(" ", "")
+
+
+def min_distance_ok(structure: Structure, factor: float = 0.7, floor: float = 0.5) -> bool:
+    """Whether every pair of atoms is at least ``factor * (r_A + r_B)`` and ``floor`` Å apart."""
+    if len(structure) == 1:
+        a = structure.lattice.abc
+        return min(a) >= max(floor, factor * 2 * P.radius(structure[0].specie.symbol, "metal"))
+    dm = structure.distance_matrix.copy()
+    np.fill_diagonal(dm, np.inf)
+    syms = [s.specie.symbol for s in structure]
+    r = np.array([P.radius(s, "cov") for s in syms])
+    need = np.maximum(floor, factor * (r[:, None] + r[None, :]))
+    # an atom and its own periodic image: the shortest lattice vector
+    self_img = min(np.linalg.norm(v) for v in _short_vectors(structure.lattice))
+    return bool(np.all(dm >= need) and self_img >= max(floor, factor * 2 * r.max()))
+
+
+def _short_vectors(lattice: Lattice) -> list[np.ndarray]:
+    m = lattice.matrix
+    out = []
+    for i in (-1, 0, 1):
+        for j in (-1, 0, 1):
+            for k in (-1, 0, 1):
+                if (i, j, k) != (0, 0, 0):
+                    out.append(i * m[0] + j * m[1] + k * m[2])
+    return out
+
+
+def strain_structure(structure: Structure, rng: np.random.Generator, amount: float) -> dict:
+    """Apply a random symmetric strain (diagonal up to ``amount``, shear up to half); in place."""
+    eps = np.zeros((3, 3))
+    eps[np.diag_indices(3)] = rng.uniform(-amount, amount, 3)
+    off = rng.uniform(-amount / 2, amount / 2, 3)
+    eps[0, 1] = eps[1, 0] = off[0]
+    eps[0, 2] = eps[2, 0] = off[1]
+    eps[1, 2] = eps[2, 1] = off[2]
+    new = structure.lattice.matrix @ (np.eye(3) + eps)
+    structure.lattice = Lattice(new)  # fractional coordinates are kept
+    return {"strain_voigt": [round(float(x), 5) for x in (*np.diag(eps), *off)]}
+
+
+def rattle_structure(structure: Structure, rng: np.random.Generator, amplitude: float) -> None:
+    """Displace every atom by a Gaussian vector of RMS length ``amplitude`` Å; in place."""
+    disp = rng.normal(0.0, amplitude / np.sqrt(3.0), (len(structure), 3))
+    for i, d in enumerate(disp):
+        structure.translate_sites([i], d, frac_coords=False, to_unit_cell=True)
+
+
+def _add_magmoms(structure: Structure) -> None:
+    moms = [MAGNETIC_MOMENTS.get(s.specie.symbol, 0.0) for s in structure]
+    if any(moms):
+        structure.add_site_property("magmom", moms)
+
+
+class StructureGenerator:
+    """Deterministic structure generator.
+
+    Parameters
+    ----------
+    seed
+        Base seed; structure ``i`` uses ``numpy.random.default_rng([seed, i, attempt])``.
+    elements
+        Element symbols (default: the QE engine's supported elements).
+    max_atoms
+        Largest cell (supercells are drawn up to this size).
+    small_fraction
+        Fraction of structures drawn from primitive prototypes of <= 4 atoms.
+    strain, rattle
+        Maximum strain component and the (min, max) RMS rattle in Å.
+    rattle_probability, strain_probability
+        Fractions of structures that are rattled / strained (the others keep their symmetry,
+        which also keeps them cheap).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        elements: Sequence[str] | None = None,
+        max_atoms: int = 16,
+        small_fraction: float = 0.6,
+        strain: float = 0.06,
+        rattle: tuple[float, float] = (0.02, 0.1),
+        rattle_probability: float = 0.7,
+        strain_probability: float = 0.85,
+        min_distance_factor: float = 0.7,
+    ) -> None:
+        elements = list(elements) if elements is not None else default_elements()
+        bad = [e for e in elements if not Element.is_valid_symbol(e)]
+        if bad:
+            raise ValueError(f"not element symbols: {bad}")
+        if not elements:
+            raise ValueError("no elements to build structures from")
+        if max_atoms < 1:
+            raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")
+        if not 0.0 <= small_fraction <= 1.0:
+            raise ValueError(f"small_fraction must be in [0, 1], got {small_fraction}")
+        self.seed = int(seed)
+        self.elements = sorted(set(elements), key=lambda e: Element(e).Z)
+        self.max_atoms = int(max_atoms)
+        self.small_fraction = float(small_fraction)
+        self.strain = float(strain)
+        self.rattle = (float(rattle[0]), float(rattle[1]))
+        self.rattle_probability = float(rattle_probability)
+        self.strain_probability = float(strain_probability)
+        self.min_distance_factor = float(min_distance_factor)
+        self.roles = P.classify(self.elements)
+        self.prototypes = [p for p in P.PROTOTYPES if P.can_build(p, self.roles)]
+        if not self.prototypes:
+            raise ValueError(f"no prototype can be built from elements {self.elements}")
+
+    def settings(self) -> dict:
+        """JSON-serialisable parameters (recorded in the dataset manifest)."""
+        return {
+            "seed": self.seed,
+            "elements": self.elements,
+            "max_atoms": self.max_atoms,
+            "small_fraction": self.small_fraction,
+            "strain": self.strain,
+            "rattle": list(self.rattle),
+            "rattle_probability": self.rattle_probability,
+            "strain_probability": self.strain_probability,
+            "min_distance_factor": self.min_distance_factor,
+        }
+
+    def __call__(self, index: int) -> GeneratedStructure:
+        """Structure number ``index`` (deterministic)."""
+        for attempt in range(200):
+            rng = np.random.default_rng([self.seed, int(index), attempt])
+            gen = self._draw(rng)
+            if gen is not None:
+                structure, proto, info = gen
+                info["attempt"] = attempt
+                formula = formula_key(structure)
+                sid = f"{proto}-{formula}-{self.seed}-{index:05d}"
+                return GeneratedStructure(sid, structure, family_of(structure), proto, info)
+        raise RuntimeError(f"no acceptable structure for index {index} after 200 attempts")
+
+    def generate(self, n: int, start: int = 0) -> list[GeneratedStructure]:
+        """Structures ``start .. start + n - 1``."""
+        if n < 0:
+            raise ValueError(f"number of structures must be >= 0, got {n}")
+        return [self(i) for i in range(start, start + n)]
+
+    # ------------------------------------------------------------------ internals
+    def _draw(self, rng: np.random.Generator) -> tuple[Structure, str, dict] | None:
+        try:
+            return self._draw_unchecked(rng)
+        except ValueError:  # no acceptable element combination on this draw
+            return None
+
+    def _draw_unchecked(self, rng: np.random.Generator) -> tuple[Structure, str, dict] | None:
+        small = [p for p in self.prototypes if p.n_atoms <= min(4, self.max_atoms)]
+        large = [p for p in self.prototypes if 4 < p.n_atoms <= self.max_atoms]
+        want_small = rng.random() < self.small_fraction or self.max_atoms < 4
+        info: dict = {}
+        if want_small and small:
+            proto = small[rng.integers(len(small))]
+            structure = P.build(proto, self.roles, rng)
+            name = proto.name
+        else:
+            use_super = not large or rng.random() < 0.6
+            if use_super and small:
+                base = small[rng.integers(len(small))]
+                structure = P.build(base, self.roles, rng)
+                got = P.make_defect_supercell(structure, self.roles, rng, self.max_atoms)
+                if got is None:
+                    return None
+                structure, info = got
+                name = f"sc-{base.name}"
+            elif large:
+                proto = large[rng.integers(len(large))]
+                structure = P.build(proto, self.roles, rng)
+                name = proto.name
+            else:
+                return None
+        if rng.random() < self.strain_probability:
+            info.update(strain_structure(structure, rng, self.strain))
+        if rng.random() < self.rattle_probability and len(structure) > 1:
+            amp = float(rng.uniform(*self.rattle))
+            rattle_structure(structure, rng, amp)
+            info["rattle_A"] = round(amp, 4)
+        if not min_distance_ok(structure, self.min_distance_factor):
+            return None
+        symbols = {e.symbol for e in structure.composition}
+        if "H" in symbols and not any(P.is_metal(e) for e in symbols):
+            return None  # hydrogen only in metal hydrides
+        _add_magmoms(structure)
+        return structure, name, info
+
+
+def generate_structures(
+    n: int, seed: int = 0, elements: Sequence[str] | None = None, **kwargs
+) -> list[GeneratedStructure]:
+    """``n`` structures from :class:`StructureGenerator` (``kwargs`` are its options)."""
+    return StructureGenerator(seed, elements, **kwargs).generate(n)
