@@ -1,0 +1,213 @@
+"""LaunchPads behind one interface: embedded file-backed (default) or MongoDB (production).
+
+FireWorks' file-backed mode (``MONGOMOCK_SERVERSTORE_FILE``, mongomock-persistence)
+keeps the whole database in memory and writes the file **once, at process exit**. A
+worker killed with SIGKILL therefore loses every state change it made, and two
+processes overwrite each other's work. :class:`EmbeddedLaunchPad` keeps the same file
+format but uses it transactionally:
+
+1. take an exclusive ``flock`` on ``launchpad.lock`` (the kernel drops it when the
+   holder dies, even on SIGKILL, so a dead process never leaves a stale lock);
+2. load ``launchpad.json`` into a fresh mongomock server and build a FireWorks
+   ``LaunchPad`` on it;
+3. run the caller's FireWorks calls;
+4. write the database to a temporary file, ``fsync`` it and ``os.replace`` it over
+   ``launchpad.json`` (atomic: a kill leaves the old or the new file, never half a file);
+5. release the lock.
+
+Transactions are short (a checkout, a completion, a submission), never the DFT run
+itself: workers run fireworks in FireWorks' offline mode between two transactions
+(see :mod:`mlcharge_workflows.submit.worker`). So submitters, several workers and
+reports can use one project at the same time.
+
+>>> import tempfile
+>>> handle = EmbeddedLaunchPad(tempfile.mkdtemp())
+>>> with handle.transaction() as lp:
+...     lp.get_fw_ids()
+[]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlcharge_workflows.submit.config import (
+    LaunchPadConfigError,
+    ProjectPaths,
+    connect_launchpad,
+    project_job_store,
+    project_paths,
+)
+
+if TYPE_CHECKING:
+    from fireworks import LaunchPad
+    from jobflow import JobStore
+
+#: Extra collection of the embedded database: which worker owns which running launch.
+OWNERS_COLLECTION = "mlcharge_launch_owners"
+
+
+class LaunchPadHandle:
+    """Common interface of the two configurations.
+
+    ``transaction()`` yields a FireWorks ``LaunchPad``; in embedded mode its changes are
+    committed atomically when the block exits without an exception.
+    """
+
+    embedded: bool = False
+    description: str = ""
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[LaunchPad]:  # pragma: no cover - interface
+        raise NotImplementedError
+        yield
+
+    def job_store(self) -> JobStore | None:
+        """The jobflow store workers must use, or None for jobflow's configured default."""
+        return None
+
+
+class MongoLaunchPad(LaunchPadHandle):
+    """A production LaunchPad on MongoDB, from a FireWorks ``my_launchpad.yaml``.
+
+    The server is contacted (short timeout) when the handle is created, so a bad file or
+    an unreachable server fails before anything is written.
+    """
+
+    def __init__(self, launchpad_file: str | Path, timeout_ms: int | None = None) -> None:
+        kwargs = {} if timeout_ms is None else {"timeout_ms": timeout_ms}
+        self.launchpad_file = Path(launchpad_file)
+        self.lp = connect_launchpad(launchpad_file, **kwargs)
+        self.description = f"MongoDB launchpad {launchpad_file} ({self.lp.host}/{self.lp.name})"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[LaunchPad]:
+        """MongoDB writes are immediate: yield the live LaunchPad."""
+        yield self.lp
+
+
+class EmbeddedLaunchPad(LaunchPadHandle):
+    """FireWorks' file-backed database in a project folder, used transactionally."""
+
+    embedded = True
+
+    def __init__(self, project: str | Path | None = None) -> None:
+        self.paths: ProjectPaths = project_paths(project).create()
+        self.description = f"embedded project {self.paths.root}"
+        with self._locked():
+            if not self.paths.launchpad_file.exists():
+                _atomic_write(self.paths.launchpad_file, "{}")
+        with self.read() as lp:
+            initialised = lp.fw_id_assigner.find_one() is not None
+        if not initialised:
+            with self.transaction() as lp:
+                if lp.fw_id_assigner.find_one() is None:
+                    lp.reset("", require_password=False)  # FireWorks' `lpad reset`
+
+    def job_store(self) -> JobStore:
+        """The project's shared montydb jobflow store."""
+        return project_job_store(self.paths)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.paths.lock_file, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def transaction(self, commit: bool = True) -> Iterator[LaunchPad]:
+        """Lock, load, yield a LaunchPad, and (if ``commit``) write back atomically.
+
+        Nothing is written when the block raises: a failed submission leaves the
+        database as it was.
+        """
+        with self._locked():
+            server = _load_server(self.paths.launchpad_file)
+            lp = _launchpad_on(server)
+            yield lp
+            if commit:
+                import bson.json_util
+
+                _atomic_write(self.paths.launchpad_file, bson.json_util.dumps(server.to_dict()))
+
+    def read(self) -> contextlib.AbstractContextManager[LaunchPad]:
+        """A read-only view (no write-back)."""
+        return self.transaction(commit=False)
+
+
+def _load_server(path: Path):
+    """A mongomock ServerStore holding the database in ``path`` (no write-at-exit hook)."""
+    import bson.json_util
+    import mongomock_persistence  # noqa: F401 - patches mongomock's stores (to_dict/from_dict)
+    from mongomock.store import DatabaseStore, ServerStore
+
+    text = path.read_text(encoding="utf-8") or "{}"
+    try:
+        content = bson.json_util.loads(text)
+    except ValueError as exc:
+        raise LaunchPadConfigError(f"embedded launchpad {path} is not valid JSON: {exc}") from exc
+    server = ServerStore.__new__(ServerStore)  # bypass __init__: it reads the env var and
+    server._filename = None  # registers a write-at-exit finalizer that would overwrite
+    server._databases = {k: DatabaseStore.from_dict(v) for k, v in content.items()}
+    return server
+
+
+def _launchpad_on(server) -> LaunchPad:
+    """A FireWorks LaunchPad whose MongoClient is a mongomock client on ``server``."""
+    import fireworks.core.launchpad as fw_launchpad
+    import mongomock
+    import mongomock.gridfs
+
+    mongomock.gridfs.enable_gridfs_integration()
+
+    def _client(*args, **kwargs):
+        return mongomock.MongoClient(_store=server)
+
+    original = fw_launchpad.MongoClient
+    fw_launchpad.MongoClient = _client
+    try:
+        lp = fw_launchpad.LaunchPad(name="fireworks", strm_lvl="WARNING")
+    finally:
+        fw_launchpad.MongoClient = original
+    return lp
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old or the new file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def open_launchpad(
+    launchpad_file: str | Path | None = None,
+    project: str | Path | None = None,
+    timeout_ms: int | None = None,
+) -> LaunchPadHandle:
+    """The embedded project (no ``launchpad_file``) or a verified MongoDB LaunchPad.
+
+    Raises
+    ------
+    LaunchPadConfigError
+        The launchpad file is malformed or its server is unreachable.
+    """
+    if launchpad_file is None:
+        return EmbeddedLaunchPad(project)
+    return MongoLaunchPad(launchpad_file, timeout_ms=timeout_ms)

@@ -1,0 +1,334 @@
+"""``mlcharge worker``: run submitted fireworks, recovering lost runs first.
+
+Embedded project (default)
+    Each firework runs in FireWorks' *offline* mode between two short transactions on
+    the file-backed database (see :mod:`mlcharge_workflows.submit.launchpad`):
+
+    1. checkout (state RUNNING), write ``FW.json``/``FW_offline.json`` into a new launch
+       folder, record this worker as the launch's owner -> commit;
+    2. run the firework with ``Rocket(None, ...)`` (no database open; outputs go to the
+       shared montydb jobflow store as each job finishes);
+    3. ``LaunchPad.recover_offline`` (completion, dynamic additions/detours) -> commit.
+
+    A worker holds an ``flock`` on ``workers/<host>-<pid>.lock`` for its lifetime. The
+    kernel releases it when the process dies, even on SIGKILL, so liveness is exact.
+    At start (and whenever it runs out of work) a worker looks at every RUNNING launch
+    whose owner is dead: if the launch folder holds a finished ``FW_offline.json`` the
+    result is recovered (``recover_offline``); otherwise FireWorks'
+    ``detect_lostruns(rerun=True)`` marks it FIZZLED and resets the firework to run again.
+    Several workers on one project are safe.
+
+MongoDB (``--launchpad``)
+    ``detect_lostruns(expiration_secs, rerun=True)`` at start (default: FireWorks' 4 h
+    without a ping; workers ping hourly), then FireWorks' ``rapidfire``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlcharge_workflows.submit.launchpad import (
+    OWNERS_COLLECTION,
+    EmbeddedLaunchPad,
+    LaunchPadHandle,
+    open_launchpad,
+)
+
+if TYPE_CHECKING:
+    from fireworks import FWorker, LaunchPad
+    from jobflow import JobStore
+
+
+@dataclass
+class WorkerSummary:
+    """What one ``run_worker`` call did (firework ids)."""
+
+    completed: list[int] = field(default_factory=list)
+    fizzled: list[int] = field(default_factory=list)
+    recovered: list[int] = field(default_factory=list)
+    rerun: list[int] = field(default_factory=list)
+
+    @property
+    def n_launched(self) -> int:
+        """Fireworks this worker ran."""
+        return len(self.completed) + len(self.fizzled)
+
+
+class WorkerRegistration:
+    """This process's liveness lock in ``project/workers`` (held while the worker runs)."""
+
+    def __init__(self, workers_dir: Path) -> None:
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.path = workers_dir / f"{self.worker_id}.lock"
+        self._fh = None
+
+    def __enter__(self) -> WorkerRegistration:
+        self._fh = open(self.path, "w")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        self._fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "started": datetime.now().isoformat()}))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+def worker_alive(workers_dir: Path, worker_id: str | None) -> bool:
+    """True if the worker ``worker_id`` still holds its lock.
+
+    Workers on another host cannot be checked and count as alive.
+    """
+    if not worker_id:
+        return False
+    host = worker_id.rsplit("-", 1)[0]
+    if host != socket.gethostname():
+        return True
+    path = workers_dir / f"{worker_id}.lock"
+    if not path.exists():
+        return False
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return False
+
+
+def _finished_offline_data(launch_dir: str | None) -> dict[str, Any] | None:
+    """The ``FW_offline.json`` of a launch if it records a finished run, else None."""
+    if not launch_dir:
+        return None
+    path = Path(launch_dir) / "FW_offline.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing, or half-written when the worker died
+    return data if isinstance(data, dict) and "fwaction" in data and "state" in data else None
+
+
+def recover_lost_runs(handle: EmbeddedLaunchPad) -> tuple[list[int], list[int]]:
+    """Recover or rerun the RUNNING launches of dead workers in an embedded project.
+
+    Returns
+    -------
+    (recovered, rerun)
+        Firework ids whose finished result was synced, and ids reset to run again.
+    """
+    with handle.transaction() as lp:
+        owners = {d["launch_id"]: d.get("worker") for d in lp.db[OWNERS_COLLECTION].find({})}
+        running = list(lp.launches.find({"state": "RUNNING"}, {"launch_id": 1, "fw_id": 1,
+                                                               "launch_dir": 1}))
+        dead = [ld for ld in running
+                if not worker_alive(handle.paths.workers_dir, owners.get(ld["launch_id"]))]
+        recovered, lost_launches = [], []
+        for ld in dead:
+            if _finished_offline_data(ld.get("launch_dir")) is not None:
+                lp.recover_offline(ld["launch_id"], ignore_errors=True)
+                recovered.append(ld["fw_id"])
+            else:
+                lost_launches.append(ld["launch_id"])
+        rerun: list[int] = []
+        if lost_launches:
+            _, rerun, _ = lp.detect_lostruns(
+                expiration_secs=0, rerun=True,
+                launch_query={"launch_id": {"$in": lost_launches}},
+            )
+        for ld in dead:
+            lp.db[OWNERS_COLLECTION].delete_many({"launch_id": ld["launch_id"]})
+    return recovered, list(rerun)
+
+
+def _checkout(handle: EmbeddedLaunchPad, fworker: FWorker, launch_dir: Path,
+              worker_id: str) -> tuple[Any, int | None, int]:
+    """Check out one firework for offline running; returns (fw, launch_id, n_running)."""
+    with handle.transaction() as lp:
+        fw, launch_id = lp.checkout_fw(fworker, str(launch_dir), host=socket.gethostname())
+        if fw is None:
+            return None, None, lp.fireworks.count_documents({"state": "RUNNING"})
+        fw.to_file(str(launch_dir / "FW.json"))
+        (launch_dir / "FW_offline.json").write_text(json.dumps({"launch_id": launch_id}))
+        lp.add_offline_run(launch_id, fw.fw_id, fw.name)
+        lp.db[OWNERS_COLLECTION].insert_one({"launch_id": launch_id, "worker": worker_id})
+    return fw, launch_id, 0
+
+
+def _patch_offline_rocket() -> None:
+    """Let FireWorks' offline Rocket run with current monty.
+
+    ``fireworks.core.rocket`` calls ``zopen(path)`` without a mode in offline mode, which
+    monty >= 2025 rejects (``TypeError: zopen() missing ... 'mode'``). Default it to "rt".
+    """
+    import fireworks.core.rocket as rocket
+    from monty.io import zopen
+
+    if getattr(rocket.zopen, "_mlcharge_shim", False):
+        return
+
+    def _zopen(filename, mode: str = "rt", **kwargs):
+        return zopen(filename, mode, **kwargs)
+
+    _zopen._mlcharge_shim = True  # type: ignore[attr-defined]
+    rocket.zopen = _zopen
+
+
+def _run_offline(fworker: FWorker, fw_id: int, launch_dir: Path) -> None:
+    """Run the firework in ``launch_dir`` with FireWorks' Rocket in offline mode."""
+    from fireworks.core.rocket import Rocket
+
+    _patch_offline_rocket()
+
+    cwd = os.getcwd()
+    os.chdir(launch_dir)
+    try:
+        Rocket(None, fworker, fw_id).run()
+    finally:
+        os.chdir(cwd)
+
+
+def _complete(handle: EmbeddedLaunchPad, launch_id: int) -> str:
+    """Sync the offline result into the database; returns the firework's final state."""
+    with handle.transaction() as lp:
+        lp.recover_offline(launch_id, ignore_errors=False)
+        lp.db[OWNERS_COLLECTION].delete_many({"launch_id": launch_id})
+        return lp.get_launch_by_id(launch_id).state
+
+
+@contextlib.contextmanager
+def _jobflow_store(store: JobStore | None) -> Iterator[None]:
+    """Make ``store`` jobflow's default store (used by every JobFiretask with store=None)."""
+    if store is None:
+        yield
+        return
+    from jobflow import SETTINGS
+
+    previous = SETTINGS.JOB_STORE
+    SETTINGS.JOB_STORE = store
+    try:
+        yield
+    finally:
+        SETTINGS.JOB_STORE = previous
+
+
+def _new_launch_dir(parent: Path) -> Path:
+    stamp = datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
+    path = parent / f"launcher_{stamp}_{os.getpid()}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _count_remaining(lp: LaunchPad) -> int:
+    return lp.fireworks.count_documents({"state": {"$in": ["READY", "WAITING", "RESERVED",
+                                                          "RUNNING"]}})
+
+
+def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
+                        fworker: FWorker | None = None, poll_s: float = 2.0,
+                        progress: bool = True) -> WorkerSummary:
+    """Run fireworks of an embedded project until none is ready or running (or ``nlaunches``)."""
+    from fireworks import FWorker
+    from tqdm import tqdm
+
+    fworker = fworker or FWorker()
+    summary = WorkerSummary()
+    with WorkerRegistration(handle.paths.workers_dir) as me, \
+            _jobflow_store(handle.job_store()):
+        recovered, rerun = recover_lost_runs(handle)
+        summary.recovered += recovered
+        summary.rerun += rerun
+        with handle.read() as lp:
+            remaining = _count_remaining(lp)
+        bar = tqdm(total=remaining, desc="fireworks", unit="fw", disable=not progress)
+        while nlaunches <= 0 or summary.n_launched < nlaunches:
+            launch_dir = _new_launch_dir(handle.paths.launches_dir)
+            fw, launch_id, n_running = _checkout(handle, fworker, launch_dir, me.worker_id)
+            if fw is None:
+                launch_dir.rmdir()
+                if n_running == 0:
+                    break
+                # other workers run parents of waiting fireworks, or some died: check, wait
+                recovered, rerun = recover_lost_runs(handle)
+                summary.recovered += recovered
+                summary.rerun += rerun
+                if not (recovered or rerun):
+                    time.sleep(poll_s)
+                continue
+            bar.set_postfix_str(f"fw {fw.fw_id} {fw.name}")
+            _run_offline(fworker, fw.fw_id, launch_dir)
+            state = _complete(handle, launch_id)
+            (summary.completed if state == "COMPLETED" else summary.fizzled).append(fw.fw_id)
+            with handle.read() as lp:
+                bar.total = summary.n_launched + _count_remaining(lp)
+            bar.update(1)
+        bar.close()
+    return summary
+
+
+def run_mongo_worker(handle: LaunchPadHandle, nlaunches: int = 0, fworker: FWorker | None = None,
+                     launch_root: Path | None = None, lostrun_expiration_s: int | None = None,
+                     store: JobStore | None = None) -> WorkerSummary:
+    """Production worker: detect lost runs (rerun), then FireWorks' rapidfire."""
+    from fireworks import FWorker
+    from fireworks.core.rocket_launcher import rapidfire
+    from fireworks.fw_config import RUN_EXPIRATION_SECS
+
+    lp = handle.lp  # type: ignore[attr-defined]
+    summary = WorkerSummary()
+    expiration = RUN_EXPIRATION_SECS if lostrun_expiration_s is None else lostrun_expiration_s
+    _, rerun, _ = lp.detect_lostruns(expiration_secs=expiration, rerun=True)
+    summary.rerun += list(rerun)
+    root = Path(launch_root or os.getcwd()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with _jobflow_store(store):
+        rapidfire(lp, fworker or FWorker(), m_dir=str(root), nlaunches=nlaunches)
+    return summary
+
+
+def run_worker(project: str | Path | None = None, launchpad_file: str | Path | None = None,
+               nlaunches: int = 0, fworker_file: str | Path | None = None,
+               store: JobStore | None = None, lostrun_expiration_s: int | None = None,
+               progress: bool = True) -> WorkerSummary:
+    """Run submitted fireworks on the embedded project or a MongoDB launchpad.
+
+    Parameters
+    ----------
+    project
+        Embedded project folder (default ``MLCHARGE_PROJECT_DIR``); with ``launchpad_file``
+        it is only the parent of the launch folders.
+    launchpad_file
+        FireWorks ``my_launchpad.yaml`` (MongoDB); None for the embedded project.
+    nlaunches
+        Stop after this many fireworks (0: until nothing is left to run).
+    fworker_file
+        FireWorks ``my_fworker.yaml`` (name/category/query), e.g. to route ML jobs to GPUs.
+    store
+        jobflow store for MongoDB mode (default: jobflow's configured ``JOB_STORE``).
+    """
+    from fireworks import FWorker
+
+    fworker = FWorker.from_file(str(fworker_file)) if fworker_file else FWorker()
+    handle = open_launchpad(launchpad_file, project)
+    if isinstance(handle, EmbeddedLaunchPad):
+        return run_embedded_worker(handle, nlaunches=nlaunches, fworker=fworker,
+                                   progress=progress)
+    from mlcharge_workflows.submit.config import project_paths
+
+    return run_mongo_worker(handle, nlaunches=nlaunches, fworker=fworker,
+                            launch_root=project_paths(project).launches_dir,
+                            lostrun_expiration_s=lostrun_expiration_s, store=store)
