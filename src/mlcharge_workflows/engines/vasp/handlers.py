@@ -1,0 +1,208 @@
+"""Custodian handler that keeps or deliberately drops the ML start of a VASP SCF.
+
+Two ways an ML start is silently lost under custodian:
+
+* with ``LCHARG = .TRUE.`` a failed attempt overwrites CHGCAR, so the rerun starts
+  from the failed density, not the predicted one;
+* some custodian corrections set ``ICHARG = 2`` (``NonConvergingErrorHandler``), so
+  the rerun starts from atoms while the task still looks ML-started.
+
+:class:`MLStartFallbackHandler` goes last in the handler list. After a failed attempt
+it restores CHGCAR from the pristine copy ``CHGCAR.ml`` (up to ``max_ml_restarts``
+times), then abandons the ML start on purpose (``ICHARG = 2``, CHGCAR deleted).
+Everything it does is written to ``ml_start.json`` in the run folder; atomate2's
+task-document parsing stores it as ``TaskDoc.additional_json["ml_start"]``.
+
+The record (status ``active`` -> ``restored`` -> ``abandoned``)::
+
+    {"status": "active", "ml_chgcar": "CHGCAR.ml", "ml_restarts": 0,
+     "max_ml_restarts": 1, "fallback": null, "events": [], "density": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from custodian.custodian import ErrorHandler
+from custodian.utils import backup
+from custodian.vasp.handlers import VASP_BACKUP_FILES
+from custodian.vasp.interpreter import VaspModder
+from custodian.vasp.io import load_vasprun
+from monty.os.path import zpath
+
+from mlcharge_workflows.engines.vasp.parse import is_backed_up, scf_steps_from_oszicar
+
+__all__ = [
+    "ML_CHGCAR",
+    "ML_START_FILE",
+    "MLStartFallbackHandler",
+    "read_ml_start_record",
+    "write_ml_start_record",
+]
+
+#: Record of the ML start, read back into ``TaskDoc.additional_json["ml_start"]``.
+ML_START_FILE = "ml_start.json"
+#: Pristine copy of the predicted CHGCAR (VASP overwrites CHGCAR at the end of a run).
+ML_CHGCAR = "CHGCAR.ml"
+#: Statuses in which the predicted density is (still) the start of the next attempt.
+ACTIVE_STATUSES = ("active", "restored")
+
+
+def read_ml_start_record(directory: str | Path = ".") -> dict[str, Any] | None:
+    """The ``ml_start.json`` record of a run folder, or None if there is none."""
+    path = Path(zpath(str(Path(directory) / ML_START_FILE)))
+    if not path.exists():
+        return None
+    from monty.serialization import loadfn
+
+    return loadfn(path, cls=None)
+
+
+def write_ml_start_record(record: dict[str, Any], directory: str | Path = ".") -> Path:
+    """Write ``ml_start.json`` (plain JSON) into ``directory``."""
+    path = Path(directory) / ML_START_FILE
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path
+
+
+def new_ml_start_record(density: dict[str, Any], max_ml_restarts: int = 1) -> dict[str, Any]:
+    """The record written before the first attempt (``density``: how CHGCAR was made)."""
+    return {
+        "status": "active",
+        "ml_chgcar": ML_CHGCAR,
+        "ml_restarts": 0,
+        "max_ml_restarts": int(max_ml_restarts),
+        "fallback": None,
+        "events": [],
+        "density": density,
+    }
+
+
+def _incar(directory: Path):
+    from pymatgen.io.vasp import Incar
+
+    return Incar.from_file(zpath(str(directory / "INCAR")))
+
+
+def _scf_failed(directory: str, nelm: int) -> tuple[bool, list[int]]:
+    """Whether the last attempt stopped at NELM; also its SCF steps per ionic step.
+
+    vasprun.xml decides when it can be read (pymatgen's ``converged_electronic``,
+    through custodian's cached loader, so the file is parsed once per check round);
+    otherwise OSZICAR and the INCAR's NELM do (a killed run leaves a broken vasprun).
+    """
+    steps: list[int] = []
+    osz = Path(zpath(os.path.join(directory, "OSZICAR")))
+    if osz.exists():
+        try:
+            steps = scf_steps_from_oszicar(osz)
+        except Exception:  # noqa: BLE001 - a half-written OSZICAR
+            steps = []
+    vr = os.path.join(directory, "vasprun.xml")
+    if Path(vr).exists():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                v = load_vasprun(vr)
+            if not steps:
+                steps = [len(s["electronic_steps"]) for s in v.ionic_steps]
+            return (not v.converged_electronic), steps
+        except Exception:  # noqa: BLE001 - unreadable vasprun: decide from OSZICAR
+            pass
+    return (bool(steps) and steps[-1] >= nelm), steps
+
+
+class MLStartFallbackHandler(ErrorHandler):
+    """Restore the predicted CHGCAR after a failed attempt, then fall back to atoms.
+
+    Parameters
+    ----------
+    max_ml_restarts
+        How many reruns may start again from ``CHGCAR.ml`` before the ML start is
+        abandoned (``ICHARG = 2``, CHGCAR deleted). 0: abandon at the first failure.
+
+    Notes
+    -----
+    Put it after atomate2's default handlers (``UnconvergedErrorHandler`` changes
+    ALGO first; this handler then decides which density the rerun starts from).
+    It backs up the failed attempt (``error.N.tar.gz``) only when no other handler
+    did, so :func:`~mlcharge_workflows.engines.vasp.parse.count_attempts` counts
+    every SCF step once.
+    """
+
+    is_monitor = False
+    raises_runtime_error = False
+
+    def __init__(self, max_ml_restarts: int = 1) -> None:
+        if max_ml_restarts < 0:
+            raise ValueError(f"max_ml_restarts must be >= 0, got {max_ml_restarts}")
+        self.max_ml_restarts = int(max_ml_restarts)
+
+    def check(self, directory: str = "./") -> bool:
+        """True if an ML-started attempt failed or its ICHARG was changed by another handler."""
+        directory_p = Path(directory)
+        record = read_ml_start_record(directory_p)
+        if record is None or record.get("status") not in ACTIVE_STATUSES:
+            return False
+        incar = _incar(directory_p)
+        if int(incar.get("ICHARG", 1)) != 1:
+            return True
+        failed, _ = _scf_failed(str(directory), int(incar.get("NELM", 60)))
+        return failed
+
+    def correct(self, directory: str = "./") -> dict[str, Any]:
+        """Restore ``CHGCAR.ml`` or abandon the ML start; record it in ``ml_start.json``."""
+        directory_p = Path(directory)
+        record = read_ml_start_record(directory_p) or new_ml_start_record({})
+        incar = _incar(directory_p)
+        icharg = int(incar.get("ICHARG", 1))
+        failed, steps = _scf_failed(str(directory), int(incar.get("NELM", 60)))
+
+        # keep the failed attempt for step counting, unless another handler already did
+        if not is_backed_up(directory_p):
+            backup(VASP_BACKUP_FILES, directory=str(directory_p))
+
+        ml_copy = directory_p / record.get("ml_chgcar", ML_CHGCAR)
+        event: dict[str, Any] = {
+            "attempt": len(record["events"]) + 1,
+            "scf_steps": steps,
+            "scf_failed": failed,
+            "icharg_found": icharg,
+        }
+        restore = False
+        if icharg != 1:
+            reason = f"another custodian handler set ICHARG={icharg}"
+        elif not ml_copy.exists():
+            reason = f"{ml_copy.name} is missing, the predicted density cannot be restored"
+        elif record["ml_restarts"] < self.max_ml_restarts:
+            reason = (
+                f"SCF from the predicted density stopped at NELM "
+                f"({steps[-1] if steps else '?'} steps): CHGCAR.ml restored"
+            )
+            restore = True
+        else:
+            reason = (
+                f"SCF from the predicted density did not converge in "
+                f"{record['ml_restarts'] + 1} attempt(s)"
+            )
+        if restore:
+            actions = [{"file": ml_copy.name, "action": {"_file_copy": {"dest": "CHGCAR"}}}]
+            record["ml_restarts"] += 1
+            record["status"] = "restored"
+        else:
+            actions = [
+                {"dict": "INCAR", "action": {"_set": {"ICHARG": 2}}},
+                {"file": "CHGCAR", "action": {"_file_delete": {"mode": "actual"}}},
+            ]
+            record["status"] = "abandoned"
+            record["fallback"] = reason
+        event.update(action=record["status"], reason=reason)
+        record["events"].append(event)
+
+        VaspModder(vi={"INCAR": incar}, directory=str(directory_p)).apply_actions(actions)
+        write_ml_start_record(record, directory_p)
+        return {"errors": [f"ML start: {reason}"], "actions": actions}

@@ -1,0 +1,292 @@
+"""SCF-step counting and timings from VASP outputs (vasprun.xml, OSZICAR, OUTCAR).
+
+Counts come from pymatgen: ``Vasprun(...).ionic_steps[i]["electronic_steps"]`` and
+``Oszicar(...).electronic_steps``. A static run has one ionic step; its SCF
+iteration count is ``electronic_steps[0]``, which includes the ``|NELMDL|``
+non-self-consistent steps VASP runs first (default -5 from scratch, 0 with a WAVECAR).
+
+Custodian keeps each failed attempt in ``error.N.tar.gz``; :func:`count_attempts`
+adds them up, so an arm that was rerun pays for every step it ran.
+
+Examples
+--------
+>>> from mlcharge_workflows.engines.vasp.parse import scf_steps_from_oszicar
+>>> scf_steps_from_oszicar("OSZICAR")  # doctest: +SKIP
+[17]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import tarfile
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monty.io import zopen
+from monty.os.path import zpath
+
+__all__ = [
+    "VaspScfSummary",
+    "count_attempts",
+    "is_backed_up",
+    "parse_vasp_scf",
+    "scf_steps_from_oszicar",
+    "scf_steps_from_vasprun",
+    "wall_time_from_outcar",
+]
+
+
+@dataclass
+class VaspScfSummary:
+    """What one VASP run says about its SCF (all times in seconds, energies in eV)."""
+
+    electronic_steps: list[int]  # SCF steps per ionic step
+    source: str  # "vasprun.xml" or "OSZICAR"
+    nelm: int | None = None
+    nelmdl: int | None = None
+    icharg: int | None = None  # value VASP used (vasprun <parameters>)
+    istart: int | None = None
+    ngf: tuple[int, int, int] | None = None  # fine grid NGXF, NGYF, NGZF VASP used
+    converged_electronic: bool | None = None
+    energy_eV: float | None = None
+    scf_wall_s: float | None = None  # sum of <time name="totalsc"> wall times
+    wall_s: float | None = None  # OUTCAR "Elapsed time (sec)"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scf_iterations(self) -> int:
+        """SCF steps of the first ionic step (the whole SCF of a static run)."""
+        return self.electronic_steps[0] if self.electronic_steps else 0
+
+    @property
+    def hit_nelm(self) -> bool:
+        """Whether any ionic step stopped at NELM (electronic SCF not converged)."""
+        return self.nelm is not None and any(n >= self.nelm for n in self.electronic_steps)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (with ``scf_iterations`` and ``hit_nelm``)."""
+        d = asdict(self)
+        d["ngf"] = list(self.ngf) if self.ngf else None
+        d["scf_iterations"] = self.scf_iterations
+        d["hit_nelm"] = self.hit_nelm
+        return d
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(zpath(str(path)))
+    if not p.exists():
+        raise FileNotFoundError(f"VASP output not found: {path} (also tried .gz/.bz2/.xz)")
+    return p
+
+
+def _vasprun(path: str | Path):
+    from pymatgen.io.vasp import Vasprun
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unconverged runs warn; we report it instead
+        return Vasprun(
+            str(_existing(path)),
+            parse_dos=False,
+            parse_eigen=False,
+            parse_projected_eigen=False,
+            parse_potcar_file=False,
+            exception_on_bad_xml=False,
+        )
+
+
+def scf_steps_from_vasprun(path: str | Path) -> list[int]:
+    """SCF steps of each ionic step, read from vasprun.xml with pymatgen."""
+    return [len(step["electronic_steps"]) for step in _vasprun(path).ionic_steps]
+
+
+def scf_steps_from_oszicar(path: str | Path) -> list[int]:
+    """SCF steps of each ionic step, read from OSZICAR with pymatgen.
+
+    A run killed mid-SCF leaves an ionic step without its closing line; pymatgen still
+    lists its electronic steps, so the count covers every step VASP paid for.
+    """
+    from pymatgen.io.vasp import Oszicar
+
+    return [len(steps) for steps in Oszicar(str(_existing(path))).electronic_steps]
+
+
+def _totalsc_wall(path: Path) -> float | None:
+    """Sum of the wall-clock ``totalsc`` times of vasprun.xml (None if absent)."""
+    total, found = 0.0, False
+    try:
+        with zopen(str(path), "rb") as fh:
+            for _, elem in ET.iterparse(fh, events=("end",)):
+                if elem.tag == "time" and elem.get("name") == "totalsc":
+                    total += float(elem.text.split()[-1])
+                    found = True
+                elif elem.tag in ("scstep", "dos", "eigenvalues", "projected"):
+                    elem.clear()
+    except ET.ParseError:  # truncated file from a killed run: keep what was read
+        pass
+    return total if found else None
+
+
+_ELAPSED = re.compile(r"Elapsed time \(sec\):\s*([0-9.]+)")
+
+
+def wall_time_from_outcar(path: str | Path) -> float | None:
+    """VASP's own wall time ("Elapsed time (sec)") from OUTCAR; None if the run did not finish."""
+    p = Path(zpath(str(path)))
+    if not p.exists():
+        return None
+    with zopen(str(p), "rt", errors="replace") as fh:
+        m = _ELAPSED.findall(fh.read())
+    return float(m[-1]) if m else None
+
+
+def parse_vasp_scf(path: str | Path) -> VaspScfSummary:
+    """Parse the SCF of a VASP run folder (or a vasprun.xml / OSZICAR file).
+
+    vasprun.xml is preferred (it also gives NELM, NELMDL, ICHARG, the grid and
+    convergence); a folder with only an OSZICAR falls back to it (``nelm`` etc. None).
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    vasprun = (
+        Path(zpath(str(folder / "vasprun.xml")))
+        if path.is_dir()
+        else (path if "vasprun" in path.name else None)
+    )
+    oszicar = (
+        Path(zpath(str(folder / "OSZICAR")))
+        if path.is_dir()
+        else (path if "OSZICAR" in path.name else None)
+    )
+    wall = wall_time_from_outcar(folder / "OUTCAR")
+    if vasprun is not None and vasprun.exists():
+        v = _vasprun(vasprun)
+        p = v.parameters
+        ngf = tuple(int(p[k]) for k in ("NGXF", "NGYF", "NGZF")) if "NGXF" in p else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                energy = float(v.final_energy)
+            except Exception:  # noqa: BLE001 - no energy in a crashed run
+                energy = None
+        return VaspScfSummary(
+            electronic_steps=[len(s["electronic_steps"]) for s in v.ionic_steps],
+            source="vasprun.xml",
+            nelm=_int(p.get("NELM")),
+            nelmdl=_int(p.get("NELMDL")),
+            icharg=_int(p.get("ICHARG")),
+            istart=_int(p.get("ISTART")),
+            ngf=ngf,  # type: ignore[arg-type]
+            converged_electronic=bool(v.converged_electronic),
+            energy_eV=energy,
+            scf_wall_s=_totalsc_wall(vasprun),
+            wall_s=wall,
+        )
+    if oszicar is not None and oszicar.exists():
+        from pymatgen.io.vasp import Oszicar
+
+        osz = Oszicar(str(oszicar))
+        energy = float(osz.final_energy) if osz.ionic_steps else None
+        return VaspScfSummary(
+            electronic_steps=[len(s) for s in osz.electronic_steps],
+            source="OSZICAR",
+            energy_eV=energy,
+            wall_s=wall,
+        )
+    raise FileNotFoundError(f"no vasprun.xml or OSZICAR in {folder}")
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _steps_from_bytes(name: str, data: bytes) -> list[int]:
+    """SCF steps per ionic step of an OSZICAR or vasprun.xml given as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        if name == "OSZICAR":
+            return scf_steps_from_oszicar(path)
+        return scf_steps_from_vasprun(path)
+
+
+def _attempt(source: str, steps: list[int]) -> dict[str, Any]:
+    return {"source": source, "electronic_steps": steps, "scf_iterations": steps[0] if steps else 0}
+
+
+def _backup_number(path: Path) -> int:
+    m = re.search(r"error\.(\d+)\.tar", path.name)
+    return int(m.group(1)) if m else 0
+
+
+def _backup_members(tarball: Path) -> dict[str, bytes]:
+    """``{"OSZICAR": bytes, "vasprun.xml": bytes}`` (those present) of a custodian backup."""
+    out: dict[str, bytes] = {}
+    with tarfile.open(tarball) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if name in ("OSZICAR", "vasprun.xml") and member.isfile():
+                out[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    return out
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    p = Path(zpath(str(path)))
+    if not p.exists():
+        return None
+    with zopen(str(p), "rb") as fh:
+        return fh.read()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def count_attempts(directory: str | Path) -> list[dict[str, Any]]:
+    """Every SCF attempt in a custodian run folder, oldest first.
+
+    Failed attempts come from custodian's ``error.N.tar.gz`` backups (their OSZICAR,
+    else their vasprun.xml), the last from the folder itself. Identical backups
+    (two handlers backing up the same attempt) are counted once.
+
+    Returns
+    -------
+    list of dict
+        ``{"source": ..., "electronic_steps": [...], "scf_iterations": int}`` per attempt.
+    """
+    directory = Path(directory)
+    attempts: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    tarballs = sorted(directory.glob("error.*.tar*"), key=_backup_number)
+    sources = [(t.name, _backup_members(t)) for t in tarballs]
+    final = {n: b for n in ("OSZICAR", "vasprun.xml") if (b := _read_bytes(directory / n))}
+    sources.append(("final", final))
+    for label, members in sources:
+        name = "OSZICAR" if "OSZICAR" in members else "vasprun.xml"
+        if name not in members:
+            continue
+        digest = _digest(members[name])
+        if digest in seen:
+            continue
+        seen.update(_digest(b) for b in members.values())
+        source = name if label == "final" else label
+        attempts.append(_attempt(source, _steps_from_bytes(name, members[name])))
+    return attempts
+
+
+def is_backed_up(directory: str | Path) -> bool:
+    """Whether the newest ``error.N.tar.gz`` already holds this folder's OSZICAR/vasprun.xml."""
+    directory = Path(directory)
+    tarballs = sorted(directory.glob("error.*.tar*"), key=_backup_number)
+    if not tarballs:
+        return False
+    members = _backup_members(tarballs[-1])
+    for name in ("OSZICAR", "vasprun.xml"):
+        data = _read_bytes(directory / name)
+        if data is not None and name in members:
+            return _digest(data) == _digest(members[name])
+    return False
