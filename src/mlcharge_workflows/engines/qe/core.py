@@ -1,0 +1,364 @@
+"""Plain functions that run pw.x for jobs, the CLI and data generation.
+
+Run folder layout: ``pw.in``/``pw.out`` (the run), ``dryrun.in``/``dryrun.out`` (zero-step
+run that writes pw.x's own G order and ``data-file-schema.xml``), ``pseudo/`` (staged UPF
+files), ``out/pwscf.save/`` (pw.x data) and ``start-charge-density.dat`` (a copy of the
+density given to pw.x, which overwrites its own at the end).
+
+Examples
+--------
+>>> doc = run_qe_scf(structure, "si_atomic")                      # doctest: +SKIP
+>>> restart = run_qe_scf(structure, "si_file", start="si_atomic")  # doctest: +SKIP
+>>> restart.density_initialised, restart.scf_iterations            # doctest: +SKIP
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from mlcharge_workflows.density.grid import DensityGrid
+from mlcharge_workflows.engines.qe.parse import band_edges, parse_pw_output, parse_pw_xml
+from mlcharge_workflows.engines.qe.pseudo import (
+    check_structure,
+    n_valence_electrons,
+    stage_pseudos,
+    structure_elements,
+)
+from mlcharge_workflows.engines.qe.run import EXIT_NOT_CONVERGED, run_pw
+from mlcharge_workflows.engines.qe.schemas import QETaskDocument
+from mlcharge_workflows.engines.qe.sets import (
+    OUTDIR,
+    PREFIX,
+    PSEUDO_SUBDIR,
+    QEProtocol,
+    pw_input,
+    write_pw_input,
+)
+from mlcharge_workflows.settings import MLChargeSettings
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+StartDensity = "Literal['atomic'] | DensityGrid | str | Path"
+START_COPY = "start-charge-density.dat"
+#: Relative tolerance on the electron count of a start density (before normalisation).
+ELECTRON_TOL = 0.02
+
+
+def _prepare(structure: Structure) -> Structure:
+    check_structure(structure)
+    s = structure.copy()
+    s.remove_oxidation_states()
+    return s
+
+
+def _save_dir(directory: Path) -> Path:
+    return directory / OUTDIR / f"{PREFIX}.save"
+
+
+def _is_qe_binary(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"\x0c\x00\x00\x00"  # first record: 3 x int32
+
+
+def load_start_density(
+    start: DensityGrid | str | Path, structure: Structure, protocol: QEProtocol | None = None
+) -> tuple[DensityGrid, str]:
+    """Read and check a start density for ``structure``; returns ``(grid, source)``.
+
+    ``start`` is a :class:`DensityGrid`, a run folder of this package, a QE outdir, a
+    ``<prefix>.save`` folder, a ``charge-density.dat`` or a CHGCAR. The density must be for
+    the same cell and species order and integrate to the valence electron count within 2 %
+    (``ValueError`` otherwise); it is then normalised exactly. A spin-polarised run needs
+    a magnetisation density; a non-spin-polarised run drops one.
+    """
+    from mlcharge_workflows.density.chgcar import read_chgcar
+    from mlcharge_workflows.density.qe_file import read_qe_density
+
+    protocol = protocol or QEProtocol()
+    structure = _prepare(structure)
+    nelec = n_valence_electrons(structure)
+    if isinstance(start, DensityGrid):
+        grid, source = start, str(start.metadata.get("source", "DensityGrid"))
+        grid.check_matches(structure)
+    else:
+        path = Path(start)
+        if not path.exists():
+            raise FileNotFoundError(f"start density {path} does not exist")
+        if path.is_dir() and (path / OUTDIR).is_dir():
+            path = path / OUTDIR
+        source = str(path)
+        if path.is_dir() or _is_qe_binary(path):
+            grid = read_qe_density(path, structure=structure, expected_electrons=nelec,
+                                   electron_tol=ELECTRON_TOL)
+        else:
+            grid = read_chgcar(path, structure=structure)
+    try:
+        grid.check_electron_count(nelec, ELECTRON_TOL)
+    except ValueError as err:
+        raise ValueError(
+            f"start density {source}: {err}; the registry's pseudopotentials give "
+            f"{nelec:g} valence electrons for {structure.composition.formula}"
+        ) from None
+    if protocol.is_spin_polarized(structure) and grid.magnetization is None:
+        raise ValueError(
+            f"start density {source} has no magnetisation but the run is spin-polarised "
+            f"({', '.join(sorted(protocol.starting_magnetization))} present): pw.x would converge "
+            "to a non-magnetic state; give the density a magnetisation"
+        )
+    if not protocol.is_spin_polarized(structure) and grid.magnetization is not None:
+        grid = DensityGrid(grid.structure, grid.total, None, dict(grid.metadata))
+    start_n = grid.n_electrons
+    grid = grid.normalized(nelec)
+    grid.metadata = {**grid.metadata, "start_n_electrons": start_n}  # a copy: caller's is kept
+    return grid, source
+
+
+def _write_and_run(
+    structure: Structure,
+    directory: Path,
+    protocol: QEProtocol,
+    nprocs: int | None,
+    stem: str,
+    ok_returncodes: tuple[int, ...] = (0, EXIT_NOT_CONVERGED),
+    **input_kw,
+) -> tuple[float, object]:
+    write_pw_input(pw_input(structure, protocol, **input_kw), directory / f"{stem}.in")
+    t0 = time.perf_counter()
+    out = run_pw(directory, f"{stem}.in", f"{stem}.out", nprocs=nprocs, ok_returncodes=ok_returncodes)
+    elapsed = time.perf_counter() - t0
+    parsed = parse_pw_output(out)
+    if not parsed.job_done:
+        tail = "\n".join(out.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"pw.x stopped without 'JOB DONE' in {directory}:\n{tail}")
+    return elapsed, parsed
+
+
+def _place_start_density(
+    structure: Structure, directory: Path, protocol: QEProtocol, nprocs: int | None, grid: DensityGrid
+) -> tuple[float, Path]:
+    """Dry run (pw.x's exact G order and XML), then write ``grid`` in that order; keep a copy."""
+    from mlcharge_workflows.density.qe_file import write_qe_start_density
+
+    save = _save_dir(directory)
+    (save / "charge-density.dat").unlink(missing_ok=True)
+    _, dry = _write_and_run(structure, directory, protocol, nprocs, "dryrun", electron_maxstep=0)
+    reference = save / "charge-density.dat"
+    if not reference.is_file():
+        raise RuntimeError(f"pw.x dry run in {directory} wrote no {reference}")
+    _, ecutrho = protocol.cutoffs(structure)
+    written = write_qe_start_density(save, grid, ecutrho, reference=reference)
+    copy = directory / START_COPY
+    shutil.copyfile(written, copy)
+    return float(dry.wall_time_s or 0.0), copy
+
+
+def _symmetry_warning(structure: Structure, n_ops: int | None) -> list[str]:
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    if n_ops is None:
+        return []
+    try:
+        n_point = len(SpacegroupAnalyzer(structure).get_point_group_operations())
+    except Exception:  # spglib can fail on odd cells; the warning is only advice
+        return []
+    if n_ops >= n_point:
+        return []
+    msg = (
+        f"pw.x found {n_ops} symmetry operations where the point group has {n_point}: the "
+        "cell's orientation hides symmetry from pw.x, so k-points are less reduced (slower, "
+        "same result). A standard orientation (pymatgen get_primitive_standard_structure) helps."
+    )
+    warnings.warn(msg, stacklevel=3)
+    return [msg]
+
+
+def _document(
+    structure, directory, protocol, parsed, calculation, start, task_label, nprocs, **extra
+) -> QETaskDocument:
+    ecutwfc, ecutrho = protocol.cutoffs(structure)
+    xml_path = _save_dir(directory) / "data-file-schema.xml"
+    xml = parse_pw_xml(xml_path) if xml_path.is_file() else None
+    doc = dict(
+        task_label=task_label,
+        dir_name=str(directory),
+        structure=structure,
+        formula=structure.composition.reduced_formula,
+        calculation=calculation,
+        start=start,
+        density_read_from_file=parsed.density_read_from_file,
+        density_file_missing=parsed.density_file_missing,
+        converged=parsed.converged,
+        scf_iterations=parsed.scf_iterations,
+        energy_eV=parsed.energy_eV,
+        fermi_energy_eV=parsed.fermi_energy_eV,
+        total_magnetization=parsed.total_magnetization,
+        absolute_magnetization=parsed.absolute_magnetization,
+        wall_time_s=parsed.wall_time_s,
+        cpu_time_s=parsed.cpu_time_s,
+        scf_accuracy_Ry=parsed.scf_accuracy_Ry,
+        n_electrons=parsed.n_electrons,
+        nspin=2 if protocol.is_spin_polarized(structure) else 1,
+        n_kpoints=parsed.n_kpoints,
+        n_symmetry_ops=parsed.n_symmetry_ops,
+        nprocs=parsed.nprocs or nprocs,
+        ecutwfc_ry=ecutwfc,
+        ecutrho_ry=ecutrho,
+        protocol=protocol,
+        pw_version=parsed.version,
+        warnings=_symmetry_warning(structure, parsed.n_symmetry_ops),
+    )
+    if xml is not None:
+        if calculation == "scf" and xml.energy_eV is not None:
+            doc["energy_eV"] = xml.energy_eV  # full precision (text output has 8 decimals in Ry)
+        if xml.lsda:
+            doc["total_magnetization"] = xml.total_magnetization
+            doc["absolute_magnetization"] = xml.absolute_magnetization
+        if calculation == "scf" and xml.fermi_energy_eV is not None:
+            doc["fermi_energy_eV"] = xml.fermi_energy_eV
+        edges = band_edges(xml.eigenvalues_eV, xml.n_electrons)
+        if edges is not None:
+            doc.update(vbm_eV=edges[0], cbm_eV=edges[1], band_gap_eV=max(0.0, edges[1] - edges[0]))
+        if calculation != "scf":
+            doc.update(eigenvalues_eV=xml.eigenvalues_eV, kpoints_cart=xml.kpoints_cart)
+    doc.update(extra)
+    return QETaskDocument(**doc)
+
+
+def run_qe_scf(
+    structure: Structure,
+    directory: str | Path,
+    start: Literal["atomic"] | DensityGrid | str | Path = "atomic",
+    protocol: QEProtocol | None = None,
+    nprocs: int | None = None,
+    expect_density_read: bool = True,
+    allow_unconverged: bool = False,
+    keep_wavefunctions: bool = False,
+    task_label: str = "qe scf",
+) -> QETaskDocument:
+    """Run one pw.x SCF of ``structure`` in ``directory`` under ``protocol``.
+
+    Parameters
+    ----------
+    start
+        ``"atomic"`` (superposition of atomic densities) or a density: a
+        :class:`DensityGrid` or a path accepted by :func:`load_start_density`.
+    nprocs
+        MPI processes (default ``MLCHARGE_QE_NPROCS``).
+    expect_density_read
+        Raise ``RuntimeError`` if a density start was requested but pw.x did not print
+        "The initial density is read from file". With ``False`` the document records it.
+
+    Raises
+    ------
+    ValueError
+        Bad structure or start density (cell, species order, electron count, spin).
+    RuntimeError
+        pw.x missing, crashed, unconverged (unless ``allow_unconverged``), or did not read
+        the start density.
+    """
+    structure = _prepare(structure)
+    protocol = protocol or QEProtocol()
+    nprocs = int(nprocs or MLChargeSettings().qe_nprocs)
+    grid = source = None
+    if not (isinstance(start, str) and start == "atomic"):
+        grid, source = load_start_density(start, structure, protocol)  # before touching files
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)
+    extra: dict = {}
+    if grid is not None:
+        prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
+        extra = dict(
+            start_source=source,
+            start_density_file=str(copy),
+            start_n_electrons=grid.metadata.get("start_n_electrons"),
+            prep_wall_time_s=prep,
+        )
+    startingpot = "atomic" if grid is None else "file"
+    elapsed, parsed = _write_and_run(
+        structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot=startingpot
+    )
+    if not keep_wavefunctions:
+        for wfc in _save_dir(directory).glob("wfc*.dat"):
+            wfc.unlink()
+    if grid is not None and expect_density_read and not parsed.density_read_from_file:
+        why = " (pw.x: 'Cannot read rho')" if parsed.density_file_missing else ""
+        raise RuntimeError(
+            f"pw.x in {directory} did not read the start density{why}; it started from "
+            "atoms, so this run must not be counted as density-initialised"
+        )
+    if not parsed.converged and not allow_unconverged:
+        raise RuntimeError(
+            f"pw.x SCF in {directory} did not converge in {parsed.n_iterations_printed} "
+            f"iterations (electron_maxstep={protocol.electron_maxstep})"
+        )
+    return _document(
+        structure, directory, protocol, parsed, "scf", startingpot, task_label, nprocs,
+        elapsed_s=elapsed, **extra,
+    )
+
+
+def run_qe_nscf(
+    structure: Structure,
+    directory: str | Path,
+    density: DensityGrid | str | Path,
+    mode: Literal["line", "uniform"] = "line",
+    protocol: QEProtocol | None = None,
+    nprocs: int | None = None,
+    nbnd: int | None = None,
+    task_label: str | None = None,
+) -> QETaskDocument:
+    """Band structure (``mode='line'``, pw.x ``bands``) or uniform-mesh ``nscf`` from a density.
+
+    A zero-step dry run writes the ``data-file-schema.xml`` that non-SCF runs need and pw.x's
+    G order; ``density`` (see :func:`load_start_density`) then replaces its charge density.
+    Eigenvalues and the band gap go in the document.
+    """
+    if mode not in ("line", "uniform"):
+        raise ValueError(f"mode must be 'line' or 'uniform', got {mode!r}")
+    structure = _prepare(structure)
+    protocol = protocol or QEProtocol()
+    nprocs = int(nprocs or MLChargeSettings().qe_nprocs)
+    grid, source = load_start_density(density, structure, protocol)
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)
+    prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
+    calculation = "bands" if mode == "line" else "nscf"
+    elapsed, parsed = _write_and_run(
+        structure, directory, protocol, nprocs, "pw", ok_returncodes=(0,),
+        calculation=calculation, nbnd=nbnd,
+    )
+    for wfc in _save_dir(directory).glob("wfc*.dat"):
+        wfc.unlink()
+    if not parsed.density_read_from_file:
+        raise RuntimeError(
+            f"pw.x {calculation} run in {directory} did not report reading the density "
+            "('The potential is recalculated from file' missing)"
+        )
+    return _document(
+        structure, directory, protocol, parsed, calculation, "file",
+        task_label or f"qe non-scf {mode}", nprocs, elapsed_s=elapsed, start_source=source,
+        start_density_file=str(copy), prep_wall_time_s=prep,
+        start_n_electrons=grid.metadata.get("start_n_electrons"), converged=True,
+    )
+
+
+def read_converged_density(directory: str | Path) -> DensityGrid:
+    """The density pw.x wrote at the end of the run in ``directory`` (structure from its XML)."""
+    from mlcharge_workflows.density.qe_file import read_qe_density
+
+    directory = Path(directory)
+    outdir = directory / OUTDIR if (directory / OUTDIR).is_dir() else directory
+    xml = next(iter(sorted(outdir.glob("*.save/data-file-schema.xml"))), None)
+    if xml is not None:
+        data = parse_pw_xml(xml)
+        if data.converged is False:
+            raise ValueError(f"{xml}: the run did not converge; its density is not converged")
+    return read_qe_density(outdir)

@@ -1,0 +1,240 @@
+"""Pseudopotential registry: element -> Debian UPF file, valence, kind and suggested cutoffs.
+
+Every file is a PBE norm-conserving (NC) or ultrasoft (US) potential shipped by Debian's
+``quantum-espresso-data`` (``settings.pseudo_dir``) or, for H and Cu, gzipped in the
+examples of ``quantum-espresso``. PAW files are avoided on purpose: a PAW start needs
+one-centre occupancies (becsum) consistent with the density, which a predicted density
+does not carry (see docs/qe-protocol.md).
+
+Examples
+--------
+>>> from mlcharge_workflows.engines.qe.pseudo import get_pseudo, supported_elements
+>>> "Si" in supported_elements()
+True
+>>> get_pseudo("Si").kind, get_pseudo("Si").z_valence
+('NC', 4.0)
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from mlcharge_workflows.settings import MLChargeSettings
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+#: Where Debian's ``quantum-espresso`` package keeps its examples (some gzipped UPF files).
+QE_EXAMPLES_DIR = Path("/usr/share/doc/quantum-espresso/examples")
+
+#: Closest allowed distance between two atoms (Å), periodic images included.
+MIN_DISTANCE = 0.5
+
+PseudoKind = Literal["NC", "US", "PAW"]
+
+# element: (file name, location relative to QE_EXAMPLES_DIR or None for pseudo_dir,
+#           suggested ecutwfc (Ry), suggested ecutrho (Ry))
+# Cutoffs are moderate values for fast comparisons (not converged to 1 meV/atom); the
+# protocol takes the maximum over the species of a structure.
+_REGISTRY: dict[str, tuple[str, str | None, float, float]] = {
+    "H": ("H_HSCV_PBE-1.0.UPF", "CPV/EXX-wf-example", 50.0, 200.0),
+    "B": ("B.pbe-n-rrkjus_psl.1.0.0.UPF", None, 35.0, 280.0),
+    "C": ("C.pbe-rrkjus.UPF", None, 30.0, 240.0),
+    "N": ("N.pbe-n-rrkjus_psl.1.0.0.UPF", None, 40.0, 320.0),
+    "O": ("O.pbe-rrkjus.UPF", None, 35.0, 280.0),
+    "Si": ("Si.pbe-rrkj.UPF", None, 30.0, 120.0),
+    "Fe": ("Fe.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
+    "Co": ("CorelUSPBE.RRKJ3.UPF", None, 35.0, 350.0),
+    "Ni": ("Ni.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
+    "Cu": ("Cu_US_PBE_3pj_lowE.UPF", "XSpectra/pseudo", 35.0, 350.0),
+}
+
+
+@dataclass(frozen=True)
+class PseudoInfo:
+    """One registry entry, with what was read from its UPF header."""
+
+    element: str
+    filename: str  # name in the run's pseudo folder (never gzipped)
+    source: Path  # file on disk (may end in .gz)
+    kind: PseudoKind
+    z_valence: float
+    functional: str
+    ecutwfc_ry: float
+    ecutrho_ry: float
+
+
+def _open_text(path: Path) -> str:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", errors="replace") as fh:
+            return fh.read()
+    return path.read_text(errors="replace")
+
+
+def read_upf_header(path: str | Path) -> dict:
+    """Element, kind (NC/US/PAW), z_valence, functional and spin-orbit flag of a UPF v1/v2 file."""
+    path = Path(path)
+    text = _open_text(path)
+    m = re.search(r"<PP_HEADER(.*?)(/>|</PP_HEADER>)", text, re.S)
+    if m is None:
+        raise ValueError(f"{path}: no <PP_HEADER> found, not a UPF file")
+    head = m.group(1)
+    attrs = dict(re.findall(r'(\w+)\s*=\s*["\']([^"\']*)["\']', head))
+    if "z_valence" in attrs:  # UPF v2
+        ptype = attrs.get("pseudo_type", "").strip().upper()
+        if attrs.get("is_paw", "").strip().lower() in ("t", "true", ".true.") or ptype == "PAW":
+            kind = "PAW"
+        elif ptype in ("US", "USPP") or attrs.get("is_ultrasoft", "").strip().lower() in (
+            "t",
+            "true",
+        ):
+            kind = "US"
+        else:
+            kind = "NC"
+        return {
+            "element": attrs.get("element", "").strip(),
+            "kind": kind,
+            "z_valence": float(attrs["z_valence"].replace("D", "E").replace("d", "e")),
+            "functional": " ".join(attrs.get("functional", "").split()),
+            "has_so": attrs.get("has_so", "").strip().lower() in ("t", "true"),
+        }
+    lines = [ln.strip() for ln in head.lstrip(">").strip().splitlines()]  # UPF v1
+
+    def line_with(tag: str) -> str:
+        for ln in lines:
+            if tag in ln:
+                return ln
+        raise ValueError(f"{path}: UPF v1 header has no '{tag}' line")
+
+    kind_tok = lines[2].split()[0].upper()  # line 3: NC / US / PAW
+    func_line = line_with("Exchange-Correlation")
+    return {
+        "element": line_with("Element").split()[0],
+        "kind": {"US": "US", "PAW": "PAW"}.get(kind_tok, "NC"),
+        "z_valence": float(line_with("Z valence").split()[0]),
+        "functional": " ".join(func_line.split("Exchange-Correlation")[0].split()),
+        "has_so": "Fully-Relativistic" in text[: m.start()],
+    }
+
+
+def is_pbe(functional: str) -> bool:
+    """Whether a UPF functional string denotes PBE (short name or the four QE components)."""
+    tokens = functional.upper().split()
+    return tokens[:1] == ["PBE"] or tokens[:4] in (
+        ["SLA", "PW", "PBE", "PBE"],
+        ["SLA", "PW", "PBX", "PBC"],
+    )
+
+
+def _locate(filename: str, example_dir: str | None, pseudo_dir: Path) -> Path:
+    candidates = [pseudo_dir / filename, pseudo_dir / f"{filename}.gz"]
+    if example_dir is not None:
+        candidates.append(QE_EXAMPLES_DIR / example_dir / f"{filename}.gz")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"pseudopotential {filename} not found (looked in {', '.join(map(str, candidates))}); "
+        "install Debian's quantum-espresso and quantum-espresso-data packages"
+    )
+
+
+def supported_elements() -> list[str]:
+    """Elements the registry has a pseudopotential for, in registry order."""
+    return list(_REGISTRY)
+
+
+@lru_cache(maxsize=None)
+def _get_pseudo(element: str, pseudo_dir: Path) -> PseudoInfo:
+    filename, example_dir, ecutwfc, ecutrho = _REGISTRY[element]
+    source = _locate(filename, example_dir, pseudo_dir)
+    head = read_upf_header(source)
+    if head["element"] != element:
+        raise ValueError(f"{source} is for element {head['element']!r}, not {element!r}")
+    return PseudoInfo(
+        element=element,
+        filename=filename,
+        source=source,
+        kind=head["kind"],
+        z_valence=head["z_valence"],
+        functional=head["functional"],
+        ecutwfc_ry=ecutwfc,
+        ecutrho_ry=ecutrho,
+    )
+
+
+def get_pseudo(element: str) -> PseudoInfo:
+    """Registry entry of ``element``; ``ValueError`` listing the supported ones if unknown."""
+    if element not in _REGISTRY:
+        raise ValueError(
+            f"element {element!r} has no pseudopotential in the registry; "
+            f"supported elements: {', '.join(supported_elements())}"
+        )
+    return _get_pseudo(element, Path(MLChargeSettings().pseudo_dir))
+
+
+def structure_elements(structure: Structure) -> list[str]:
+    """Element symbols of a structure in order of first appearance."""
+    seen: dict[str, None] = {}
+    for site in structure:
+        seen.setdefault(site.specie.symbol, None)
+    return list(seen)
+
+
+def n_valence_electrons(structure: Structure) -> float:
+    """Number of valence electrons of a neutral structure with the registry's pseudopotentials."""
+    return float(sum(get_pseudo(site.specie.symbol).z_valence for site in structure))
+
+
+def check_structure(structure: Structure) -> None:
+    """Raise ``ValueError`` for a structure pw.x cannot run with the registry.
+
+    Checks: at least one atom, ordered sites, a cell of finite volume, every element in
+    the registry (the message lists the supported ones), no two atoms (periodic images
+    included) closer than :data:`MIN_DISTANCE` Å.
+    """
+    if len(structure) == 0:
+        raise ValueError("structure has no atoms: the cell is empty")
+    if not structure.is_ordered:
+        raise ValueError("structure has partially occupied (disordered) sites; pw.x needs an ordered cell")
+    if structure.lattice.volume < 1e-3:
+        raise ValueError(f"cell volume is {structure.lattice.volume:.3g} Å³: degenerate lattice")
+    unknown = sorted({s.specie.symbol for s in structure} - set(_REGISTRY))
+    if unknown:
+        raise ValueError(
+            f"unsupported element(s) {', '.join(unknown)}; "
+            f"supported elements: {', '.join(supported_elements())}"
+        )
+    centers, neighbors, _, dists = structure.get_neighbor_list(MIN_DISTANCE)
+    if len(dists):
+        i = int(np.argmin(dists))
+        a, b = int(centers[i]), int(neighbors[i])
+        raise ValueError(
+            f"atoms {a} ({structure[a].specie}) and {b} ({structure[b].specie}) are "
+            f"{dists[i]:.3f} Å apart (periodic images included), closer than {MIN_DISTANCE} Å"
+        )
+
+
+def stage_pseudos(elements: list[str], folder: str | Path) -> Path:
+    """Copy (decompressing where needed) the UPF files of ``elements`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for el in elements:
+        info = get_pseudo(el)
+        dest = folder / info.filename
+        if dest.exists():
+            continue
+        if info.source.suffix == ".gz":
+            with gzip.open(info.source, "rb") as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out)
+        else:
+            shutil.copyfile(info.source, dest)
+    return folder

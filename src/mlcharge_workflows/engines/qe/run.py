@@ -1,0 +1,103 @@
+"""Run pw.x through MPI, with clear errors when it is missing or crashes."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from mlcharge_workflows.settings import MLChargeSettings
+
+#: pw.x exit status of a run that stopped at ``electron_maxstep`` without converging
+#: (also the status of the zero-step dry run that writes data-file-schema.xml).
+EXIT_NOT_CONVERGED = 2
+
+
+def _tail(path: Path, n_lines: int = 25) -> str:
+    if not path.is_file():
+        return ""
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join(lines[-n_lines:])
+
+
+def pw_command(nprocs: int | None = None, input_file: str = "pw.in") -> list[str]:
+    """The command line of one pw.x run, from ``MLCHARGE_MPI_CMD``/``PW_CMD``/``QE_NPROCS``.
+
+    Settings are read from the environment at each call. ``RuntimeError`` if pw.x or the MPI
+    launcher cannot be found.
+    """
+    settings = MLChargeSettings()
+    nprocs = int(nprocs or settings.qe_nprocs)
+    if nprocs < 1:
+        raise ValueError(f"nprocs must be >= 1, got {nprocs}")
+    pw = shlex.split(settings.pw_cmd)
+    if not pw or shutil.which(pw[0]) is None:
+        raise RuntimeError(
+            f"pw.x not found: MLCHARGE_PW_CMD={settings.pw_cmd!r} is not an executable on PATH; "
+            "install Debian's quantum-espresso package or set MLCHARGE_PW_CMD"
+        )
+    mpi = shlex.split(settings.mpi_cmd.format(nprocs=nprocs)) if settings.mpi_cmd.strip() else []
+    if mpi and shutil.which(mpi[0]) is None:
+        raise RuntimeError(
+            f"MPI launcher not found: MLCHARGE_MPI_CMD={settings.mpi_cmd!r}; install an MPI "
+            "(Debian: openmpi-bin) or set MLCHARGE_MPI_CMD='' to run pw.x serially"
+        )
+    return [*mpi, *pw, "-in", input_file]
+
+
+def run_pw(
+    directory: str | Path,
+    input_file: str = "pw.in",
+    output_file: str = "pw.out",
+    nprocs: int | None = None,
+    ok_returncodes: tuple[int, ...] = (0,),
+    timeout: float | None = None,
+) -> Path:
+    """Run pw.x in ``directory`` on ``input_file``; stdout and stderr go to ``output_file``.
+
+    Parameters
+    ----------
+    directory
+        Run folder (holds the input, ``pseudo/`` and ``out/``).
+    nprocs
+        MPI processes; ``None`` uses ``MLCHARGE_QE_NPROCS``.
+    ok_returncodes
+        Exit statuses that count as success (the zero-step dry run exits with 2).
+
+    Returns
+    -------
+    Path
+        The output file.
+
+    Raises
+    ------
+    RuntimeError
+        pw.x or MPI missing, or pw.x exited with another status; the message holds the
+        tail of the output and the CRASH file when pw.x wrote one.
+    """
+    directory = Path(directory)
+    if not (directory / input_file).is_file():
+        raise FileNotFoundError(f"pw.x input {directory / input_file} does not exist")
+    cmd = pw_command(nprocs, input_file)
+    out_path = directory / output_file
+    crash = directory / "CRASH"
+    crash.unlink(missing_ok=True)
+    try:
+        with open(out_path, "w") as out:
+            proc = subprocess.run(
+                cmd, cwd=directory, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+            )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(
+            f"pw.x in {directory} ran past {timeout} s and was stopped\n{_tail(out_path)}"
+        ) from exc
+    except OSError as exc:
+        raise RuntimeError(f"could not start {' '.join(cmd)}: {exc}") from exc
+    if proc.returncode not in ok_returncodes:
+        msg = [f"pw.x failed in {directory} (exit status {proc.returncode}): {' '.join(cmd)}"]
+        if crash.is_file():
+            msg.append("CRASH file:\n" + _tail(crash, 20))
+        msg.append(f"end of {output_file}:\n" + _tail(out_path))
+        raise RuntimeError("\n".join(msg))
+    return out_path

@@ -1,0 +1,192 @@
+"""The fixed QE comparison protocol and pw.x input writing.
+
+Every arm of a comparison uses the same :class:`QEProtocol`; only ``startingpot``
+(``'atomic'`` or ``'file'``) differs, so two runs differ only in their starting density.
+Inputs are written with pymatgen's :class:`~pymatgen.io.pwscf.PWInput`
+(``CELL_PARAMETERS angstrom``, ``ATOMIC_POSITIONS crystal``, ``K_POINTS automatic`` or
+``crystal_b``), which expresses everything the protocol needs.
+
+Examples
+--------
+>>> from pymatgen.core import Lattice, Structure
+>>> si = Structure(Lattice.cubic(5.43), ["Si"] * 8, Structure.from_spacegroup(
+...     "Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]]).frac_coords)
+>>> QEProtocol().kpoint_grid(si)
+(7, 7, 7)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from mlcharge_workflows.engines.qe.pseudo import get_pseudo, structure_elements
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+    from pymatgen.io.pwscf import PWInput
+
+#: Prefix of every run (``outdir/<prefix>.save``).
+PREFIX = "pwscf"
+#: ``outdir`` relative to the run folder.
+OUTDIR = "out"
+#: Folder (relative to the run folder) holding the staged UPF files.
+PSEUDO_SUBDIR = "pseudo"
+
+
+class QEProtocol(BaseModel):
+    """Settings shared by every arm of a comparison (cutoffs in Ry, k-spacing in Å⁻¹).
+
+    ``ecutwfc_ry`` / ``ecutrho_ry`` of ``None`` take the maximum of the registry's
+    suggestions over the species of the structure.
+    """
+
+    ecutwfc_ry: float | None = Field(None, description="Wavefunction cutoff (Ry); None: registry max.")
+    ecutrho_ry: float | None = Field(None, description="Density cutoff (Ry); None: registry max.")
+    kspacing: float = Field(
+        0.3, gt=0, description="Largest k-point spacing (Å⁻¹, 2π included); Γ-centred MP grid."
+    )
+    occupations: Literal["smearing", "fixed"] = "smearing"
+    smearing: str = "mv"
+    degauss_ry: float = Field(0.01, description="Smearing width (Ry).")
+    conv_thr_per_atom: float = Field(5e-10, description="conv_thr (Ry) per atom.")
+    mixing_beta: float = 0.4
+    mixing_mode: str = "plain"
+    diago_thr_init: float = Field(
+        1e-5, description="First diagonalisation threshold; pw.x's default depends on startingpot."
+    )
+    electron_maxstep: int = 100
+    starting_magnetization: dict[str, float] = Field(
+        default_factory=lambda: {"Fe": 0.4, "Co": 0.35, "Ni": 0.3},
+        description="Species that make a run spin-polarised (nspin=2), with their starting moments.",
+    )
+    nscf_kspacing: float = Field(0.15, gt=0, description="k-spacing of uniform (DOS) nscf runs.")
+    line_density: int = Field(20, gt=0, description="Band-path points per Å⁻¹ (line mode).")
+
+    # ------------------------------------------------------------------ derived values
+    def cutoffs(self, structure: Structure) -> tuple[float, float]:
+        """``(ecutwfc, ecutrho)`` in Ry for a structure."""
+        infos = [get_pseudo(el) for el in structure_elements(structure)]
+        wfc = self.ecutwfc_ry or max(i.ecutwfc_ry for i in infos)
+        rho = self.ecutrho_ry or max(max(i.ecutrho_ry for i in infos), 4 * wfc)
+        if rho < 4 * wfc:
+            raise ValueError(f"ecutrho {rho} Ry is below 4 x ecutwfc ({4 * wfc} Ry)")
+        return float(wfc), float(rho)
+
+    def is_spin_polarized(self, structure: Structure) -> bool:
+        """Whether the structure contains a species with a starting moment."""
+        return any(el in self.starting_magnetization for el in structure_elements(structure))
+
+    def kpoint_grid(self, structure: Structure, kspacing: float | None = None) -> tuple[int, ...]:
+        """Γ-centred Monkhorst-Pack divisions ``ceil(|b_i| / kspacing)`` (|b| with 2π)."""
+        spacing = kspacing or self.kspacing
+        lengths = structure.lattice.reciprocal_lattice.abc
+        return tuple(max(1, math.ceil(b / spacing - 1e-6)) for b in lengths)
+
+    def conv_thr(self, structure: Structure) -> float:
+        """Total ``conv_thr`` in Ry."""
+        return self.conv_thr_per_atom * len(structure)
+
+
+def band_path(structure: Structure, line_density: int) -> list[tuple[float, float, float, int]]:
+    """High-symmetry path as ``crystal_b`` entries ``(k1, k2, k3, n)`` in the structure's own
+    reciprocal basis. ``n`` is the number of points to the next entry (1 at a path break)."""
+    from pymatgen.symmetry.bandstructure import HighSymmKpath
+
+    kpath = HighSymmKpath(structure, path_type="latimer_munro")
+    rec = kpath.rec_lattice.matrix  # fractional coords of kpath refer to this basis
+    to_own = np.linalg.inv(structure.lattice.reciprocal_lattice.matrix)
+    entries: list[tuple[float, float, float, int]] = []
+    for branch in kpath.kpath["path"]:
+        carts = [np.asarray(kpath.kpath["kpoints"][label]) @ rec for label in branch]
+        for a, b in zip(carts, carts[1:]):
+            n = max(2, int(round(np.linalg.norm(b - a) * line_density)))
+            entries.append((*(a @ to_own), n))
+        entries.append((*(carts[-1] @ to_own), 1))
+    return [(float(x), float(y), float(z), int(n)) for x, y, z, n in entries]
+
+
+def pw_input(
+    structure: Structure,
+    protocol: QEProtocol | None = None,
+    calculation: Literal["scf", "nscf", "bands"] = "scf",
+    startingpot: Literal["atomic", "file"] = "atomic",
+    kpoints: Literal["scf", "uniform", "line"] | None = None,
+    electron_maxstep: int | None = None,
+    nbnd: int | None = None,
+) -> PWInput:
+    """pymatgen ``PWInput`` for one run of the protocol (run folder layout: ``pseudo/``, ``out/``).
+
+    ``kpoints``: ``'scf'`` (protocol grid, default for scf), ``'uniform'`` (denser grid,
+    default for nscf) or ``'line'`` (band path, default for bands).
+    """
+    from pymatgen.io.pwscf import PWInput
+
+    protocol = protocol or QEProtocol()
+    structure = structure.copy()
+    structure.remove_oxidation_states()
+    structure.remove_site_property("magmom") if "magmom" in structure.site_properties else None
+    elements = sorted(structure_elements(structure))  # PWInput prints species sorted
+    ecutwfc, ecutrho = protocol.cutoffs(structure)
+    control = {
+        "calculation": calculation,
+        "prefix": PREFIX,
+        "outdir": OUTDIR,
+        "pseudo_dir": PSEUDO_SUBDIR,
+        "disk_io": "low",
+    }
+    system: dict = {"ecutwfc": ecutwfc, "ecutrho": ecutrho}
+    if protocol.occupations == "smearing":
+        system.update(occupations="smearing", smearing=protocol.smearing, degauss=protocol.degauss_ry)
+    else:
+        system["occupations"] = "fixed"
+    if protocol.is_spin_polarized(structure):
+        system["nspin"] = 2
+        system["starting_magnetization"] = [
+            float(protocol.starting_magnetization.get(el, 0.0)) for el in elements
+        ]
+    if nbnd is not None:
+        system["nbnd"] = int(nbnd)
+    electrons = {
+        "conv_thr": protocol.conv_thr(structure),
+        "mixing_beta": protocol.mixing_beta,
+        "mixing_mode": protocol.mixing_mode,
+        "diago_thr_init": protocol.diago_thr_init,
+        "electron_maxstep": protocol.electron_maxstep if electron_maxstep is None else electron_maxstep,
+        "startingpot": startingpot,
+    }
+    if calculation != "scf":
+        electrons.pop("startingpot")
+    mode = kpoints or {"scf": "scf", "nscf": "uniform", "bands": "line"}[calculation]
+    if mode == "line":
+        kw = {"kpoints_mode": "crystal_b", "kpoints_grid": band_path(structure, protocol.line_density)}
+    else:
+        spacing = protocol.nscf_kspacing if mode == "uniform" else protocol.kspacing
+        kw = {"kpoints_mode": "automatic", "kpoints_grid": protocol.kpoint_grid(structure, spacing)}
+    return PWInput(
+        structure,
+        pseudo={el: get_pseudo(el).filename for el in elements},
+        control=control,
+        system=system,
+        electrons=electrons,
+        format_options={"coord_decimals": 10, "kpoints_grid_decimals": 10},
+        **kw,
+    )
+
+
+def write_pw_input(pwin: PWInput, path: str | Path) -> Path:
+    """Write ``pwin`` to ``path`` (pymatgen's writer; ``K_POINTS crystal_b`` counts as integers)."""
+    text = str(pwin)
+    if pwin.kpoints_mode == "crystal_b":  # pw.x wants the point count, not '20.0000000000'
+        head, _, tail = text.partition("K_POINTS crystal_b\n")
+        body, _, cell = tail.partition("CELL_PARAMETERS")
+        rows = body.strip().splitlines()
+        fixed = [rows[0]] + [" ".join(r.split()[:3] + [str(int(float(r.split()[3])))]) for r in rows[1:]]
+        text = f"{head}K_POINTS crystal_b\n" + "\n".join(fixed) + "\nCELL_PARAMETERS" + cell
+    path = Path(path)
+    path.write_text(text + "\n")
+    return path
