@@ -27,12 +27,14 @@ import numpy as np
 
 from mlcharge_workflows.density.grid import DensityGrid, grid_from_coefficients
 from mlcharge_workflows.density.qe_gvectors import (
+    QE_BOHR_TO_ANGSTROM as BOHR_TO_ANGSTROM,
+    QE_PER_BOHR3_TO_PER_ANGSTROM3 as PER_BOHR3_TO_PER_ANGSTROM3,
     fft_grid_for_miller,
+    qe_fft_fact,
     qe_fft_grid,
     qe_gvector_order,
     qe_reciprocal_bohr,
 )
-from mlcharge_workflows.units import BOHR_TO_ANGSTROM, PER_BOHR3_TO_PER_ANGSTROM3
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -361,6 +363,8 @@ def read_qe_density(
 ) -> DensityGrid:
     """Read a QE density (outdir, ``<prefix>.save`` or ``charge-density.dat``) as a grid in e/Å³.
 
+    ``shape`` defaults to pw.x's FFT grid from the XML, else :func:`fft_grid_for_miller`.
+
     The structure comes from ``data-file-schema.xml`` beside the file when not given; when both
     exist they must agree (cell, species order, positions). The electron count is checked
     against ``expected_electrons``, else the XML's ``nelec`` (``ValueError`` beyond
@@ -375,6 +379,8 @@ def read_qe_density(
         structure = xml_structure
     elif xml_structure is not None:
         DensityGrid(xml_structure, np.zeros((1, 1, 1))).check_matches(structure)
+    if shape is None:
+        shape = info.get("fft_grid")  # pw.x's own grid when known
     grid = qe_to_grid(read_qe_charge_density(dat), structure, shape)
     grid.metadata.update(source=str(dat), engine="qe", **info)
     expected = expected_electrons if expected_electrons is not None else info.get("nelec")
@@ -432,6 +438,7 @@ __all__ = [
     "read_qe_xml",
     "write_qe_start_density",
     "fft_grid_for_miller",
+    "qe_fft_fact",
     "qe_fft_grid",
     "qe_gvector_order",
     "qe_reciprocal_bohr",

@@ -7,17 +7,25 @@ angstrom``: ``at = rd_ht / bohr_radius_angs``, ``alat = |a1|``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from mlcharge_workflows.units import BOHR_TO_ANGSTROM
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 EPS8 = 1.0e-8
+#: Bohr radius in Å exactly as pw.x 6.7 (Debian) uses it: CODATA 2018, read back from the cell
+#: it writes to data-file-schema.xml. (``units.BOHR_TO_ANGSTROM`` holds the CODATA 2006 value.)
+QE_BOHR_TO_ANGSTROM = 0.529177210903
+#: e/bohr³ -> e/Å³ with that Bohr radius.
+QE_PER_BOHR3_TO_PER_ANGSTROM3 = 1.0 / QE_BOHR_TO_ANGSTROM**3
 
 
 def _qe_cell(lattice_matrix_angstrom: np.ndarray) -> tuple[np.ndarray, float]:
     """QE's ``at`` (columns, alat units) and ``alat`` (bohr) for CELL_PARAMETERS angstrom."""
     rd_ht = np.asarray(lattice_matrix_angstrom, dtype=float).reshape(3, 3)
-    at = rd_ht.T * (1.0 / BOHR_TO_ANGSTROM)  # cell_base_init: units = 1/bohr_radius_angs
+    at = rd_ht.T * (1.0 / QE_BOHR_TO_ANGSTROM)  # cell_base_init: units = 1/bohr_radius_angs
     alat = float(np.sqrt(at[0, 0] ** 2 + at[1, 0] ** 2 + at[2, 0] ** 2))
     return at / alat, alat
 
@@ -80,33 +88,67 @@ def qe_gvector_order(
     return mill[_hpsort_eps_order(g2)]
 
 
-def _good_fft_order(n: int) -> int:
-    """Smallest ``m >= n`` with only the factors 2, 3, 5 (QE's FFTW rule)."""
+def _good_fft_order(n: int, factor: int = 1) -> int:
+    """Smallest ``m >= n`` with only the prime factors 2, 3, 5 (QE's FFTW rule), divisible by
+    ``factor``."""
     while True:
         m = n
         for p in (2, 3, 5):
             while m % p == 0:
                 m //= p
-        if m == 1:
+        if m == 1 and n % factor == 0:
             return n
         n += 1
 
 
-def fft_grid_for_miller(mill: np.ndarray) -> tuple[int, int, int]:
-    """QE's FFT grid for a G sphere: ``good_fft_order(2 * max|m_i| + 1)`` on each axis."""
+def fft_grid_for_miller(
+    mill: np.ndarray, fft_fact: tuple[int, int, int] = (1, 1, 1)
+) -> tuple[int, int, int]:
+    """QE's FFT grid for a G sphere: ``good_fft_order(2 * max|m_i| + 1, fft_fact_i)``."""
     nb = np.abs(np.asarray(mill)).max(axis=0)
-    return tuple(_good_fft_order(2 * int(n) + 1) for n in nb)  # type: ignore[return-value]
+    return tuple(  # type: ignore[return-value]
+        _good_fft_order(2 * int(n) + 1, int(f)) for n, f in zip(nb, fft_fact)
+    )
 
 
-def qe_fft_grid(lattice_matrix_angstrom: np.ndarray, ecutrho_ry: float) -> tuple[int, int, int]:
+def qe_fft_fact(structure: Structure, symprec: float = 1e-4) -> tuple[int, int, int]:
+    """Divisors pw.x imposes on the FFT grid so fractional translations fit it.
+
+    Follows ``sgam_at``: a translation component ``t`` (reduced to (-1/2, 1/2]) counts when
+    ``1/|t|`` is 2, 3, 4 or 6; ``fft_fact_i`` is the least common multiple over symmetry
+    operations. Magnetisation, ``nosym`` or k-points can make pw.x use fewer operations.
+    """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    ops = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_operations()
+    fact = [1, 1, 1]
+    for op in ops:
+        t = op.translation_vector - np.round(op.translation_vector)
+        nfrac = [0, 0, 0]
+        for i in range(3):
+            if abs(t[i]) > 1e-5:
+                n = int(round(1.0 / abs(t[i])))
+                if n not in (2, 3, 4, 6) or abs(1.0 / abs(t[i]) - n) > 1e-4:
+                    break
+                nfrac[i] = n
+        else:
+            fact = [int(np.lcm(f, n)) if n else f for f, n in zip(fact, nfrac)]
+    return tuple(fact)  # type: ignore[return-value]
+
+
+def qe_fft_grid(
+    lattice_matrix_angstrom: np.ndarray,
+    ecutrho_ry: float,
+    fft_fact: tuple[int, int, int] = (1, 1, 1),
+) -> tuple[int, int, int]:
     """pw.x's dense FFT grid ``(nr1, nr2, nr3)`` for a cell and ``ecutrho``.
 
-    Symmetry with fractional translations can make pw.x pick a larger grid; force the
-    grid with ``nr1, nr2, nr3`` in ``&SYSTEM`` where it matters.
+    Symmetry with fractional translations makes pw.x round up to multiples of ``fft_fact``
+    (see :func:`qe_fft_fact`); ``nr1, nr2, nr3`` in ``&SYSTEM`` force a grid.
     """
     mill, tt, _, alat = _sphere(np.asarray(lattice_matrix_angstrom), ecutrho_ry, False)
     gcutm = ecutrho_ry / (2.0 * np.pi / alat) ** 2
-    return fft_grid_for_miller(mill[tt < gcutm])
+    return fft_grid_for_miller(mill[tt < gcutm], fft_fact)
 
 
 def qe_reciprocal_bohr(lattice_matrix_angstrom: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from mlcharge_workflows.density.grid import DensityGrid, fft_miller
-from mlcharge_workflows.units import BOHR_TO_ANGSTROM
+from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM as BOHR_TO_ANGSTROM
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
