@@ -196,8 +196,10 @@ def connect_launchpad(path: str | Path, timeout_ms: int = DEFAULT_SERVER_TIMEOUT
         lp.fireworks.estimated_document_count()  # authentication/authorisation check
     except Exception as exc:  # noqa: BLE001 - pymongo raises many types
         host = kwargs.get("host")
+        reason = (str(exc).splitlines() or [""])[0].split(" (configured timeouts")[0][:300]
         raise LaunchPadConfigError(
-            f"cannot reach the MongoDB of launchpad file {path} (host {host!r}): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"cannot reach the MongoDB of launchpad file {path} (host {host!r}, waited "
+            f"{client_kwargs['serverSelectionTimeoutMS'] / 1000:g} s): "
+            f"{type(exc).__name__}: {reason}"
         ) from exc
     return lp

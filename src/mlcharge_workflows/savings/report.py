@@ -1,0 +1,267 @@
+"""``mlcharge report``: what the ML start saved, from a jobflow store or a JSON file of records.
+
+>>> from mlcharge_workflows.savings.schemas import SavingsRecord
+>>> recs = [SavingsRecord(structure="a", engine="qe",
+...                       scf_iterations={"baseline": 10, "ml": 6, "oracle": 4})]
+>>> s = summarize(recs)
+>>> s["iterations_saved_pct"]["median"], s["fraction_improved"]
+(40.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlcharge_workflows.savings.schemas import SavingsDocument, SavingsRecord
+
+if TYPE_CHECKING:
+    from jobflow import JobStore
+
+#: Store query that finds savings documents among all job outputs.
+SAVINGS_QUERY = {"output.scf_iterations": {"$exists": True}, "output.engine": {"$exists": True}}
+REPORT_SUFFIXES = (".html", ".png", ".csv", ".json")
+
+
+def load_records_from_store(store: JobStore, progress: bool = True) -> list[SavingsDocument]:
+    """Every savings document in a jobflow store, one per job (the latest run of a job).
+
+    A rerun job (lost run, rerun firework) overwrites its output under the same
+    ``(uuid, index)``; should two indices exist, the highest wins, so no record counts twice.
+    """
+    from tqdm import tqdm
+
+    store.connect()
+    latest: dict[str, tuple[int, dict]] = {}
+    total = store.count(SAVINGS_QUERY)
+    docs = store.query(SAVINGS_QUERY, properties=["uuid", "index", "output"], load=False)
+    for doc in tqdm(docs, total=total, desc="reading store", unit="doc", disable=not progress):
+        index = int(doc.get("index") or 1)
+        if doc["uuid"] not in latest or index > latest[doc["uuid"]][0]:
+            latest[doc["uuid"]] = (index, doc["output"])
+    return [_to_document(out) for _, out in latest.values()]
+
+
+def _to_document(data: dict[str, Any]) -> SavingsDocument:
+    clean = {k: v for k, v in data.items() if not k.startswith("@")}
+    return SavingsDocument.model_validate(clean)
+
+
+def load_records_from_json(path: str | Path) -> list[SavingsDocument]:
+    """Records from a JSON file: a list, ``{"records": [...]}``, one record, or JSON lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"records file {path} does not exist")
+    text = path.read_text()
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is neither JSON nor JSON lines: {exc}") from exc
+    if isinstance(data, dict):
+        data = data.get("records", [data])
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise ValueError(f"{path} does not hold savings records (a list of objects)")
+    try:
+        return [_to_document(d) for d in data]
+    except Exception as exc:  # pydantic.ValidationError names the field
+        raise ValueError(f"{path}: not a savings record: {exc}") from exc
+
+
+def _stats(values: Iterable[float]) -> dict[str, float | int | None]:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        return {"n": 0, "median": None, "p25": None, "p75": None, "min": None, "max": None,
+                "mean": None}
+    p25, med, p75 = np.percentile(arr, [25, 50, 75])
+    return {"n": int(arr.size), "median": round(float(med), 4), "p25": round(float(p25), 4),
+            "p75": round(float(p75), 4), "min": round(float(arr.min()), 4),
+            "max": round(float(arr.max()), 4), "mean": round(float(arr.mean()), 4)}
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def record_row(rec: SavingsRecord) -> dict[str, Any]:
+    """One row of the per-structure table (derived columns included)."""
+    it, w, g = rec.scf_iterations, rec.wall_s, rec.band_gap_eV
+    de = rec.energy_difference_eV
+    per_atom = None if de is None or not rec.n_atoms else 1000.0 * de / rec.n_atoms
+    return {
+        "structure": rec.structure, "formula": rec.formula, "n_atoms": rec.n_atoms,
+        "engine": rec.engine,
+        "iter_baseline": it.baseline, "iter_ml": it.ml, "iter_oracle": it.oracle,
+        "iter_saved_pct": _round(_pct(rec.iteration_saving), 1),
+        "oracle_saved_pct": _round(_pct(rec.oracle_saving), 1),
+        "wall_baseline_s": _round(w.baseline, 2), "wall_ml_s": _round(w.ml, 2),
+        "wall_predict_s": _round(w.predict, 2),
+        "net_wall_saved_pct": _round(_pct(rec.wall_saving), 1),
+        "dE_meV_per_atom": _round(per_atom, 3),
+        "gap_scf_eV": _round(g.scf, 3), "gap_nscf_ml_eV": _round(g.nscf_ml, 3),
+        "gap_nscf_atomic_eV": _round(g.nscf_atomic, 3),
+        "ml_density_used": rec.ml_density_used, "fallback": rec.fallback, "error": rec.error,
+    }
+
+
+def _round(x: float | None, nd: int) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def summarize(records: Sequence[SavingsRecord]) -> dict[str, Any]:
+    """Summary numbers of a set of records (percentages in %, energies in meV/atom)."""
+    rows = [record_row(r) for r in records]
+    paired = [r for r in records if r.iteration_saving is not None]
+    improved = [r for r in paired if r.scf_iterations.ml < r.scf_iterations.baseline]
+    timed = [r for r in records if r.wall_saving is not None]
+    base_wall = sum(r.wall_s.baseline for r in timed)
+    ml_wall = sum(r.wall_s.ml + (r.wall_s.predict or 0.0) for r in timed)
+    gaps_ml = [abs(r.band_gap_eV.nscf_ml - r.band_gap_eV.scf) for r in records
+               if r.band_gap_eV.nscf_ml is not None and r.band_gap_eV.scf is not None]
+    gaps_at = [abs(r.band_gap_eV.nscf_atomic - r.band_gap_eV.scf) for r in records
+               if r.band_gap_eV.nscf_atomic is not None and r.band_gap_eV.scf is not None]
+    de = [abs(row["dE_meV_per_atom"]) for row in rows if row["dE_meV_per_atom"] is not None]
+    return {
+        "n_records": len(records),
+        "n_compared": len(paired),
+        "n_errors": sum(r.error is not None for r in records),
+        "n_fallback": sum(r.fallback is not None for r in records),
+        "n_ml_density_used": sum(bool(r.ml_density_used) for r in records),
+        "iterations_saved_pct": _stats(row["iter_saved_pct"] for row in rows),
+        "fraction_improved": round(len(improved) / len(paired), 4) if paired else None,
+        "oracle_saved_pct": _stats(row["oracle_saved_pct"] for row in rows),
+        "net_wall_saved_pct": _stats(row["net_wall_saved_pct"] for row in rows),
+        "total_wall_s": {"baseline": round(base_wall, 2), "ml_plus_predict": round(ml_wall, 2),
+                         "net_saved_pct": round(100 * (1 - ml_wall / base_wall), 2)
+                         if base_wall > 0 else None},
+        "abs_energy_diff_meV_per_atom": _stats(de),
+        "gap_abs_error_eV": {"nscf_ml": _stats(gaps_ml), "nscf_atomic": _stats(gaps_at)},
+    }
+
+
+def _fmt(x: Any, unit: str = "", nd: int = 1) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.{nd}f}{unit}" if isinstance(x, float) else f"{x}{unit}"
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary as short human-readable lines (terminal and HTML)."""
+    it, orc = summary["iterations_saved_pct"], summary["oracle_saved_pct"]
+    wall, de = summary["total_wall_s"], summary["abs_energy_diff_meV_per_atom"]
+    gml, gat = summary["gap_abs_error_eV"]["nscf_ml"], summary["gap_abs_error_eV"]["nscf_atomic"]
+    frac = summary["fraction_improved"]
+    return [
+        f"structures: {summary['n_records']} ({summary['n_compared']} with baseline and ML arm, "
+        f"{summary['n_errors']} with errors, {summary['n_fallback']} fell back to atoms)",
+        f"SCF iterations saved: median {_fmt(it['median'], '%')} "
+        f"(IQR {_fmt(it['p25'], '%')} to {_fmt(it['p75'], '%')}, "
+        f"range {_fmt(it['min'], '%')} to {_fmt(it['max'], '%')})",
+        f"improved (fewer iterations than baseline): "
+        f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} of compared structures",
+        f"oracle ceiling (start from the converged density): median {_fmt(orc['median'], '%')}",
+        f"net wall time, prediction included: {_fmt(wall['baseline'], ' s')} baseline vs "
+        f"{_fmt(wall['ml_plus_predict'], ' s')} ML -> {_fmt(wall['net_saved_pct'], '%')} saved",
+        f"energy agreement |E_ML - E_baseline|: median {_fmt(de['median'], ' meV/atom', 3)}, "
+        f"max {_fmt(de['max'], ' meV/atom', 3)}",
+        f"NSCF band gap error vs SCF density: ML start MAE {_fmt(gml['mean'], ' eV', 3)}, "
+        f"atomic start MAE {_fmt(gat['mean'], ' eV', 3)} ({gml['n']} structures)",
+    ]
+
+
+def write_csv(records: Sequence[SavingsRecord], path: str | Path) -> Path:
+    """The per-structure table as CSV."""
+    path = Path(path)
+    rows = [record_row(r) for r in records]
+    fields = list(record_row(SavingsRecord(structure="", engine="qe")))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_png(records: Sequence[SavingsRecord], path: str | Path) -> Path:
+    """The three plots side by side as one PNG."""
+    from mlcharge_workflows.savings.plots import figure_png, summary_figure
+
+    path = Path(path)
+    path.write_bytes(figure_png(summary_figure(records, title=_title(records))))
+    return path
+
+
+def _title(records: Sequence[SavingsRecord]) -> str:
+    engines = sorted({r.engine for r in records})
+    return f"ML-initialised SCF: {len(records)} structures ({', '.join(engines) or 'no engine'})"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}
+th{background:#f0f0f0;position:sticky;top:0}td.num{text-align:right}
+tr.err td{background:#fff1f0}img{max-width:100%;display:block;margin:0.5em 0}
+.fig{display:flex;flex-wrap:wrap;gap:1em}.fig img{width:32%;min-width:300px}"""
+
+
+def write_html(records: Sequence[SavingsRecord], path: str | Path) -> Path:
+    """A self-contained HTML report: summary, plots (embedded PNGs), per-structure table."""
+    from mlcharge_workflows.savings.plots import PLOTS, figure_png, single_figure
+
+    path = Path(path)
+    summary = summarize(records)
+    imgs = "".join(
+        f'<img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode(figure_png(single_figure(records, name))).decode()}">'
+        for name in PLOTS
+    )
+    rows = [record_row(r) for r in records]
+    cols = list(record_row(SavingsRecord(structure="", engine="qe")))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for row in sorted(rows, key=lambda r: str(r["structure"])):
+        cells = "".join(
+            f'<td class="num">{v}</td>' if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row.values()
+        )
+        body.append(f'<tr class="{"err" if row["error"] else ""}">{cells}</tr>')
+    summary_html = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(summary))
+    doc = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(_title(records))}</title>
+<style>{_CSS}</style></head><body>
+<h1>{html.escape(_title(records))}</h1>
+<p>Generated {datetime.now().isoformat(timespec="seconds")} by <code>mlcharge report</code>.</p>
+<h2>Summary</h2><ul>{summary_html}</ul>
+<h2>Plots</h2><div class="fig">{imgs}</div>
+<h2>Per structure</h2><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>
+<h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre>
+</body></html>
+"""
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def write_report(records: Sequence[SavingsRecord], output: str | Path) -> Path:
+    """Write ``output`` in the format its suffix names (.html, .png, .csv, .json)."""
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in REPORT_SUFFIXES:
+        raise ValueError(f"report output {output}: suffix must be one of {REPORT_SUFFIXES}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".html":
+        return write_html(records, output)
+    if suffix == ".png":
+        return write_png(records, output)
+    if suffix == ".csv":
+        return write_csv(records, output)
+    output.write_text(json.dumps({"summary": summarize(records),
+                                  "records": [r.record() for r in records]}, indent=1))
+    return output
