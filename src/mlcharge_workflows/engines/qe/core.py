@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
 from mlcharge_workflows.density.grid import DensityGrid
 from mlcharge_workflows.engines.qe.parse import band_edges, parse_pw_output, parse_pw_xml
 from mlcharge_workflows.engines.qe.pseudo import (
@@ -37,6 +39,7 @@ from mlcharge_workflows.engines.qe.sets import (
     PSEUDO_SUBDIR,
     QEProtocol,
     pw_input,
+    qe_oriented,
     write_pw_input,
 )
 from mlcharge_workflows.settings import MLChargeSettings
@@ -44,17 +47,19 @@ from mlcharge_workflows.settings import MLChargeSettings
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-StartDensity = "Literal['atomic'] | DensityGrid | str | Path"
 START_COPY = "start-charge-density.dat"
 #: Relative tolerance on the electron count of a start density (before normalisation).
 ELECTRON_TOL = 0.02
 
 
-def _prepare(structure: Structure) -> Structure:
+def _prepare(structure: Structure, protocol: QEProtocol) -> Structure:
+    """Checked copy without oxidation states, in the frame pw.x sees (see ``qe_oriented``)."""
     check_structure(structure)
     s = structure.copy()
     s.remove_oxidation_states()
-    return s
+    if "magmom" in s.site_properties:
+        s.remove_site_property("magmom")
+    return qe_oriented(s) if protocol.standard_orientation else s
 
 
 def _save_dir(directory: Path) -> Path:
@@ -66,6 +71,62 @@ def _is_qe_binary(path: Path) -> bool:
         return fh.read(4) == b"\x0c\x00\x00\x00"  # first record: 3 x int32
 
 
+def align_density(grid: DensityGrid, structure: Structure, rel_tol: float = 2e-4) -> DensityGrid:
+    """Put ``grid`` in ``structure``'s Cartesian frame after checking it is the same crystal.
+
+    The cells may differ by a rigid rotation (lattice vectors with the same lengths and
+    angles within ``rel_tol``); species order and fractional positions must agree
+    (:meth:`DensityGrid.check_matches`). Grid values are unchanged (they live on the
+    fractional grid). ``ValueError`` names what differs.
+    """
+    from pymatgen.core import Lattice, Structure
+
+    lat_g, lat_s = grid.structure.lattice.matrix, structure.lattice.matrix
+    rot = np.linalg.solve(lat_g, lat_s)  # lat_g @ rot = lat_s
+    if np.abs(rot @ rot.T - np.eye(3)).max() > rel_tol:
+        a, b = grid.structure.lattice, structure.lattice
+        raise ValueError(
+            "density was written for a different cell: lattice "
+            f"a,b,c = {np.round(a.abc, 4).tolist()} Å, angles {np.round(a.angles, 3).tolist()} "
+            f"vs structure {np.round(b.abc, 4).tolist()} Å, {np.round(b.angles, 3).tolist()}"
+        )
+    turned = Structure(Lattice(lat_s), grid.structure.species, grid.structure.frac_coords)
+    DensityGrid(turned, np.zeros((1, 1, 1))).check_matches(structure)
+    return DensityGrid(structure, grid.total, grid.magnetization, dict(grid.metadata))
+
+
+def _read_density_file(path: Path, structure: Structure) -> DensityGrid:
+    """A density from a QE outdir / .save / charge-density.dat or a CHGCAR, in its own frame."""
+    from pymatgen.core import Structure
+
+    from mlcharge_workflows.density.chgcar import read_chgcar
+    from mlcharge_workflows.density.qe_file import (
+        qe_to_grid,
+        read_qe_charge_density,
+        read_qe_density,
+    )
+
+    if path.is_dir():
+        found = sorted(path.glob("*.save/charge-density.dat")) or sorted(
+            path.glob("charge-density.dat")
+        )
+        if len(found) != 1:
+            raise ValueError(
+                f"{path}: expected one charge-density.dat (directly or in <prefix>.save/), "
+                f"found {len(found)}"
+            )
+        path = found[0]
+    if not _is_qe_binary(path):
+        return read_chgcar(path)
+    if (path.parent / "data-file-schema.xml").is_file():
+        return read_qe_density(path)  # structure and nelec from pw.x's XML
+    qcd = read_qe_charge_density(path)  # no XML: the caller's species and positions
+    framed = Structure(qcd.lattice_angstrom, structure.species, structure.frac_coords)
+    grid = qe_to_grid(qcd, framed)
+    grid.metadata["source"] = str(path)
+    return grid
+
+
 def load_start_density(
     start: DensityGrid | str | Path, structure: Structure, protocol: QEProtocol | None = None
 ) -> tuple[DensityGrid, str]:
@@ -73,19 +134,21 @@ def load_start_density(
 
     ``start`` is a :class:`DensityGrid`, a run folder of this package, a QE outdir, a
     ``<prefix>.save`` folder, a ``charge-density.dat`` or a CHGCAR. The density must be for
-    the same cell and species order and integrate to the valence electron count within 2 %
-    (``ValueError`` otherwise); it is then normalised exactly. A spin-polarised run needs
-    a magnetisation density; a non-spin-polarised run drops one.
+    the same cell (up to a rotation) and species order and integrate to the valence electron
+    count within 2 % (``ValueError`` otherwise); it is then normalised exactly and put in
+    the frame pw.x sees. A spin-polarised run needs a magnetisation density; a
+    non-spin-polarised run drops one.
     """
-    from mlcharge_workflows.density.chgcar import read_chgcar
-    from mlcharge_workflows.density.qe_file import read_qe_density
-
     protocol = protocol or QEProtocol()
-    structure = _prepare(structure)
+    return _load_prepared(start, _prepare(structure, protocol), protocol)
+
+
+def _load_prepared(
+    start: DensityGrid | str | Path, structure: Structure, protocol: QEProtocol
+) -> tuple[DensityGrid, str]:
     nelec = n_valence_electrons(structure)
     if isinstance(start, DensityGrid):
         grid, source = start, str(start.metadata.get("source", "DensityGrid"))
-        grid.check_matches(structure)
     else:
         path = Path(start)
         if not path.exists():
@@ -93,11 +156,11 @@ def load_start_density(
         if path.is_dir() and (path / OUTDIR).is_dir():
             path = path / OUTDIR
         source = str(path)
-        if path.is_dir() or _is_qe_binary(path):
-            grid = read_qe_density(path, structure=structure, expected_electrons=nelec,
-                                   electron_tol=ELECTRON_TOL)
-        else:
-            grid = read_chgcar(path, structure=structure)
+        try:
+            grid = _read_density_file(path, structure)
+        except ValueError as err:
+            raise ValueError(f"start density {source}: {err}") from None
+    grid = align_density(grid, structure)
     try:
         grid.check_electron_count(nelec, ELECTRON_TOL)
     except ValueError as err:
@@ -262,12 +325,12 @@ def run_qe_scf(
         pw.x missing, crashed, unconverged (unless ``allow_unconverged``), or did not read
         the start density.
     """
-    structure = _prepare(structure)
     protocol = protocol or QEProtocol()
+    structure = _prepare(structure, protocol)
     nprocs = int(nprocs or MLChargeSettings().qe_nprocs)
     grid = source = None
     if not (isinstance(start, str) and start == "atomic"):
-        grid, source = load_start_density(start, structure, protocol)  # before touching files
+        grid, source = _load_prepared(start, structure, protocol)  # before touching files
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)
@@ -322,10 +385,10 @@ def run_qe_nscf(
     """
     if mode not in ("line", "uniform"):
         raise ValueError(f"mode must be 'line' or 'uniform', got {mode!r}")
-    structure = _prepare(structure)
     protocol = protocol or QEProtocol()
+    structure = _prepare(structure, protocol)
     nprocs = int(nprocs or MLChargeSettings().qe_nprocs)
-    grid, source = load_start_density(density, structure, protocol)
+    grid, source = _load_prepared(density, structure, protocol)
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)

@@ -64,6 +64,11 @@ class QEProtocol(BaseModel):
         default_factory=lambda: {"Fe": 0.4, "Co": 0.35, "Ni": 0.3},
         description="Species that make a run spin-polarised (nspin=2), with their starting moments.",
     )
+    standard_orientation: bool = Field(
+        True,
+        description="Rotate the Cartesian frame (same basis, same fractional coordinates) to "
+        "spglib's standard orientation so that pw.x finds the full point group.",
+    )
     nscf_kspacing: float = Field(0.15, gt=0, description="k-spacing of uniform (DOS) nscf runs.")
     line_density: int = Field(20, gt=0, description="Band-path points per Å⁻¹ (line mode).")
 
@@ -90,6 +95,32 @@ class QEProtocol(BaseModel):
     def conv_thr(self, structure: Structure) -> float:
         """Total ``conv_thr`` in Ry."""
         return self.conv_thr_per_atom * len(structure)
+
+
+def qe_oriented(structure: Structure, symprec: float = 0.01) -> Structure:
+    """``structure`` with its Cartesian frame rotated to spglib's standard orientation.
+
+    The lattice vectors keep their lengths and angles and the fractional coordinates are
+    unchanged (so a density on the cell's grid is unchanged); only the frame turns. pw.x
+    looks for symmetry among rotations fixed in Cartesian space, so e.g. an fcc cell read
+    from a CIF (a along x) shows 4 of its 48 operations and needs 5x more k-points.
+    Coordinates are rounded to the 10 decimals the input file carries.
+    """
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        rot = np.asarray(SpacegroupAnalyzer(structure, symprec=symprec)
+                         .get_symmetry_dataset().std_rotation_matrix)
+    except Exception:  # spglib failure: keep the frame
+        rot = np.eye(3)
+    lattice = np.round(structure.lattice.matrix @ rot.T, 10) + 0.0
+    return Structure(
+        Lattice(lattice),
+        structure.species,
+        np.round(structure.frac_coords, 10) + 0.0,
+        site_properties=structure.site_properties,
+    )
 
 
 def band_path(structure: Structure, line_density: int) -> list[tuple[float, float, float, int]]:
