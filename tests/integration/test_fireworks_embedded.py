@@ -131,6 +131,7 @@ def test_submit_worker_report_cli(tmp_path, cifs, dummy_builder, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "median 40.0%" in res.output
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 7
+    assert not (tmp_path / "FW_ping.json").exists()  # nothing written outside launch dirs
 
 
 def test_bad_input_submits_nothing(tmp_path, cifs, dummy_builder):

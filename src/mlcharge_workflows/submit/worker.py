@@ -170,10 +170,14 @@ def _checkout(handle: EmbeddedLaunchPad, fworker: FWorker, launch_dir: Path,
 
 
 def _patch_offline_rocket() -> None:
-    """Let FireWorks' offline Rocket run with current monty.
+    """Two fixes for FireWorks' offline Rocket (idempotent).
 
-    ``fireworks.core.rocket`` calls ``zopen(path)`` without a mode in offline mode, which
-    monty >= 2025 rejects (``TypeError: zopen() missing ... 'mode'``). Default it to "rt".
+    * ``fireworks.core.rocket`` calls ``zopen(path)`` without a mode in offline mode,
+      which monty >= 2025 rejects (``TypeError: zopen() missing ... 'mode'``): default "rt".
+    * The offline heartbeat thread writes ``FW_ping.json`` to the *current* folder one last
+      time after the run, when the worker may have changed folder: no heartbeat thread in
+      offline mode (worker liveness is the worker's flock; the Rocket's final ping, from
+      the main thread, still writes the launch folder's ``FW_ping.json``).
     """
     import fireworks.core.rocket as rocket
     from monty.io import zopen
@@ -184,8 +188,14 @@ def _patch_offline_rocket() -> None:
     def _zopen(filename, mode: str = "rt", **kwargs):
         return zopen(filename, mode, **kwargs)
 
+    original_ping = rocket.start_ping_launch
+
+    def _start_ping_launch(launchpad, launch_id):
+        return None if launchpad is None else original_ping(launchpad, launch_id)
+
     _zopen._mlcharge_shim = True  # type: ignore[attr-defined]
     rocket.zopen = _zopen
+    rocket.start_ping_launch = _start_ping_launch
 
 
 def _run_offline(fworker: FWorker, fw_id: int, launch_dir: Path) -> None:
