@@ -61,7 +61,9 @@ def plot_saving_histogram(records: Sequence[SavingsRecord], ax: Axes) -> None:
         return
     lo, hi = min(saved.min(), 0.0), max(saved.max(), 0.0)
     edges = np.arange(np.floor(lo / 5) * 5, np.ceil(hi / 5) * 5 + 5.001, 5.0)
-    ax.hist(saved, bins=edges, color=ML_COLOR, edgecolor="white", label="ML start")
+    counts, _, _ = ax.hist(saved, bins=edges, color=ML_COLOR, edgecolor="white",
+                           label="ML start")
+    ax.set_ylim(0, max(counts.max() * 1.35, counts.max() + 1))  # room for the legend
     med = float(np.median(saved))
     ax.axvline(med, color="k", lw=1.5, ls="--", label=f"median {med:.1f}%")
     oracle = [100 * r.oracle_saving for r in records if r.oracle_saving is not None]
