@@ -195,7 +195,7 @@ def test_chgcar_qe_conversions_conserve_electrons(dry_runs, tmp_path):
     chg = read_chgcar(tmp_path / "CHGCAR", structure)
     assert chg.n_electrons == pytest.approx(qcd.n_electrons, abs=1e-6)
     assert chg.total_magnetization == pytest.approx(grid.total_magnetization, abs=1e-6)
-    back = chgcar_to_qe(tmp_path / "CHGCAR", ecutrho)
+    back = chgcar_to_qe(tmp_path / "CHGCAR", ecutrho, structure=structure)
     np.testing.assert_array_equal(back.mill, qcd.mill)
     assert back.n_electrons == pytest.approx(qcd.n_electrons, abs=1e-6)
 

@@ -31,7 +31,8 @@ def read_chgcar(path: str | Path, structure: Structure | None = None) -> Density
     """Read a CHGCAR (or CHG/AECCAR/PARCHG) as a :class:`DensityGrid` in e/Å³.
 
     ``structure``, when given, must be the file's cell and species order (``ValueError``
-    otherwise). A truncated or malformed file raises ``ValueError`` naming it.
+    otherwise) and the grid is returned on it (exact cell; the file holds 1e-6 Å).
+    A truncated or malformed file raises ``ValueError`` naming it.
     """
     from pymatgen.io.vasp.outputs import Chgcar
 
@@ -66,9 +67,18 @@ def read_chgcar(path: str | Path, structure: Structure | None = None) -> Density
     aug = {k: v for k, v in (chg.data_aug or {}).items() if v}
     if aug:
         grid.metadata["data_aug"] = aug
-    if structure is not None:
-        grid.check_matches(structure)
-    return grid
+    return grid if structure is None else _adopt_structure(grid, structure)
+
+
+def _adopt_structure(grid: DensityGrid, structure: Structure) -> DensityGrid:
+    """Put ``grid`` on ``structure`` (checked to match), keeping the electron count.
+
+    A CHGCAR holds its cell to 1e-6 Å; the caller's exact cell matters for QE's G order.
+    """
+    grid.check_matches(structure)
+    scale = grid.volume / structure.volume  # CHGCAR holds rho * V
+    mag = None if grid.magnetization is None else grid.magnetization * scale
+    return DensityGrid(structure, grid.total * scale, mag, dict(grid.metadata))
 
 
 def write_chgcar(grid: DensityGrid, path: str | Path, data_aug: dict | None = None) -> Path:
@@ -114,13 +124,18 @@ def chgcar_to_qe(
     ecutrho_ry: float,
     mill: np.ndarray | None = None,
     gamma_only: bool = False,
+    structure: Structure | None = None,
 ) -> QEChargeDensity:
     """CHGCAR (path or grid) -> QE file contents in pw.x's G order for ``ecutrho_ry``.
 
     The coefficients are the CHGCAR grid's own Fourier components (exact resampling in G
-    space); ``G = 0`` and hence the electron count are kept exactly.
+    space); ``G = 0`` and hence the electron count are kept exactly. Pass the ``structure``
+    pw.x will run (checked against the CHGCAR): a CHGCAR holds its cell to only 1e-6 Å, which
+    can reorder nearly degenerate G shells, and pw.x reads the order without checking it.
     """
     grid = chgcar if isinstance(chgcar, DensityGrid) else read_chgcar(chgcar)
+    if structure is not None:
+        grid = _adopt_structure(grid, structure)
     return grid_to_qe(grid, ecutrho_ry, mill=mill, gamma_only=gamma_only)
 
 
