@@ -186,3 +186,13 @@ def test_write_start_density_checks(tmp_path):
     out = write_qe_start_density(tmp_path / "g.save", grid, 60.0, reference=ref)
     written = read_qe_charge_density(out)
     assert written.gamma_only and written.ngm == ref.ngm
+
+
+def test_outdir_with_several_save_folders_is_ambiguous(tmp_path):
+    grid = smooth_grid(structure())
+    for prefix in ("a", "b"):
+        write_qe_start_density(tmp_path / f"{prefix}.save", grid, 40.0)
+    with pytest.raises(ValueError, match="several QE densities"):
+        read_qe_density(tmp_path, grid.structure)
+    one = read_qe_density(tmp_path / "a.save", grid.structure, expected_electrons=8.0)
+    assert one.metadata["source"].endswith("a.save/charge-density.dat")

@@ -7,6 +7,7 @@ angstrom``: ``at = rd_ht / bohr_radius_angs``, ``alat = |a1|``.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -81,9 +82,18 @@ def qe_gvector_order(
 ) -> np.ndarray:
     """Miller indices ``(N, 3)`` of the density G sphere in pw.x's global order.
 
-    Reproduces ``ggen`` for a cell given as ``CELL_PARAMETERS angstrom`` (alat = |a1|).
+    Reproduces ``ggen`` for a cell given as ``CELL_PARAMETERS angstrom`` (alat = |a1|). The
+    cell must be the very floats pw.x parses (write it with ``repr`` precision): a cell
+    rounded to 1e-6 Å can reorder nearly degenerate shells.
     """
-    mill, tt, _, _ = _sphere(np.asarray(lattice_matrix_angstrom), ecutrho_ry, gamma_only)
+    lattice = np.ascontiguousarray(lattice_matrix_angstrom, dtype=float).reshape(3, 3)
+    return _cached_order(lattice.tobytes(), float(ecutrho_ry), bool(gamma_only)).copy()
+
+
+@lru_cache(maxsize=8)
+def _cached_order(lattice_bytes: bytes, ecutrho_ry: float, gamma_only: bool) -> np.ndarray:
+    lattice = np.frombuffer(lattice_bytes, dtype=float).reshape(3, 3)
+    mill, tt, _, _ = _sphere(lattice, ecutrho_ry, gamma_only)
     g2 = np.where(tt > EPS8, tt, 0.0)
     return mill[_hpsort_eps_order(g2)]
 

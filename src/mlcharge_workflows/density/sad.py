@@ -11,9 +11,9 @@ Coefficients use the convention of :mod:`mlcharge_workflows.density.grid` (e/Ã…Â
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,17 +117,24 @@ def read_upf_atomic_density(path: str | Path) -> UPFAtomicDensity:
     )
 
 
-@lru_cache(maxsize=64)
-def _table(path: str, mtime: float, qmax: float) -> tuple[UPFAtomicDensity, CubicSpline]:
-    atom = read_upf_atomic_density(path)
-    q = np.arange(0.0, qmax + 4 * DQ_BOHR, DQ_BOHR)
-    return atom, CubicSpline(q, atom.radial_transform(q))
+_TABLES: dict[tuple[str, float], tuple[UPFAtomicDensity, CubicSpline]] = {}
 
 
 def _species_table(path: Path, qmax_bohr: float) -> tuple[UPFAtomicDensity, CubicSpline]:
-    """Tabulated radial transform of a UPF file, reused while the file is unchanged."""
+    """Tabulated radial transform of a UPF file, cached by content (copies share a table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pseudopotential not found: {path}")
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
     qmax = float(np.ceil(max(qmax_bohr, 1.0) / 5.0) * 5.0)  # a few table sizes, not one per cell
-    return _table(str(Path(path).resolve()), Path(path).stat().st_mtime, qmax)
+    key = (digest, qmax)
+    if key not in _TABLES:
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        atom = read_upf_atomic_density(path)
+        q = np.arange(0.0, qmax + 4 * DQ_BOHR, DQ_BOHR)
+        _TABLES[key] = (atom, CubicSpline(q, atom.radial_transform(q)))
+    return _TABLES[key]
 
 
 def _check_pseudos(structure: Structure, pseudos: dict[str, Path]) -> dict[str, Path]:
