@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from mlcharge_workflows.engines.qe.pseudo import get_pseudo, structure_elements
 
@@ -45,21 +45,23 @@ class QEProtocol(BaseModel):
     suggestions over the species of the structure.
     """
 
-    ecutwfc_ry: float | None = Field(None, description="Wavefunction cutoff (Ry); None: registry max.")
-    ecutrho_ry: float | None = Field(None, description="Density cutoff (Ry); None: registry max.")
+    ecutwfc_ry: float | None = Field(
+        None, gt=0, description="Wavefunction cutoff (Ry); None: registry max."
+    )
+    ecutrho_ry: float | None = Field(None, gt=0, description="Density cutoff (Ry); None: registry max.")
     kspacing: float = Field(
         0.3, gt=0, description="Largest k-point spacing (Å⁻¹, 2π included); Γ-centred MP grid."
     )
     occupations: Literal["smearing", "fixed"] = "smearing"
     smearing: str = "mv"
-    degauss_ry: float = Field(0.01, description="Smearing width (Ry).")
-    conv_thr_per_atom: float = Field(5e-10, description="conv_thr (Ry) per atom.")
-    mixing_beta: float = 0.4
+    degauss_ry: float = Field(0.01, gt=0, description="Smearing width (Ry).")
+    conv_thr_per_atom: float = Field(5e-10, gt=0, description="conv_thr (Ry) per atom.")
+    mixing_beta: float = Field(0.4, gt=0, le=1)
     mixing_mode: str = "plain"
     diago_thr_init: float = Field(
-        1e-5, description="First diagonalisation threshold; pw.x's default depends on startingpot."
+        1e-5, gt=0, description="First diagonalisation threshold; pw.x's default depends on startingpot."
     )
-    electron_maxstep: int = 100
+    electron_maxstep: int = Field(100, ge=1)
     starting_magnetization: dict[str, float] = Field(
         default_factory=lambda: {"Fe": 0.4, "Co": 0.35, "Ni": 0.3},
         description="Species that make a run spin-polarised (nspin=2), with their starting moments.",
@@ -71,6 +73,14 @@ class QEProtocol(BaseModel):
     )
     nscf_kspacing: float = Field(0.15, gt=0, description="k-spacing of uniform (DOS) nscf runs.")
     line_density: int = Field(20, gt=0, description="Band-path points per Å⁻¹ (line mode).")
+
+    @field_validator("starting_magnetization")
+    @classmethod
+    def _check_moments(cls, value: dict[str, float]) -> dict[str, float]:
+        for el, m in value.items():
+            if not -1.0 <= m <= 1.0:
+                raise ValueError(f"starting_magnetization[{el!r}] = {m} is outside [-1, 1]")
+        return value
 
     # ------------------------------------------------------------------ derived values
     def cutoffs(self, structure: Structure) -> tuple[float, float]:
@@ -125,15 +135,29 @@ def qe_oriented(structure: Structure, symprec: float = 0.01) -> Structure:
 
 def band_path(structure: Structure, line_density: int) -> list[tuple[float, float, float, int]]:
     """High-symmetry path as ``crystal_b`` entries ``(k1, k2, k3, n)`` in the structure's own
-    reciprocal basis. ``n`` is the number of points to the next entry (1 at a path break)."""
+    reciprocal basis; ``n`` is the number of points to the next entry (1 at a path break).
+
+    The path is Setyawan-Curtarolo's, defined on pymatgen's standard primitive cell; its
+    k-points are rotated into this cell's frame with :meth:`Lattice.find_mapping`.
+    """
+    import warnings
+
     from pymatgen.symmetry.bandstructure import HighSymmKpath
 
-    kpath = HighSymmKpath(structure, path_type="latimer_munro")
-    rec = kpath.rec_lattice.matrix  # fractional coords of kpath refer to this basis
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*standard primitive.*")
+        kpath = HighSymmKpath(structure, path_type="setyawan_curtarolo")
+    mapping = structure.lattice.find_mapping(kpath.prim.lattice, ltol=1e-3, atol=0.5)
+    if mapping is None:  # rare: fall back to a path built on the cell itself (slower)
+        kpath = HighSymmKpath(structure, path_type="latimer_munro")
+        rot = np.eye(3)
+    else:
+        rot = mapping[1]
+    rec = kpath.rec_lattice.matrix  # fractional coords of the path refer to this basis
     to_own = np.linalg.inv(structure.lattice.reciprocal_lattice.matrix)
     entries: list[tuple[float, float, float, int]] = []
     for branch in kpath.kpath["path"]:
-        carts = [np.asarray(kpath.kpath["kpoints"][label]) @ rec for label in branch]
+        carts = [np.asarray(kpath.kpath["kpoints"][label]) @ rec @ rot.T for label in branch]
         for a, b in zip(carts, carts[1:]):
             n = max(2, int(round(np.linalg.norm(b - a) * line_density)))
             entries.append((*(a @ to_own), n))
