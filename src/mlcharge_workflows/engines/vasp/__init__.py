@@ -1,1 +1,39 @@
-"""."""
+"""VASP through atomate2: ML-started static and non-SCF makers, custodian fallback, SCF parsing.
+
+Modules (imported on use; atomate2 and custodian are the ``vasp`` extra):
+
+* :mod:`.jobs` - ``MLDensityMaker``, ``MLStaticMaker``, ``MLNonSCFMaker``,
+  ``BaselineStaticMaker``, ``AtomicNonSCFMaker``
+* :mod:`.flows` - ``VaspComparisonMaker`` (baseline / ML / oracle arms, NSCF check)
+* :mod:`.handlers` - ``MLStartFallbackHandler``
+* :mod:`.density` - predict a density for an input set, place a CHGCAR in a run folder
+* :mod:`.sets` - input-set structure, fine grid, NELECT (POTCAR ZVAL table)
+* :mod:`.parse` - SCF steps from vasprun.xml / OSZICAR, wall times, custodian attempts
+
+See docs/vasp-guide.md.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "MLDensityMaker": "jobs",
+    "MLDensityDocument": "jobs",
+    "MLStaticMaker": "jobs",
+    "MLNonSCFMaker": "jobs",
+    "BaselineStaticMaker": "jobs",
+    "AtomicNonSCFMaker": "jobs",
+    "VaspComparisonMaker": "flows",
+    "MLStartFallbackHandler": "handlers",
+    "parse_vasp_scf": "parse",
+    "count_attempts": "parse",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,327 @@
+"""jobflow Makers: predict a density, and VASP static / non-SCF runs started from it.
+
+* :class:`MLDensityMaker` - structure -> CHGCAR in its job folder + a small
+  :class:`MLDensityDocument` (the grid itself only in the ``data`` store, on request).
+  Route it to a GPU worker with ``job.update_config({"manager_config": {"_fworker": "gpu"}})``.
+* :class:`MLStaticMaker` - atomate2 ``StaticMaker`` that copies the predicted CHGCAR in,
+  sets ``ICHARG = 1``, pins ``NGXF/NGYF/NGZF``, keeps ``CHGCAR.ml`` and adds
+  :class:`~mlcharge_workflows.engines.vasp.handlers.MLStartFallbackHandler`.
+  Without ``ml_density`` it replaces itself by predict + static, so it drops into
+  atomate2 flows that call ``static_maker.make(structure, prev_dir=...)``.
+* :class:`MLNonSCFMaker` - atomate2 ``NonSCFMaker`` (``ICHARG = 11``, line or uniform)
+  on the predicted density instead of a previous run's CHGCAR.
+* :class:`BaselineStaticMaker`, :class:`AtomicNonSCFMaker` - the same inputs started
+  from atoms (``ICHARG = 2`` / ``12``), for comparisons.
+
+Every VASP arm pins the same fine grid and sets ``ISTART = 0`` (no WAVECAR read), so
+the arms differ only in their starting density.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from atomate2.vasp.jobs.core import NonSCFMaker, StaticMaker
+from atomate2.vasp.jobs.base import vasp_job
+from atomate2.vasp.sets.core import StaticSetGenerator
+from jobflow import Flow, Maker, Response, job
+from pydantic import BaseModel, ConfigDict, Field
+from pymatgen.core import Structure
+
+from mlcharge_workflows.engines.vasp.density import place_density, write_predicted_chgcar
+from mlcharge_workflows.engines.vasp.handlers import (
+    ML_CHGCAR,
+    MLStartFallbackHandler,
+    new_ml_start_record,
+    write_ml_start_record,
+)
+from mlcharge_workflows.engines.vasp.parse import count_attempts
+from mlcharge_workflows.engines.vasp.sets import (
+    ATOMIC_NSCF_INCAR,
+    BASELINE_START_INCAR,
+    ML_NSCF_INCAR,
+    ML_START_INCAR,
+    grid_incar,
+    input_fine_grid,
+    input_set,
+    with_incar,
+)
+
+if TYPE_CHECKING:
+    from atomate2.vasp.sets.base import VaspInputGenerator
+
+__all__ = [
+    "AtomicNonSCFMaker",
+    "BaselineStaticMaker",
+    "MLDensityDocument",
+    "MLDensityMaker",
+    "MLNonSCFMaker",
+    "MLStaticMaker",
+]
+
+
+class MLDensityDocument(BaseModel):
+    """Output of :class:`MLDensityMaker` (small: the grid is a file, or in the data store)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    path: str = Field(..., description="Absolute path of the predicted CHGCAR.")
+    dir_name: str
+    structure: Structure = Field(..., description="POSCAR structure of the input set.")
+    formula: str
+    n_atoms: int
+    grid_shape: list[int] = Field(..., description="NGXF, NGYF, NGZF.")
+    n_electrons_predicted: float = Field(..., description="Integral before normalisation.")
+    nelect: float = Field(..., description="Electrons the CHGCAR integrates to (VASP NELECT).")
+    nelect_source: str = Field(..., description="INCAR, POTCAR, table or zval.")
+    zval_potcar: dict[str, float]
+    valence_mismatch: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="Elements whose model and POTCAR valences differ."
+    )
+    scale: float | None = None
+    predictor: str
+    model_version: str | None = None
+    incar: dict[str, Any] = Field(default_factory=dict)
+    potcar_symbols: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds.")
+    density: dict[str, Any] | None = Field(
+        None, description="Grid (e/Å³) if store_density; kept in the 'data' store."
+    )
+
+
+@dataclass
+class MLDensityMaker(Maker):
+    """Predict the electron density and write the CHGCAR VASP will read.
+
+    Parameters
+    ----------
+    input_set_generator
+        The generator of the VASP run that will read the density: its POSCAR structure,
+        ENCUT/PREC (fine grid) and POTCARs (NELECT) are used.
+    predictor
+        ``"model"`` (shipped model), ``"sad"``, ``"package.module:function"`` or a callable
+        ``f(structure, shape) -> DensityGrid``.
+    model_path
+        Weights file for ``"model"`` (default: the shipped model).
+    zval
+        Per-element valence overriding the POTCAR table.
+    store_density
+        Also put the grid in the jobflow ``data`` store (the JobStore needs one).
+    """
+
+    name: str = "ml density"
+    input_set_generator: VaspInputGenerator = field(default_factory=StaticSetGenerator)
+    predictor: Any = "model"
+    model_path: str | None = None
+    zval: dict[str, float] | None = None
+    store_density: bool = False
+
+    @job(data="density", output_schema=MLDensityDocument)
+    def make(self, structure: Structure, prev_dir: str | Path | None = None) -> MLDensityDocument:
+        """Predict, normalise to NELECT, write ``CHGCAR`` in the job folder."""
+        grid, info = write_predicted_chgcar(
+            structure,
+            self.input_set_generator,
+            "CHGCAR",
+            predictor=self.predictor,
+            model_path=self.model_path,
+            zval=self.zval,
+            prev_dir=prev_dir,
+        )
+        struct = info["structure"]
+        density = None
+        if self.store_density:
+            density = {"shape": list(grid.shape), "units": "e/Å^3", "total": grid.total}
+            if grid.magnetization is not None:
+                density["magnetization"] = grid.magnetization
+        return MLDensityDocument(
+            dir_name=str(Path.cwd()),
+            formula=struct.composition.reduced_formula,
+            n_atoms=len(struct),
+            density=density,
+            **info,
+        )
+
+
+def _density_path(ml_density: Any) -> str:
+    """CHGCAR path (or run folder) from a path, an MLDensityDocument or its dict."""
+    if isinstance(ml_density, MLDensityDocument):
+        return ml_density.path
+    if isinstance(ml_density, dict):
+        for key in ("path", "dir_name"):
+            if ml_density.get(key):
+                return str(ml_density[key])
+        raise ValueError(f"ml_density dict has no 'path' or 'dir_name': {sorted(ml_density)}")
+    if isinstance(ml_density, str | Path):
+        return str(ml_density)
+    raise ValueError(f"ml_density must be a path or an MLDensityDocument, got {type(ml_density)}")
+
+
+def _copy_maker(maker: Any, generator: Any, **changes: Any) -> Any:
+    """A copy of ``maker`` (own kwargs dicts) with a new generator: makers stay reusable."""
+    return replace(
+        maker,
+        input_set_generator=generator,
+        write_input_set_kwargs=dict(maker.write_input_set_kwargs),
+        copy_vasp_kwargs=dict(maker.copy_vasp_kwargs),
+        run_vasp_kwargs=dict(maker.run_vasp_kwargs),
+        task_document_kwargs=dict(maker.task_document_kwargs),
+        **changes,
+    )
+
+
+def _predict_then(maker: Any, structure: Structure, prev_dir: Any, **kwargs: Any) -> Response:
+    """Replace the current job by [predict density, the same job with the prediction]."""
+    if maker.density_maker is None:
+        raise ValueError(f"{maker.name}: no ml_density given and density_maker is None")
+    density_maker = replace(maker.density_maker, input_set_generator=maker.input_set_generator)
+    if maker.zval is not None and density_maker.zval is None:
+        density_maker = replace(density_maker, zval=maker.zval)
+    predict = density_maker.make(structure, prev_dir=prev_dir)
+    run = maker.make(structure, prev_dir=prev_dir, ml_density=predict.output, **kwargs)
+    return Response(replace=Flow([predict, run], output=run.output, name=maker.name))
+
+
+def _annotate(response: Response) -> Response:
+    """Add every SCF attempt (custodian reruns included) to the task document."""
+    doc = response.output
+    if doc is not None and getattr(doc, "dir_name", None):
+        extra = dict(doc.additional_json or {})
+        folder = str(doc.dir_name).split(":", 1)[-1]
+        try:
+            extra["scf_attempts"] = count_attempts(folder)
+        except (OSError, ValueError) as err:
+            extra["scf_attempts_error"] = str(err)
+        doc.additional_json = extra
+    return response
+
+
+@dataclass
+class MLStaticMaker(StaticMaker):
+    """atomate2 static SCF started from a predicted (or any given) CHGCAR.
+
+    Parameters
+    ----------
+    density_maker
+        Used when ``make`` gets no ``ml_density`` (the job replaces itself by a
+        prediction job followed by this static); None forbids that.
+    max_ml_restarts
+        Reruns from ``CHGCAR.ml`` after a failed SCF before falling back to atoms.
+    zval
+        Per-element valence overriding the POTCAR table (electron-count normalisation).
+    """
+
+    name: str = "ml static"
+    density_maker: MLDensityMaker | None = field(default_factory=MLDensityMaker)
+    max_ml_restarts: int = 1
+    zval: dict[str, float] | None = None
+
+    @vasp_job
+    def make(
+        self,
+        structure: Structure,
+        prev_dir: str | Path | None = None,
+        ml_density: Any = None,
+    ) -> Response:
+        """Run the static from ``ml_density`` (CHGCAR path, run folder or MLDensityDocument)."""
+        if ml_density is None:
+            return _predict_then(self, structure, prev_dir)
+        gen = with_incar(self.input_set_generator, ML_START_INCAR)
+        vis = input_set(gen, structure, prev_dir)
+        shape = input_fine_grid(vis)
+        functional = getattr(gen, "user_potcar_functional", None) or "PBE_54"
+        placed = place_density(
+            _density_path(ml_density), vis, ".", functional, self.zval, ("CHGCAR", ML_CHGCAR)
+        )
+        if isinstance(ml_density, MLDensityDocument | dict):
+            doc = ml_density if isinstance(ml_density, dict) else ml_density.model_dump()
+            for key in ("predictor", "model_version", "timings", "valence_mismatch"):
+                placed[key] = doc.get(key)
+        write_ml_start_record(new_ml_start_record(placed, self.max_ml_restarts))
+        maker = _copy_maker(self, with_incar(gen, grid_incar(shape)))
+        handlers = maker.run_vasp_kwargs.get("handlers")
+        if handlers is None:
+            from atomate2.vasp.run import DEFAULT_HANDLERS
+
+            handlers = DEFAULT_HANDLERS
+        handlers = [h for h in handlers if not isinstance(h, MLStartFallbackHandler)]
+        maker.run_vasp_kwargs["handlers"] = [*handlers, MLStartFallbackHandler(self.max_ml_restarts)]
+        return _annotate(super(MLStaticMaker, maker).make.original(maker, structure, prev_dir))
+
+
+@dataclass
+class BaselineStaticMaker(StaticMaker):
+    """atomate2 static started from atoms (``ICHARG = 2``, ``ISTART = 0``) on a pinned grid."""
+
+    name: str = "baseline static"
+
+    @vasp_job
+    def make(self, structure: Structure, prev_dir: str | Path | None = None) -> Response:
+        """Run the static from the superposition of atomic densities."""
+        gen = with_incar(self.input_set_generator, BASELINE_START_INCAR)
+        shape = input_fine_grid(input_set(gen, structure, prev_dir))
+        for stale in ("CHGCAR", "WAVECAR"):
+            Path(stale).unlink(missing_ok=True)
+        maker = _copy_maker(self, with_incar(gen, grid_incar(shape)))
+        return _annotate(super(BaselineStaticMaker, maker).make.original(maker, structure, prev_dir))
+
+
+def _nscf_maker(maker: NonSCFMaker, structure: Structure, prev_dir: Any, mode: str, start: dict):
+    gen = copy.deepcopy(maker.input_set_generator)
+    gen.mode = mode
+    gen = with_incar(gen, start)
+    vis = input_set(gen, structure, prev_dir)
+    new = _copy_maker(maker, with_incar(gen, grid_incar(input_fine_grid(vis))))
+    new.copy_vasp_kwargs["additional_vasp_files"] = ()  # never the previous run's CHGCAR
+    return new, vis
+
+
+@dataclass
+class MLNonSCFMaker(NonSCFMaker):
+    """atomate2 non-SCF (``ICHARG = 11``) on a predicted CHGCAR, skipping the SCF.
+
+    ``prev_dir`` is optional (it only informs NBANDS, ISPIN, smearing); the density
+    is always ``ml_density``, predicted by ``density_maker`` when not given.
+    """
+
+    name: str = "ml non-scf"
+    density_maker: MLDensityMaker | None = field(default_factory=MLDensityMaker)
+    zval: dict[str, float] | None = None
+
+    @vasp_job
+    def make(
+        self,
+        structure: Structure,
+        prev_dir: str | Path | None = None,
+        mode: str = "uniform",
+        ml_density: Any = None,
+    ) -> Response:
+        """Run the non-SCF job in ``mode`` ("line" or "uniform") on ``ml_density``."""
+        if ml_density is None:
+            return _predict_then(self, structure, prev_dir, mode=mode)
+        maker, vis = _nscf_maker(self, structure, prev_dir, mode, ML_NSCF_INCAR)
+        functional = getattr(maker.input_set_generator, "user_potcar_functional", None) or "PBE_54"
+        placed = place_density(_density_path(ml_density), vis, ".", functional, self.zval)
+        record = new_ml_start_record(placed, 0)
+        record["status"] = "nscf"
+        write_ml_start_record(record)
+        return NonSCFMaker.make.original(maker, structure, prev_dir, mode)
+
+
+@dataclass
+class AtomicNonSCFMaker(NonSCFMaker):
+    """atomate2 non-SCF on the superposition of atomic densities (``ICHARG = 12``)."""
+
+    name: str = "atomic non-scf"
+
+    @vasp_job
+    def make(
+        self, structure: Structure, prev_dir: str | Path | None = None, mode: str = "uniform"
+    ) -> Response:
+        """Run the non-SCF job in ``mode`` from atoms (the control of the NSCF check)."""
+        maker, _ = _nscf_maker(self, structure, prev_dir, mode, ATOMIC_NSCF_INCAR)
+        Path("CHGCAR").unlink(missing_ok=True)
+        return NonSCFMaker.make.original(maker, structure, prev_dir, mode)
