@@ -109,22 +109,31 @@ def silicon() -> Structure:
     )
 
 
-@pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory) -> dict[str, tuple[Structure, Path, float]]:
-    """pw.x dry runs: name -> (structure, .save folder, ecutrho in Ry)."""
-    root = tmp_path_factory.mktemp("qe_dry")
-    cases = {
-        "hexagonal": (hexagonal(), dict(ecutwfc=20, ecutrho=120)),
-        "triclinic": (triclinic(), dict(ecutwfc=16)),
-        "triclinic_gamma": (triclinic(), dict(ecutwfc=16, gamma=True)),
-        "si_spin": (silicon(), dict(ecutwfc=16, magnetization={"Si": 0.3})),
+class _DryRuns(dict):
+    """pw.x dry runs, each run on first use: name -> (structure, .save folder, ecutrho in Ry)."""
+
+    CASES = {
+        "hexagonal": (hexagonal, dict(ecutwfc=20, ecutrho=120)),
+        "triclinic": (triclinic, dict(ecutwfc=16)),
+        "triclinic_gamma": (triclinic, dict(ecutwfc=16, gamma=True)),
+        "si_spin": (silicon, dict(ecutwfc=16, magnetization={"Si": 0.3})),
     }
-    out = {}
-    for name, (structure, kw) in cases.items():
-        save, _ = run_pw(root / name, structure, **kw)
-        ecutrho = kw.get("ecutrho") or 4 * kw["ecutwfc"]
-        out[name] = (structure, save, float(ecutrho))
-    return out
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> tuple[Structure, Path, float]:
+        make, kw = self.CASES[name]
+        structure = make()
+        save, _ = run_pw(self.root / name, structure, **kw)
+        self[name] = (structure, save, float(kw.get("ecutrho") or 4 * kw["ecutwfc"]))
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> _DryRuns:
+    return _DryRuns(tmp_path_factory.mktemp("qe_dry"))
 
 
 @pytest.mark.parametrize("name", ["hexagonal", "triclinic", "triclinic_gamma"])
