@@ -21,6 +21,29 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _read_protocol(path: Path) -> dict:
+    """QEProtocol fields from a YAML/JSON file, validated now (bad keys name themselves)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        _fail(f"--protocol {path}: cannot read it: {exc}")
+    if not isinstance(data, dict):
+        _fail(f"--protocol {path}: must hold a mapping of QEProtocol fields")
+    unknown = sorted(set(data) - set(QEProtocol.model_fields))
+    if unknown:
+        _fail(f"--protocol {path}: unknown fields {unknown}; known: {sorted(QEProtocol.model_fields)}")
+    try:
+        return QEProtocol(**data).model_dump()
+    except ValidationError as exc:
+        _fail(f"--protocol {path}: {exc}")
+    return {}
+
+
 def submit(
     structures: list[Path] = typer.Argument(..., help="Structure files or folders of them."),
     engine: str = typer.Option("qe", "--engine", help="DFT engine: qe or vasp."),
@@ -33,6 +56,10 @@ def submit(
                               "atomic and converged densities."),
     nprocs: Optional[int] = typer.Option(None, "--nprocs", help="MPI processes per DFT run."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model weights (default: shipped)."),
+    protocol: Optional[Path] = typer.Option(None, "--protocol", help="QE: YAML/JSON file of "
+                                            "QEProtocol fields (cutoffs, kspacing, ...)."),
+    ml_fworker: Optional[str] = typer.Option(None, "--ml-fworker", help="FireWorks worker name "
+                                             "that must run the density prediction (e.g. gpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
     """Add one workflow per structure to the LaunchPad (all or nothing)."""
@@ -51,6 +78,12 @@ def submit(
         if not model.is_file():
             _fail(f"model weights file {model} does not exist")
         options["model_path"] = str(model.resolve())
+    if ml_fworker:
+        options["ml_fworker"] = ml_fworker
+    if protocol is not None:
+        if engine != "qe":
+            _fail("--protocol is for --engine qe (VASP settings come from atomate2's input sets)")
+        options["protocol"] = _read_protocol(protocol)
     try:
         result = submit_structures(structures, engine=engine, flow=flow, launchpad_file=launchpad,
                                    project=project, progress=progress, flow_options=options)

@@ -26,7 +26,7 @@ from mlcharge_workflows.submit.config import (
     project_job_store,
     project_paths,
 )
-from mlcharge_workflows.submit.launchpad import EmbeddedLaunchPad, open_launchpad
+from mlcharge_workflows.submit.launchpad import EmbeddedLaunchPad, flow_to_fireworks, open_launchpad
 from mlcharge_workflows.submit.worker import WorkerSummary, run_worker
 
 if TYPE_CHECKING:
@@ -93,10 +93,14 @@ def build_flow(structure: Structure, engine: str, flow: str, label: str,
                **options: Any) -> Flow:
     """The jobflow Flow of kind ``flow`` for one structure.
 
-    ``compare`` is the savings comparison (baseline vs ML start, savings document),
-    ``ml-static`` one ML-initialised static run, ``ml-bands`` an ML-initialised static run
-    followed by a band structure. ``options`` go to the flow builder (e.g. ``oracle``,
-    ``nscf``, ``nprocs``, ``model_path``).
+    * ``compare``: baseline vs ML start and a savings document (``oracle``, ``nscf``);
+    * ``ml-static``: predict the density, then one ML-initialised static run;
+    * ``ml-bands``: ``ml-static`` followed by a line-mode band structure on its density.
+
+    Options common to all: ``nprocs`` (QE MPI processes), ``model_path``, ``protocol``
+    (QE: a :class:`~mlcharge_workflows.engines.qe.sets.QEProtocol` or a dict of its
+    fields), ``ml_fworker`` (FireWorks worker name that must run the prediction job,
+    e.g. ``"gpu"``).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
@@ -105,22 +109,83 @@ def build_flow(structure: Structure, engine: str, flow: str, label: str,
     return _BUILDERS[flow](structure, engine, label, **options)
 
 
+def _qe_common(options: dict[str, Any]) -> dict[str, Any]:
+    from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+    protocol = options.get("protocol")
+    if protocol is None:
+        protocol = QEProtocol()
+    elif isinstance(protocol, dict):
+        protocol = QEProtocol(**protocol)
+    return {"protocol": protocol, "nprocs": options.get("nprocs")}
+
+
+def _manager_config(options: dict[str, Any]) -> dict[str, Any]:
+    fworker = options.get("ml_fworker")
+    return {"_fworker": fworker} if fworker else {}
+
+
 def _compare(structure: Structure, engine: str, label: str, **options: Any) -> Flow:
+    if engine == "qe":
+        from mlcharge_workflows.savings.flows import QEComparisonMaker
+
+        maker = QEComparisonMaker(
+            oracle=bool(options.get("oracle")), nscf=bool(options.get("nscf")),
+            model_path=options.get("model_path"),
+            predict_manager_config=_manager_config(options), **_qe_common(options))
+        return maker.make(structure, label=label)
     from mlcharge_workflows.savings.flows import comparison_flow
 
-    return comparison_flow(structure, engine=engine, label=label, **options)
+    return comparison_flow(structure, engine=engine, label=label,
+                           oracle=bool(options.get("oracle")), nscf=bool(options.get("nscf")),
+                           model_path=options.get("model_path"))
+
+
+def _ml_static_jobs(structure: Structure, engine: str, label: str,
+                    options: dict[str, Any]) -> list:
+    """[predict, ML static] for either engine; the static's output has ``dir_name``."""
+    if engine == "qe":
+        from mlcharge_workflows.savings.jobs import MLQEStaticMaker, QEPredictDensityMaker
+
+        common = _qe_common(options)
+        predict = QEPredictDensityMaker(protocol=common["protocol"],
+                                        model_path=options.get("model_path"),
+                                        manager_config=_manager_config(options)).make(structure)
+        static = MLQEStaticMaker(**common).make(structure, prediction=predict.output)
+    else:
+        from mlcharge_workflows.engines.vasp.jobs import MLDensityMaker, MLStaticMaker
+
+        static_maker = MLStaticMaker()
+        predict = MLDensityMaker(input_set_generator=static_maker.input_set_generator,
+                                 model_path=options.get("model_path")).make(structure)
+        if _manager_config(options):
+            predict.update_config({"manager_config": _manager_config(options)})
+        static = static_maker.make(structure, ml_density=predict.output)
+    return [predict, static]
 
 
 def _ml_static(structure: Structure, engine: str, label: str, **options: Any) -> Flow:
-    from mlcharge_workflows.savings.flows import ml_static_flow
+    from jobflow import Flow
 
-    return ml_static_flow(structure, engine=engine, label=label, **options)
+    predict, static = _ml_static_jobs(structure, engine, label, options)
+    return Flow([predict, static], output=static.output, name=f"{engine} ml static {label}")
 
 
 def _ml_bands(structure: Structure, engine: str, label: str, **options: Any) -> Flow:
-    from mlcharge_workflows.savings.flows import ml_bands_flow
+    from jobflow import Flow
 
-    return ml_bands_flow(structure, engine=engine, label=label, **options)
+    predict, static = _ml_static_jobs(structure, engine, label, options)
+    if engine == "qe":
+        from mlcharge_workflows.engines.qe.jobs import QENonSCFMaker
+        from mlcharge_workflows.savings.jobs import default_nbnd
+
+        bands = QENonSCFMaker(name="qe bands", mode="line", nbnd=default_nbnd(structure),
+                              **_qe_common(options)).make(structure, static.output.dir_name)
+    else:
+        from atomate2.vasp.jobs.core import NonSCFMaker
+
+        bands = NonSCFMaker().make(structure, prev_dir=static.output.dir_name, mode="line")
+    return Flow([predict, static, bands], output=bands.output, name=f"{engine} ml bands {label}")
 
 
 _BUILDERS: dict[str, Callable[..., Flow]] = {
@@ -151,7 +216,6 @@ def submit_structures(
     SubmitResult
         The batch id (``metadata.mlcharge_batch`` of every workflow) and fw ids.
     """
-    from jobflow.managers.fireworks import flow_to_workflow
     from tqdm import tqdm
 
     if engine not in ENGINES:
@@ -165,7 +229,7 @@ def submit_structures(
     for path in tqdm(files, desc="building workflows", unit="structure", disable=not progress):
         label = str(path)
         jf = build_flow(_read_structure(path), engine, flow, label, **(flow_options or {}))
-        wf = flow_to_workflow(jf, store=None)  # workers use their (shared) store
+        wf = flow_to_fireworks(jf)  # store=None: workers use their (shared) store
         wf.metadata.update({"mlcharge_batch": batch, "structure": label, "engine": engine,
                             "flow": flow})
         workflows.append((label, wf))
