@@ -100,6 +100,7 @@ def test_bands_from_a_written_density_equal_bands_from_the_scf(si_scf, tmp_path)
     assert np.abs(ours - native).max() < 1e-3  # eV
     assert 0.5 < doc.band_gap_eV < 0.7  # PBE Si at 20 Ry
 
+
 def test_pw_x_crash_is_reported_with_its_message(tmp_path, monkeypatch):
     monkeypatch.setenv("MLCHARGE_PW_CMD", "pw.x -nk 7")  # more pools than processes: pw.x stops
     with pytest.raises(RuntimeError, match=r"(?s)exit status.*CRASH file.*invalid number of pools"):
