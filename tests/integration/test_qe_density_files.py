@@ -189,9 +189,10 @@ def test_sad_matches_pwx_atomic_start(dry_runs, name):
     total, m = sad_coefficients(structure, qcd.mill, _pseudo_paths(structure), mag)
     scale = qcd.n_electrons / (total[0].real * structure.volume)
     ref = qcd.rho_g * QE_PER_BOHR3_TO_PER_ANGSTROM3
-    assert np.abs(total * scale - ref[0]).max() < 1e-8 * np.abs(ref[0]).max()
+    # measured: 6e-14 (C, US) and 1e-13 (Si, NC, nspin=2) relative to the largest coefficient
+    assert np.abs(total * scale - ref[0]).max() < 1e-10 * np.abs(ref[0]).max()
     if m is not None:
-        assert np.abs(m * scale - ref[1]).max() < 1e-8 * np.abs(ref[1]).max()
+        assert np.abs(m * scale - ref[1]).max() < 1e-10 * np.abs(ref[1]).max()
     grid = superposition_density(structure, qe_fft_grid(structure.lattice.matrix, ecutrho),
                                  _pseudo_paths(structure), mag)
     assert grid.n_electrons == pytest.approx(qcd.n_electrons, abs=1e-10)

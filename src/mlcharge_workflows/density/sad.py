@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.interpolate import CubicSpline
 
 from mlcharge_workflows.density.grid import DensityGrid, fft_miller
 from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM as BOHR_TO_ANGSTROM
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
+    from scipy.interpolate import CubicSpline
 
 #: pw.x integrates atomic densities to this radius (bohr), ``read_pseudo.f90``.
 RCUT_BOHR = 10.0
@@ -129,6 +129,8 @@ def _species_table(path: Path, qmax_bohr: float) -> tuple[UPFAtomicDensity, Cubi
     qmax = float(np.ceil(max(qmax_bohr, 1.0) / 5.0) * 5.0)  # a few table sizes, not one per cell
     key = (digest, qmax)
     if key not in _TABLES:
+        from scipy.interpolate import CubicSpline  # slow import: only when a table is built
+
         if len(_TABLES) > 64:
             _TABLES.clear()
         atom = read_upf_atomic_density(path)
