@@ -20,6 +20,7 @@ from mlcharge_workflows.density import (
     qe_gvector_order,
     qe_to_grid,
     read_qe_charge_density,
+    read_paw_txt,
     read_qe_density,
     write_qe_charge_density,
     write_qe_start_density,
@@ -32,8 +33,8 @@ from mlcharge_workflows.settings import get_settings
 
 pytestmark = pytest.mark.pwx
 
-PSEUDO = {"Si": "Si.pbe-rrkj.UPF", "C": "C.pbe-rrkjus.UPF"}
-MASS = {"Si": 28.086, "C": 12.011}
+PSEUDO = {"Si": "Si.pbe-rrkj.UPF", "C": "C.pbe-rrkjus.UPF", "X": "C.pbe-n-kjpaw_psl.0.1.UPF"}
+MASS = {"Si": 28.086, "C": 12.011, "X": 12.011}
 
 
 def _pseudo_paths(structure: Structure) -> dict[str, Path]:
@@ -50,10 +51,13 @@ def run_pw(
     gamma: bool = False,
     magnetization: dict[str, float] | None = None,
     start_from_file: bool = False,
+    paw: bool = False,
 ) -> tuple[Path, str]:
     """Run pw.x serially in ``workdir``; returns (``.save`` folder, stdout)."""
     workdir.mkdir(parents=True, exist_ok=True)
     species = sorted({s.species_string for s in structure})
+    if paw:  # same element, PAW file
+        species = ["X"]
     spin = ""
     if magnetization:
         spin = ", nspin=2, " + ", ".join(
@@ -78,7 +82,7 @@ def run_pw(
         "CELL_PARAMETERS angstrom",
         *(" ".join(repr(float(x)) for x in row) for row in structure.lattice.matrix),
         "ATOMIC_POSITIONS crystal",
-        *(f"{s.species_string} " + " ".join(repr(float(x)) for x in s.frac_coords)
+        *(("X " if paw else f"{s.species_string} ") + " ".join(repr(float(x)) for x in s.frac_coords)
           for s in structure),
         "K_POINTS gamma" if gamma else "K_POINTS automatic\n2 2 2 0 0 0",
     ]
@@ -109,6 +113,13 @@ def silicon() -> Structure:
     )
 
 
+def diamond() -> Structure:
+    return Structure(
+        Lattice([[0, 1.785, 1.785], [1.785, 0, 1.785], [1.785, 1.785, 0]]),
+        ["C", "C"], [[0, 0, 0], [0.25, 0.25, 0.25]],
+    )
+
+
 class _DryRuns(dict):
     """pw.x dry runs, each run on first use: name -> (structure, .save folder, ecutrho in Ry)."""
 
@@ -117,6 +128,7 @@ class _DryRuns(dict):
         "triclinic": (triclinic, dict(ecutwfc=16)),
         "triclinic_gamma": (triclinic, dict(ecutwfc=16, gamma=True)),
         "si_spin": (silicon, dict(ecutwfc=16, magnetization={"Si": 0.3})),
+        "diamond_paw": (diamond, dict(ecutwfc=25, ecutrho=150, paw=True)),
     }
 
     def __init__(self, root: Path) -> None:
@@ -238,3 +250,14 @@ def test_pwx_restarts_from_written_density(tmp_path):
     assert "The initial density is read from file" in out
     n_iter = int(out.split("convergence has been achieved in")[1].split()[0])
     assert n_iter <= 2
+
+
+def test_paw_occupations_pass_through(dry_runs, tmp_path):
+    structure, save, ecutrho = dry_runs["diamond_paw"]
+    becsum = read_paw_txt(save / "paw.txt")
+    assert becsum.size == 2 * 36 and becsum[0] == pytest.approx(2.0)  # nhm=8: 36 per atom
+    grid = read_qe_density(save)
+    assert grid.n_electrons == pytest.approx(8.0, abs=1e-10)
+    out = write_qe_start_density(tmp_path / "t.save", grid, ecutrho, reference=save,
+                                 paw_becsum=becsum)
+    np.testing.assert_array_equal(read_paw_txt(out.parent / "paw.txt"), becsum)

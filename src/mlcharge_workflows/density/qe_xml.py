@@ -5,6 +5,7 @@ Cell and positions are in bohr in the file and returned in Å; energies there ar
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,14 +18,38 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 
-def _element_of_label(label: str) -> str:
+def _symbol_in(text: str) -> str | None:
     from pymatgen.core import Element
 
-    letters = "".join(ch for ch in label if ch.isalpha())
+    letters = "".join(ch for ch in text if ch.isalpha())
     for cand in (letters[:2].capitalize(), letters[:1].upper()):
         if cand and Element.is_valid_symbol(cand):
             return cand
-    raise ValueError(f"cannot tell the element of QE species label {label!r}")
+    return None
+
+
+def _species_elements(sec: ET.Element, path: Path) -> dict[str, str]:
+    """Species label -> element: the label itself (``Fe``, ``Fe1``), else the pseudopotential
+    file's ``element`` (``pseudo_dir`` as pw.x recorded it), else the file name."""
+    out: dict[str, str] = {}
+    species = sec.find("atomic_species")
+    pseudo_dir = Path((species.get("pseudo_dir") or ".") if species is not None else ".")
+    for sp in [] if species is None else species.findall("species"):
+        label = sp.get("name", "")
+        pseudo = (sp.findtext("pseudo_file") or "").strip()
+        element = _symbol_in(label.split("_")[0])
+        upf = pseudo_dir / pseudo
+        if element is None and pseudo and upf.is_file():
+            text = upf.read_text(errors="replace")
+            match = re.search(r'element\s*=\s*"\s*([A-Za-z]+)', text) or re.search(
+                r"^\s*([A-Za-z]{1,2})\s+Element", text, re.M
+            )
+            element = _symbol_in(match.group(1)) if match else None
+        element = element or _symbol_in(pseudo.split(".")[0].split("_")[0])
+        if element is None:
+            raise ValueError(f"{path}: cannot tell the element of species {label!r} ({pseudo})")
+        out[label] = element
+    return out
 
 
 def read_qe_xml(path: str | Path) -> tuple[Structure, dict]:
@@ -53,10 +78,15 @@ def read_qe_xml(path: str | Path) -> tuple[Structure, dict]:
         raise ValueError(f"{path}: corrupt atomic_structure ({err})") from None
     if not atoms:
         raise ValueError(f"{path}: QE XML lists no atoms")
-    species = [_element_of_label(a.get("name", "")) for a in atoms]
+    elements = _species_elements(sec, path)
+    labels = [a.get("name", "") for a in atoms]
+    unknown = sorted(set(labels) - set(elements))
+    if unknown:
+        raise ValueError(f"{path}: atoms of undeclared species {unknown}")
+    species = [elements[label] for label in labels]
     structure = Structure(
         Lattice(cell * BOHR_TO_ANGSTROM), species, pos * BOHR_TO_ANGSTROM,
-        coords_are_cartesian=True, site_properties={"qe_label": [a.get("name") for a in atoms]},
+        coords_are_cartesian=True, site_properties={"qe_label": labels},
     )
     info: dict = {}
     for key, tag in (("nelec", "band_structure/nelec"), ("ecutrho_ry", "basis_set/ecutrho")):
