@@ -196,3 +196,11 @@ def test_outdir_with_several_save_folders_is_ambiguous(tmp_path):
         read_qe_density(tmp_path, grid.structure)
     one = read_qe_density(tmp_path / "a.save", grid.structure, expected_electrons=8.0)
     assert one.metadata["source"].endswith("a.save/charge-density.dat")
+
+
+def test_corrupt_xml_beside_density_raises(tmp_path):
+    grid = smooth_grid(structure())
+    out = write_qe_start_density(tmp_path / "a.save", grid, 40.0)
+    (out.parent / "data-file-schema.xml").write_text("<qes:espresso><output><atomic_str")
+    with pytest.raises(ValueError, match="unreadable QE XML"):
+        read_qe_density(out)
