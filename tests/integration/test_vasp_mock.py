@@ -121,3 +121,131 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path):
     assert rec["status"] == "active" and rec["density"]["written"] == "copied"
     assert rec["density"]["predictor"] == "sad"
     assert [a["scf_iterations"] for a in task.additional_json["scf_attempts"]] == [11]
+
+
+ALL_REFS = {
+    "baseline static": "baseline_static",
+    "ml static": "ml_static",
+    "oracle static": "oracle_static",
+    "converged non-scf line": "converged_nscf_line",
+    "ml non-scf line": "ml_nscf_line",
+    "atomic non-scf line": "atomic_nscf_line",
+}
+
+
+def _kwargs(names):
+    return {n: {"incar_settings": NSCF_KEYS if "non-scf" in n else START_KEYS} for n in names}
+
+
+def test_comparison_flow_savings_record(mock_vasp, tmp_path):
+    from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
+    from mlcharge_workflows.savings.schemas import RECORD_KEYS
+
+    set_refs, seen = mock_vasp
+    set_refs(ALL_REFS, _kwargs(ALL_REFS))
+    maker = VaspComparisonMaker(
+        input_set_generator=static_gen(),
+        nscf_input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT}),
+        oracle=True, nscf=True, nscf_mode="line", predictor="sad",
+        predict_manager_config={"_fworker": "gpu"},
+    )
+    flow = maker.make(sic(), label="SiC-test")
+    predict = next(j for j in flow.jobs if j.name == "ml density")
+    assert predict.config.manager_config == {"_fworker": "gpu"}
+    os.chdir(tmp_path)
+    out = run_locally(flow, create_folders=True, ensure_success=True, store=_store())
+    doc = out[flow.output.uuid][1].output
+    rec = doc.record()
+    assert list(rec) == list(RECORD_KEYS)
+    assert rec["engine"] == "vasp" and rec["formula"] == "SiC" and rec["n_atoms"] == 2
+    # SCF steps of the reference outputs: 17 (atoms), 11 (ML), 6 (oracle)
+    assert rec["scf_iterations"] == {"baseline": 17, "ml": 11, "oracle": 6}
+    assert rec["ml_density_used"] is True and rec["fallback"] is None and rec["error"] is None
+    assert rec["energy_eV"]["baseline"] == pytest.approx(-27.11090125)
+    assert rec["wall_s"]["baseline"] > rec["wall_s"]["ml"] > 0 and rec["wall_s"]["predict"] > 0
+    assert set(rec["band_gap_eV"]) == {"scf", "nscf_ml", "nscf_atomic"}
+    assert all(v is not None for v in rec["band_gap_eV"].values())
+    assert doc.details.nelmdl == -5
+    assert [a.start for a in doc.details.ml_attempts] == ["ml"]
+
+    # starts: only ICHARG differs between the SCF arms; same pinned grid everywhere
+    icharg = {name: seen[name]["incar"]["ICHARG"] for name in ALL_REFS}
+    assert icharg == {"baseline static": 2, "ml static": 1, "oracle static": 1,
+                      "converged non-scf line": 11, "ml non-scf line": 11,
+                      "atomic non-scf line": 12}
+    for name in ALL_REFS:
+        assert tuple(seen[name]["incar"][k] for k in ("NGXF", "NGYF", "NGZF")) == NGF
+        assert seen[name]["incar"]["ISTART"] == 0
+    assert "chgcar" not in seen["baseline static"] and "chgcar" not in seen["atomic non-scf line"]
+    # the oracle starts from the baseline CHGCAR byte for byte: PAW occupancies kept
+    oracle_dir = Path(doc.details.dir_names["oracle"].split(":", 1)[-1])
+    assert seen["oracle static"]["chgcar"].metadata.get("data_aug")
+    assert seen["ml static"]["chgcar"].metadata.get("data_aug") is None
+    assert (oracle_dir / "CHGCAR.ml.gz").exists()
+
+
+def test_prediction_failure_runs_ml_arm_from_atoms(mock_vasp, tmp_path):
+    from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
+
+    def unknown_element(structure, shape):
+        raise ValueError("element 'C' is not supported by this model")
+
+    set_refs, seen = mock_vasp
+    refs = {"baseline static": "baseline_static", "ml static": "baseline_static"}
+    set_refs(refs, _kwargs(refs))
+    flow = VaspComparisonMaker(input_set_generator=static_gen(), predictor=unknown_element).make(sic())
+    os.chdir(tmp_path)
+    out = run_locally(flow, create_folders=True, ensure_success=True, store=_store())
+    rec = out[flow.output.uuid][1].output.record()
+    assert rec["ml_density_used"] is False
+    assert rec["fallback"].startswith("prediction failed: ValueError: element 'C'")
+    assert rec["scf_iterations"]["ml"] == 17 and rec["error"] is None
+    assert seen["ml static"]["incar"]["ICHARG"] == 2 and "chgcar" not in seen["ml static"]
+
+
+def test_ml_static_in_atomate2_band_structure_maker(mock_vasp, tmp_path):
+    """MLStaticMaker as ``static_maker``: it replaces itself by predict + static."""
+    from atomate2.vasp.flows.core import BandStructureMaker
+    from atomate2.vasp.jobs.core import NonSCFMaker
+
+    set_refs, seen = mock_vasp
+    refs = {"ml static": "ml_static", "non-scf line": "bs_nscf_line"}
+    set_refs(refs, {"ml static": {"incar_settings": START_KEYS},
+                    "non-scf line": {"incar_settings": ["ICHARG", "NSW"]}})
+    gen = static_gen()
+    flow = BandStructureMaker(
+        static_maker=MLStaticMaker(
+            input_set_generator=gen, density_maker=MLDensityMaker(predictor="sad")
+        ),
+        bs_maker=NonSCFMaker(
+            input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT})
+        ),
+        bandstructure_type="line",
+    ).make(sic())
+    os.chdir(tmp_path)
+    out = run_locally(flow, create_folders=True, ensure_success=True, store=_store())
+    names = {r[1].output.__class__.__name__ for r in out.values()}
+    assert "MLDensityDocument" in names
+    assert seen["ml static"]["incar"]["ICHARG"] == 1
+    assert seen["ml static"]["chgcar"].n_electrons == pytest.approx(8.0)
+    assert seen["non-scf line"]["incar"]["ICHARG"] == 11
+    line = out[flow.jobs[-1].uuid][1].output
+    assert line.output.bandgap is not None
+
+
+def test_ml_nscf_uniform_skips_scf(mock_vasp, tmp_path):
+    set_refs, seen = mock_vasp
+    refs = {"ml non-scf": "ml_nscf_uniform"}
+    set_refs(refs, {"ml non-scf": {"incar_settings": NSCF_KEYS}})
+    gen = NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT})
+    job = MLNonSCFMaker(input_set_generator=gen, density_maker=MLDensityMaker(predictor="sad")).make(
+        sic(), mode="uniform"
+    )
+    os.chdir(tmp_path)
+    out = run_locally(job, create_folders=True, ensure_success=True, store=_store())
+    entry = seen["ml non-scf"]
+    assert entry["incar"]["ICHARG"] == 11 and entry["incar"]["ISMEAR"] == -5
+    assert entry["chgcar"].shape == NGF
+    assert entry["chgcar"].n_electrons == pytest.approx(8.0)
+    tasks = [r[1].output for r in out.values() if hasattr(r[1].output, "additional_json")]
+    assert tasks[0].additional_json["ml_start"]["status"] == "nscf"

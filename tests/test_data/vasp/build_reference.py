@@ -52,10 +52,16 @@ ARMS = {
     "baseline_static": ("static", None, {"ICHARG": 2, "ISTART": 0, **NGF}, 17),
     "ml_static": ("static", None, {"ICHARG": 1, "ISTART": 0, **NGF}, 11),
     "oracle_static": ("static", None, {"ICHARG": 1, "ISTART": 0, **NGF}, 6),
+    "converged_nscf_line": ("nscf", "line", {"ICHARG": 11, "ISTART": 0, **NGF}, 9),
     "ml_nscf_line": ("nscf", "line", {"ICHARG": 11, "ISTART": 0, **NGF}, 9),
+    "atomic_nscf_line": ("nscf", "line", {"ICHARG": 12, "ISTART": 0, **NGF}, 9),
     "ml_nscf_uniform": ("nscf", "uniform", {"ICHARG": 11, "ISTART": 0, **NGF}, 9),
     "atomic_nscf_uniform": ("nscf", "uniform", {"ICHARG": 12, "ISTART": 0, **NGF}, 9),
+    # atomate2's own NonSCFMaker after the ML static in BandStructureMaker (no pinned grid)
+    "bs_nscf_line": ("nscf", "line", {"ICHARG": 11}, 9),
 }
+#: arms whose outputs include a converged CHGCAR (read by later jobs)
+WRITES_CHGCAR = ("baseline_static", "ml_static")
 
 
 def _set_i(parent: ET.Element, name: str, value: object) -> None:
@@ -169,6 +175,32 @@ def outcar(wall: float) -> str:
     )
 
 
+def converged_chgcar(s: Structure, path: Path) -> None:
+    """Stand-in for the baseline's converged CHGCAR: the QE-pseudopotential superposition
+    density on the pinned grid, scaled to NELECT, with a PAW-occupancy block per atom (made
+    up, 8 numbers each) so tests can see that the oracle copy keeps it byte for byte."""
+    import tempfile
+
+    from mlcharge_workflows.density.chgcar import write_chgcar
+    from mlcharge_workflows.density.sad import superposition_density
+    from mlcharge_workflows.engines.qe.pseudo import get_pseudo, stage_pseudos
+
+    elements = sorted({site.specie.symbol for site in s})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = stage_pseudos(elements, tmp)
+        pseudos = {el: folder / get_pseudo(el).filename for el in elements}
+        grid = superposition_density(s, tuple(NGF.values()), pseudos).normalized(NELECT)
+    aug = []
+    for i in range(len(s)):
+        aug.append(f"augmentation occupancies {i + 1:3d}   8")
+        aug.append("  " + "  ".join(f"{0.1 * (i + 1) + 0.01 * k:.7E}" for k in range(8)))
+    tmp_path = path.with_suffix(".tmp")
+    write_chgcar(grid, tmp_path, data_aug={"total": aug})
+    with open(tmp_path, "rb") as src, gzip.open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    tmp_path.unlink()
+
+
 def generator(kind: str, mode: str | None):
     from atomate2.vasp.sets.core import NonSCFSetGenerator, StaticSetGenerator
 
@@ -195,6 +227,8 @@ def build(root: Path = HERE / "SiC") -> None:
         (folder / "outputs" / "OSZICAR").write_text(adapt_oszicar(n_steps))
         (folder / "outputs" / "OUTCAR").write_text(outcar(wall))
         shutil.copy(folder / "inputs" / "POSCAR", folder / "outputs" / "CONTCAR")
+        if arm in WRITES_CHGCAR:
+            converged_chgcar(vis["POSCAR"].structure, folder / "outputs" / "CHGCAR.gz")
 
 
 if __name__ == "__main__":

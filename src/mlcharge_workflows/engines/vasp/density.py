@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import replace
 import shutil
 import tempfile
@@ -190,7 +191,12 @@ def write_predicted_chgcar(
 
 
 def _chgcar_in(source: str | Path) -> Path:
-    source = Path(source)
+    """The CHGCAR file of ``source``: a file, or a run folder (``host:/path`` allowed, as
+    atomate2 writes ``dir_name``; the folder must be reachable on this machine)."""
+    text = str(source)
+    if re.match(r"^[\w.-]+:/", text):
+        text = text.split(":", 1)[1]
+    source = Path(text)
     if source.is_dir():
         for name in ("CHGCAR", "CHGCAR.ml"):
             candidate = Path(zpath(str(source / name)))

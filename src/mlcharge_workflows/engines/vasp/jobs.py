@@ -20,6 +20,7 @@ the arms differ only in their starting density.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +28,15 @@ from typing import TYPE_CHECKING, Any
 from atomate2.vasp.jobs.core import NonSCFMaker, StaticMaker
 from atomate2.vasp.jobs.base import vasp_job
 from atomate2.vasp.sets.core import StaticSetGenerator
-from jobflow import Flow, Maker, Response, job
+from jobflow import CURRENT_JOB, Flow, Maker, Response, job
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from mlcharge_workflows.engines.vasp.density import place_density, write_predicted_chgcar
+from mlcharge_workflows.engines.vasp.density import (
+    place_density,
+    predictor_name,
+    write_predicted_chgcar,
+)
 from mlcharge_workflows.engines.vasp.handlers import (
     ML_CHGCAR,
     MLStartFallbackHandler,
@@ -68,16 +73,17 @@ class MLDensityDocument(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    path: str = Field(..., description="Absolute path of the predicted CHGCAR.")
+    path: str | None = Field(None, description="Absolute path of the predicted CHGCAR.")
+    error: str | None = Field(None, description="Why no density was predicted.")
     dir_name: str
-    structure: Structure = Field(..., description="POSCAR structure of the input set.")
-    formula: str
-    n_atoms: int
-    grid_shape: list[int] = Field(..., description="NGXF, NGYF, NGZF.")
-    n_electrons_predicted: float = Field(..., description="Integral before normalisation.")
-    nelect: float = Field(..., description="Electrons the CHGCAR integrates to (VASP NELECT).")
-    nelect_source: str = Field(..., description="INCAR, POTCAR, table or zval.")
-    zval_potcar: dict[str, float]
+    structure: Structure | None = Field(None, description="POSCAR structure of the input set.")
+    formula: str | None = None
+    n_atoms: int | None = None
+    grid_shape: list[int] | None = Field(None, description="NGXF, NGYF, NGZF.")
+    n_electrons_predicted: float | None = Field(None, description="Integral before scaling.")
+    nelect: float | None = Field(None, description="Electrons the CHGCAR integrates to (NELECT).")
+    nelect_source: str | None = Field(None, description="INCAR, POTCAR, table or zval.")
+    zval_potcar: dict[str, float] = Field(default_factory=dict)
     valence_mismatch: dict[str, dict[str, float | None]] = Field(
         default_factory=dict, description="Elements whose model and POTCAR valences differ."
     )
@@ -110,6 +116,10 @@ class MLDensityMaker(Maker):
         Per-element valence overriding the POTCAR table.
     store_density
         Also put the grid in the jobflow ``data`` store (the JobStore needs one).
+    allow_failure
+        Return a document with ``error`` set (no CHGCAR) instead of failing the job when
+        the prediction fails (e.g. an element the model does not know); an ML static
+        given that document runs from atoms and records why.
     """
 
     name: str = "ml density"
@@ -118,19 +128,33 @@ class MLDensityMaker(Maker):
     model_path: str | None = None
     zval: dict[str, float] | None = None
     store_density: bool = False
+    allow_failure: bool = False
 
     @job(data="density", output_schema=MLDensityDocument)
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> MLDensityDocument:
         """Predict, normalise to NELECT, write ``CHGCAR`` in the job folder."""
-        grid, info = write_predicted_chgcar(
-            structure,
-            self.input_set_generator,
-            "CHGCAR",
-            predictor=self.predictor,
-            model_path=self.model_path,
-            zval=self.zval,
-            prev_dir=prev_dir,
-        )
+        t0 = time.perf_counter()
+        try:
+            grid, info = write_predicted_chgcar(
+                structure,
+                self.input_set_generator,
+                "CHGCAR",
+                predictor=self.predictor,
+                model_path=self.model_path,
+                zval=self.zval,
+                prev_dir=prev_dir,
+            )
+        except Exception as err:
+            if not self.allow_failure:
+                raise
+            return MLDensityDocument(
+                dir_name=str(Path.cwd()),
+                error=f"{type(err).__name__}: {err}",
+                predictor=predictor_name(self.predictor),
+                formula=structure.composition.reduced_formula,
+                n_atoms=len(structure),
+                timings={"total_s": time.perf_counter() - t0},
+            )
         struct = info["structure"]
         density = None
         if self.store_density:
@@ -146,11 +170,16 @@ class MLDensityMaker(Maker):
         )
 
 
-def _density_path(ml_density: Any) -> str:
-    """CHGCAR path (or run folder) from a path, an MLDensityDocument or its dict."""
+def _density_path(ml_density: Any) -> str | None:
+    """CHGCAR path (or run folder) from a path, an MLDensityDocument or its dict.
+
+    None for a document of a failed prediction (``error`` set).
+    """
     if isinstance(ml_density, MLDensityDocument):
-        return ml_density.path
+        ml_density = ml_density.model_dump()
     if isinstance(ml_density, dict):
+        if ml_density.get("error"):
+            return None
         for key in ("path", "dir_name"):
             if ml_density.get(key):
                 return str(ml_density[key])
@@ -182,6 +211,11 @@ def _predict_then(maker: Any, structure: Structure, prev_dir: Any, **kwargs: Any
         density_maker = replace(density_maker, zval=maker.zval)
     predict = density_maker.make(structure, prev_dir=prev_dir)
     run = maker.make(structure, prev_dir=prev_dir, ml_density=predict.output, **kwargs)
+    if CURRENT_JOB.job is not None:
+        # jobflow 0.4 gives the job that stores the replacement's output (an unresolved
+        # reference to run.output) this job's output schema, and validating a reference
+        # as a TaskDoc fails; run.output itself is a validated TaskDoc
+        CURRENT_JOB.job.output_schema = None
     return Response(replace=Flow([predict, run], output=run.output, name=maker.name))
 
 
@@ -229,17 +263,15 @@ class MLStaticMaker(StaticMaker):
         """Run the static from ``ml_density`` (CHGCAR path, run folder or MLDensityDocument)."""
         if ml_density is None:
             return _predict_then(self, structure, prev_dir)
+        source = _density_path(ml_density)
+        if source is None:  # the prediction failed: run from atoms, say why
+            return self._from_atoms(structure, prev_dir, ml_density)
         gen = with_incar(self.input_set_generator, ML_START_INCAR)
         vis = input_set(gen, structure, prev_dir)
         shape = input_fine_grid(vis)
         functional = getattr(gen, "user_potcar_functional", None) or "PBE_54"
-        placed = place_density(
-            _density_path(ml_density), vis, ".", functional, self.zval, ("CHGCAR", ML_CHGCAR)
-        )
-        if isinstance(ml_density, MLDensityDocument | dict):
-            doc = ml_density if isinstance(ml_density, dict) else ml_density.model_dump()
-            for key in ("predictor", "model_version", "timings", "valence_mismatch"):
-                placed[key] = doc.get(key)
+        placed = place_density(source, vis, ".", functional, self.zval, ("CHGCAR", ML_CHGCAR))
+        placed.update(_prediction_info(ml_density))
         write_ml_start_record(new_ml_start_record(placed, self.max_ml_restarts))
         maker = _copy_maker(self, with_incar(gen, grid_incar(shape)))
         handlers = maker.run_vasp_kwargs.get("handlers")
@@ -249,7 +281,39 @@ class MLStaticMaker(StaticMaker):
             handlers = DEFAULT_HANDLERS
         handlers = [h for h in handlers if not isinstance(h, MLStartFallbackHandler)]
         maker.run_vasp_kwargs["handlers"] = [*handlers, MLStartFallbackHandler(self.max_ml_restarts)]
+        response = super(MLStaticMaker, maker).make.original(maker, structure, prev_dir)
+        _gzip_ml_copy()
+        return _annotate(response)
+
+    def _from_atoms(self, structure: Structure, prev_dir: Any, ml_density: Any) -> Response:
+        gen = with_incar(self.input_set_generator, BASELINE_START_INCAR)
+        shape = input_fine_grid(input_set(gen, structure, prev_dir))
+        record = new_ml_start_record(_prediction_info(ml_density), 0)
+        record.update(status="abandoned", fallback=f"prediction failed: {record['density']['error']}")
+        write_ml_start_record(record)
+        for stale in ("CHGCAR", "WAVECAR"):
+            Path(stale).unlink(missing_ok=True)
+        maker = _copy_maker(self, with_incar(gen, grid_incar(shape)))
         return _annotate(super(MLStaticMaker, maker).make.original(maker, structure, prev_dir))
+
+
+def _prediction_info(ml_density: Any) -> dict[str, Any]:
+    """What the ML-start record keeps from the prediction document."""
+    if isinstance(ml_density, MLDensityDocument):
+        ml_density = ml_density.model_dump()
+    if not isinstance(ml_density, dict):
+        return {}
+    keys = ("predictor", "model_version", "timings", "valence_mismatch", "error", "dir_name")
+    return {k: ml_density.get(k) for k in keys}
+
+
+def _gzip_ml_copy() -> None:
+    """Compress CHGCAR.ml once the run is over (atomate2 only zips VASP's own files)."""
+    from atomate2 import SETTINGS
+    from monty.shutil import compress_file
+
+    if SETTINGS.VASP_ZIP_FILES and Path(ML_CHGCAR).exists():
+        compress_file(ML_CHGCAR)
 
 
 @dataclass

@@ -214,8 +214,17 @@ def _steps_from_bytes(name: str, data: bytes) -> list[int]:
         return scf_steps_from_vasprun(path)
 
 
-def _attempt(source: str, steps: list[int]) -> dict[str, Any]:
-    return {"source": source, "electronic_steps": steps, "scf_iterations": steps[0] if steps else 0}
+def _attempt(source: str, steps: list[int], outcar: bytes | None) -> dict[str, Any]:
+    wall = None
+    if outcar:
+        found = _ELAPSED.findall(outcar.decode(errors="replace"))
+        wall = float(found[-1]) if found else None
+    return {
+        "source": source,
+        "electronic_steps": steps,
+        "scf_iterations": steps[0] if steps else 0,
+        "wall_s": wall,
+    }
 
 
 def _backup_number(path: Path) -> int:
@@ -224,12 +233,12 @@ def _backup_number(path: Path) -> int:
 
 
 def _backup_members(tarball: Path) -> dict[str, bytes]:
-    """``{"OSZICAR": bytes, "vasprun.xml": bytes}`` (those present) of a custodian backup."""
+    """``{"OSZICAR": bytes, "vasprun.xml": bytes, "OUTCAR": bytes}`` (those present) of a backup."""
     out: dict[str, bytes] = {}
     with tarfile.open(tarball) as tar:
         for member in tar.getmembers():
             name = Path(member.name).name
-            if name in ("OSZICAR", "vasprun.xml") and member.isfile():
+            if name in ("OSZICAR", "vasprun.xml", "OUTCAR") and member.isfile():
                 out[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
     return out
 
@@ -256,14 +265,17 @@ def count_attempts(directory: str | Path) -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        ``{"source": ..., "electronic_steps": [...], "scf_iterations": int}`` per attempt.
+        ``{"source", "electronic_steps", "scf_iterations", "wall_s"}`` per attempt
+        (``wall_s``: the attempt's OUTCAR "Elapsed time", None if it has none).
     """
     directory = Path(directory)
     attempts: list[dict[str, Any]] = []
     seen: set[str] = set()
     tarballs = sorted(directory.glob("error.*.tar*"), key=_backup_number)
     sources = [(t.name, _backup_members(t)) for t in tarballs]
-    final = {n: b for n in ("OSZICAR", "vasprun.xml") if (b := _read_bytes(directory / n))}
+    final = {
+        n: b for n in ("OSZICAR", "vasprun.xml", "OUTCAR") if (b := _read_bytes(directory / n))
+    }
     sources.append(("final", final))
     for label, members in sources:
         name = "OSZICAR" if "OSZICAR" in members else "vasprun.xml"
@@ -272,9 +284,10 @@ def count_attempts(directory: str | Path) -> list[dict[str, Any]]:
         digest = _digest(members[name])
         if digest in seen:
             continue
-        seen.update(_digest(b) for b in members.values())
+        seen.update(_digest(members[n]) for n in ("OSZICAR", "vasprun.xml") if n in members)
         source = name if label == "final" else label
-        attempts.append(_attempt(source, _steps_from_bytes(name, members[name])))
+        steps = _steps_from_bytes(name, members[name])
+        attempts.append(_attempt(source, steps, members.get("OUTCAR")))
     return attempts
 
 
