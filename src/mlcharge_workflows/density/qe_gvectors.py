@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mlcharge_workflows.units import BOHR_TO_ANGSTROM
+
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 EPS8 = 1.0e-8
-#: Bohr radius in Å exactly as pw.x 6.7 (Debian) uses it: CODATA 2018, read back from the cell
-#: it writes to data-file-schema.xml. (``units.BOHR_TO_ANGSTROM`` holds the CODATA 2006 value.)
-QE_BOHR_TO_ANGSTROM = 0.529177210903
+#: Bohr radius exactly as pw.x 6.7 uses it (CODATA 2018); kept under this name for the QE modules.
+QE_BOHR_TO_ANGSTROM = BOHR_TO_ANGSTROM
 #: e/bohr³ -> e/Å³ with that Bohr radius.
 QE_PER_BOHR3_TO_PER_ANGSTROM3 = 1.0 / QE_BOHR_TO_ANGSTROM**3
 
