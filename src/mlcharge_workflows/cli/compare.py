@@ -53,6 +53,7 @@ def _compare_one(task: dict[str, Any]) -> dict[str, Any]:
             nscf=task["nscf"],
             model_path=task["model"],
             nprocs=task["nprocs"],
+            protocol=task["protocol"],
         )
         out = run_flow_collect(flow, Path(task["workdir"]))
         out["record"]["details"]["elapsed_s"] = time.perf_counter() - start
@@ -78,16 +79,29 @@ def run_compare(
     jobs: int = 2,
     nprocs: int = 1,
     progress: bool = True,
+    protocol: dict | None = None,
 ) -> list[dict[str, Any]]:
     """Compare every structure; return the stored documents (records plus ``details``).
 
     ``jobs`` structures run at a time, each DFT run with ``nprocs`` MPI processes.
     Documents are written to the file-backed store in ``store_dir`` (None: no store).
+    ``protocol`` overrides fields of the fixed QE protocol (validated here).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     if jobs < 1 or nprocs < 1:
         raise ValueError(f"--jobs and --nprocs must be >= 1, got {jobs} and {nprocs}")
+    if protocol:
+        if engine != "qe":
+            raise ValueError("--protocol sets QE protocol fields; it does not apply to VASP")
+        from pydantic import ValidationError
+
+        from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+        try:
+            QEProtocol(**protocol)
+        except (ValidationError, TypeError) as exc:
+            raise ValueError(f"invalid QE protocol override {protocol}: {exc}") from None
     if model is not None and not Path(model).is_file():
         raise ValueError(f"model weights file {model!r} does not exist")
     workdir = Path(workdir).resolve()
@@ -101,6 +115,7 @@ def run_compare(
             "nscf": nscf,
             "model": None if model is None else str(Path(model).resolve()),
             "nprocs": nprocs,
+            "protocol": protocol,
             "workdir": str(workdir / _slug(s, i)),
         }
         for i, s in enumerate(structures)
@@ -123,12 +138,35 @@ def run_compare(
     bar.close()
 
     if store_dir is not None:
-        from mlcharge_workflows.savings.flows import project_job_store, save_to_store
+        from mlcharge_workflows.savings.flows import (
+            project_job_store,
+            save_record_only,
+            save_to_store,
+        )
 
         store = project_job_store(store_dir)
         for res in results:
-            save_to_store(store, res["docs"], res["data"])
+            if res["docs"]:
+                save_to_store(store, res["docs"], res["data"])
+            else:
+                save_record_only(store, res["record"])
     return [res["record"] for res in results]  # type: ignore[index]
+
+
+def _read_protocol(text: str | None) -> dict | None:
+    """Protocol overrides from a JSON/YAML file or an inline JSON object."""
+    if text is None:
+        return None
+    import yaml
+
+    path = Path(text)
+    try:
+        data = yaml.safe_load(path.read_text() if path.is_file() else text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--protocol {text!r} is neither a file nor valid JSON/YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--protocol must give a mapping of QEProtocol fields, got {data!r}")
+    return data
 
 
 def compare(
@@ -147,6 +185,10 @@ def compare(
     jobs: int = typer.Option(2, "--jobs", "-j", help="Structures compared at a time."),
     nprocs: int = typer.Option(1, "--nprocs", help="MPI processes per DFT run (all arms alike)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol",
+        help="QE protocol overrides: a JSON/YAML file or inline JSON, e.g. '{\"ecutwfc_ry\": 25}'.",
+    ),
 ) -> None:
     """Run baseline (atomic start) and ML-initialised SCF for each structure; write records."""
     from mlcharge_workflows.savings.schemas import SavingsDocument
@@ -158,6 +200,7 @@ def compare(
         docs = run_compare(
             [str(s) for s in structures], engine, oracle, nscf,
             None if model is None else str(model), workdir, store, jobs, nprocs, progress,
+            _read_protocol(protocol),
         )
     except ValueError as exc:
         typer.echo(f"Error: {exc}", err=True)

@@ -247,16 +247,24 @@ def comparison_flow(
     nscf: bool = False,
     model_path: str | None = None,
     nprocs: int | None = None,
+    protocol: dict | None = None,
 ) -> Flow:
-    """The comparison flow of ``engine`` (``"qe"`` here; ``"vasp"`` from ``engines.vasp.flows``)."""
+    """The comparison flow of ``engine`` (``"qe"`` here; ``"vasp"`` from ``engines.vasp.flows``).
+
+    ``protocol``: QE protocol fields overriding the fixed defaults (every arm alike).
+    """
     if engine == "qe":
-        return QEComparisonMaker(oracle=oracle, nscf=nscf, model_path=model_path,
-                                 nprocs=nprocs).make(structure, label=label)
+        return QEComparisonMaker(
+            protocol=QEProtocol(**(protocol or {})), oracle=oracle, nscf=nscf,
+            model_path=model_path, nprocs=nprocs,
+        ).make(structure, label=label)
     if engine == "vasp":
         try:
             from mlcharge_workflows.engines.vasp import flows as vasp_flows
         except ImportError as exc:
             raise ValueError(f"the VASP comparison flow is not available: {exc}") from exc
+        if protocol:
+            raise ValueError("--protocol overrides QE protocol fields; it does not apply to VASP")
         maker_cls = getattr(vasp_flows, "VaspComparisonMaker", None)
         if maker_cls is None:
             raise ValueError("engines/vasp/flows.py defines no VaspComparisonMaker")
@@ -342,6 +350,26 @@ def save_to_store(store: JobStore, docs: list[dict], data: dict[str, list[dict]]
             for d in docs:
                 d.pop("_id", None)
             store.docs_store.update(docs, key=["uuid", "index"])
+    finally:
+        store.close()
+
+
+def save_record_only(store: JobStore, record: dict[str, Any]) -> None:
+    """Store a savings document that no flow produced (e.g. an unreadable input file).
+
+    It is written as the output of a ``savings document`` job of its own, so every
+    reader of job outputs (``mlcharge report``) sees the error record too.
+    """
+    from datetime import datetime, timezone
+    from uuid import uuid4
+
+    doc = {
+        "uuid": str(uuid4()), "index": 1, "name": SAVINGS_JOB_NAME, "output": record,
+        "completed_at": datetime.now(timezone.utc).isoformat(), "metadata": {}, "hosts": [],
+    }
+    store.connect()
+    try:
+        store.docs_store.update([doc], key=["uuid", "index"])
     finally:
         store.close()
 

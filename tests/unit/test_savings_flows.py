@@ -1,0 +1,130 @@
+"""Comparison flow wiring, savings-document assembly and the file-backed store (no pw.x)."""
+
+from __future__ import annotations
+
+import pytest
+from jobflow import OnMissing
+from pymatgen.core import Lattice, Structure
+
+from mlcharge_workflows.savings.flows import (
+    SAVINGS_JOB_NAME,
+    MLQEBandStructureMaker,
+    QEComparisonMaker,
+    comparison_flow,
+    project_job_store,
+    save_record_only,
+    savings_document,
+    savings_documents,
+)
+from mlcharge_workflows.savings.jobs import QEPredictDensityMaker, grid_from_data, grid_to_data
+from mlcharge_workflows.savings.schemas import RECORD_KEYS, SavingsDocument
+
+
+@pytest.fixture
+def si() -> Structure:
+    return Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+def test_comparison_flow_arms_and_configuration(si) -> None:
+    flow = QEComparisonMaker(
+        oracle=True, nscf=True, nprocs=1, predict_manager_config={"_fworker": "gpu"}
+    ).make(si, label="Si.cif")
+    by_name = {j.name: j for j in flow.jobs}
+    assert list(by_name) == [
+        "qe baseline static", "qe predict density", "qe ml static", "qe oracle static",
+        "qe nscf converged", "qe nscf ml", "qe nscf atomic", SAVINGS_JOB_NAME,
+    ]
+    assert by_name["qe predict density"].config.manager_config == {"_fworker": "gpu"}
+    assert by_name["qe baseline static"].config.manager_config == {}
+    # the ML arm and the document still run when another arm failed
+    assert by_name["qe ml static"].config.on_missing_references == OnMissing.NONE
+    assert by_name[SAVINGS_JOB_NAME].config.on_missing_references == OnMissing.NONE
+    # identical inputs in every DFT arm
+    makers = [j.maker for j in flow.jobs if j.maker is not None and hasattr(j.maker, "nprocs")]
+    assert {m.protocol.model_dump_json() for m in makers} == {makers[0].protocol.model_dump_json()}
+    assert {m.nprocs for m in makers} == {1}
+    assert flow.output.uuid == by_name[SAVINGS_JOB_NAME].uuid
+
+
+def test_optional_arms_are_left_out(si) -> None:
+    names = [j.name for j in comparison_flow(si, label="Si").jobs]
+    assert names == ["qe baseline static", "qe predict density", "qe ml static", SAVINGS_JOB_NAME]
+    with pytest.raises(ValueError, match="unknown engine"):
+        comparison_flow(si, engine="castep")
+    with pytest.raises(ValueError, match="bandstructure_type"):
+        MLQEBandStructureMaker(bandstructure_type="circle").make(si)
+    assert [j.name for j in MLQEBandStructureMaker().make(si).jobs] == [
+        "qe predict density", "qe ml non-scf", "qe ml non-scf"]
+
+
+def _task(**kw):
+    return {"converged": True, "scf_iterations": 9, "energy_eV": -214.1, "elapsed_s": 3.0,
+            "total_magnetization": None, "dir_name": "/runs/x", **kw}
+
+
+def test_savings_document_from_arm_outputs(si) -> None:
+    ml = {"fallback": None, "ml_density_used": True, "scf_iterations": 5,
+          "scf_iterations_total": 5, "wall_s_total": 2.2, "energy_eV": -214.1,
+          "converged": True, "attempts": [{"start": "ml", "scf_iterations": 5}], "task": None}
+    pred = {"path": "/runs/p/x.dat", "predict_wall_s": 0.4, "model_version": "m:1",
+            "total_magnetization": None, "fallback": None}
+    doc = savings_document.original(
+        "Si.cif", si, _task(), pred, ml, oracle=_task(scf_iterations=1, prep_wall_time_s=0.2),
+        nscf_scf={"band_gap_eV": 0.59}, nscf_ml={"band_gap_eV": 0.6},
+        nscf_atomic={"band_gap_eV": 0.89},
+        requested={"baseline": True, "predict": True, "ml": True, "oracle": True,
+                   "nscf_scf": True, "nscf_ml": True, "nscf_atomic": True},
+    )
+    rec = doc.record()
+    assert rec["scf_iterations"] == {"baseline": 9, "ml": 5, "oracle": 1}
+    assert rec["wall_s"] == {"baseline": 3.0, "ml": 2.2, "predict": 0.4}
+    assert rec["band_gap_eV"] == {"scf": 0.59, "nscf_ml": 0.6, "nscf_atomic": 0.89}
+    assert rec["ml_density_used"] is True and rec["error"] is None
+    assert rec["formula"] == "Si" and rec["n_atoms"] == 2 and rec["engine"] == "qe"
+    assert doc.details.wall_s_oracle == pytest.approx(3.2)
+
+
+def test_savings_document_names_failed_arms_but_not_skipped_ones(si) -> None:
+    pred = {"path": None, "fallback": "unsupported_elements: Si"}
+    ml = {"fallback": "unsupported_elements: Si", "ml_density_used": False,
+          "scf_iterations_total": 9, "attempts": []}
+    doc = savings_document.original(
+        "Si", si, None, pred, ml, requested={"baseline": True, "predict": True, "ml": True,
+                                             "nscf_ml": True, "nscf_scf": True},
+    )
+    assert doc.error == "arm(s) did not finish: baseline, nscf_scf"  # nscf_ml skipped on purpose
+    assert doc.fallback == "unsupported_elements: Si" and doc.ml_density_used is False
+
+
+def test_store_round_trip_is_read_by_the_report(tmp_path, si) -> None:
+    from mlcharge_workflows.savings.report import load_records_from_store
+
+    rec = SavingsDocument(structure="bad.cif", engine="qe", error="ValueError: x")
+    save_record_only(project_job_store(tmp_path), rec.model_dump(mode="json"))
+    docs = savings_documents(project_job_store(tmp_path))
+    assert [d.record() for d in docs] == [rec.record()]
+    assert [d.structure for d in load_records_from_store(project_job_store(tmp_path),
+                                                         progress=False)] == ["bad.cif"]
+    assert tuple(docs[0].record()) == RECORD_KEYS
+
+
+def test_grid_data_round_trip(si) -> None:
+    import numpy as np
+
+    from mlcharge_workflows.density.grid import DensityGrid
+
+    g = DensityGrid(si, np.random.default_rng(0).random((4, 5, 6)), None, {"a": 1})
+    back = grid_from_data(grid_to_data(g))
+    assert np.array_equal(back.total, g.total) and back.structure == si
+
+
+def test_predict_job_records_unsupported_elements_without_a_density(tmp_path, monkeypatch) -> None:
+    """With the shipped model: an element it was not trained on gives a fallback, no file."""
+    from jobflow import run_locally
+
+    monkeypatch.chdir(tmp_path)
+    al = Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])  # no pseudopotential: never trained
+    job = QEPredictDensityMaker().make(al)
+    out = run_locally(job, log=False, ensure_success=True)[job.uuid][1].output
+    assert out.fallback == "unsupported_elements: Al"
+    assert out.path is None and out.density is None and out.model_version
