@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from jobflow import CURRENT_JOB, Flow, JobStore, run_locally
 from maggma.stores import MemoryStore
@@ -25,7 +24,6 @@ from atomate2.vasp.sets.core import NonSCFSetGenerator, StaticSetGenerator  # no
 from mlcharge_workflows.density.chgcar import read_chgcar  # noqa: E402
 from mlcharge_workflows.engines.vasp.handlers import MLStartFallbackHandler  # noqa: E402
 from mlcharge_workflows.engines.vasp.jobs import (  # noqa: E402
-    BaselineStaticMaker,
     MLDensityMaker,
     MLNonSCFMaker,
     MLStaticMaker,
@@ -41,7 +39,8 @@ NSCF_KEYS = ["ICHARG", "ISTART", "NGXF", "NGYF", "NGZF", "NSW", "ENCUT", "ISMEAR
 def sic(order: str = "CSi"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("build_reference", REF.parent / "build_reference.py")
+    path = REF.parent / "build_reference.py"
+    spec = importlib.util.spec_from_file_location("build_reference", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     s = mod.sic()
@@ -193,7 +192,8 @@ def test_prediction_failure_runs_ml_arm_from_atoms(mock_vasp, tmp_path):
     set_refs, seen = mock_vasp
     refs = {"baseline static": "baseline_static", "ml static": "baseline_static"}
     set_refs(refs, _kwargs(refs))
-    flow = VaspComparisonMaker(input_set_generator=static_gen(), predictor=unknown_element).make(sic())
+    maker = VaspComparisonMaker(input_set_generator=static_gen(), predictor=unknown_element)
+    flow = maker.make(sic())
     os.chdir(tmp_path)
     out = run_locally(flow, create_folders=True, ensure_success=True, store=_store())
     rec = out[flow.output.uuid][1].output.record()
@@ -238,9 +238,8 @@ def test_ml_nscf_uniform_skips_scf(mock_vasp, tmp_path):
     refs = {"ml non-scf": "ml_nscf_uniform"}
     set_refs(refs, {"ml non-scf": {"incar_settings": NSCF_KEYS}})
     gen = NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT})
-    job = MLNonSCFMaker(input_set_generator=gen, density_maker=MLDensityMaker(predictor="sad")).make(
-        sic(), mode="uniform"
-    )
+    maker = MLNonSCFMaker(input_set_generator=gen, density_maker=MLDensityMaker(predictor="sad"))
+    job = maker.make(sic(), mode="uniform")
     os.chdir(tmp_path)
     out = run_locally(job, create_folders=True, ensure_success=True, store=_store())
     entry = seen["ml non-scf"]

@@ -1,4 +1,7 @@
-"""SCF-step counting on real VASP outputs (custodian test files, see ../shared/vasp-outputs/README.md)."""
+"""SCF-step counting on real VASP outputs (custodian test files).
+
+See ../shared/vasp-outputs/README.md for what each file is.
+"""
 
 from __future__ import annotations
 

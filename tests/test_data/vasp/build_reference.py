@@ -13,7 +13,8 @@ Outputs (``outputs/``): adapted from a real VASP 5.4.4 run, the NaCl static in
 structure's, the parameters VASP echoes (ICHARG, ISTART, NGXF...) by the arm's, and the
 SCF is cut to the arm's number of steps (first steps kept, last step kept). Energies,
 eigenvalues and DOS stay NaCl's: these folders test inputs and parsing, not physics.
-The OUTCAR holds only the array dimensions pymatgen needs and VASP's timing block (wall time = the vasprun's ``totalsc``).
+The OUTCAR holds only the array dimensions pymatgen needs and VASP's timing block
+(wall time = the vasprun's ``totalsc``).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Per structure (:class:`VaspComparisonMaker`)::
 
-    baseline static (ICHARG=2) ──┬─> [oracle static: ICHARG=1 from the baseline CHGCAR]
-                                 └─> [NSCF on the converged density]               ┐
-    ml density ──> ml static (ICHARG=1, fallback handler)                          ├─> savings document
-               └─> [NSCF on the predicted density]    [NSCF from atoms, ICHARG=12] ┘
+    baseline static (ICHARG=2) ─┬─> [oracle static: ICHARG=1 from its CHGCAR] ┐
+                                └─> [NSCF on the converged density]          │
+    ml density ─┬─> ml static (ICHARG=1, fallback handler)                  ├─> savings document
+                └─> [NSCF on the predicted density]                          │
+    [NSCF from atoms, ICHARG=12] ────────────────────────────────────────────┘
 
 All SCF arms share one input set generator, the pinned fine grid and ``ISTART = 0``;
 all NSCF arms share one non-SCF generator and mode. The savings document follows

@@ -280,7 +280,8 @@ class MLStaticMaker(StaticMaker):
 
             handlers = DEFAULT_HANDLERS
         handlers = [h for h in handlers if not isinstance(h, MLStartFallbackHandler)]
-        maker.run_vasp_kwargs["handlers"] = [*handlers, MLStartFallbackHandler(self.max_ml_restarts)]
+        fallback = MLStartFallbackHandler(self.max_ml_restarts)
+        maker.run_vasp_kwargs["handlers"] = [*handlers, fallback]
         response = super(MLStaticMaker, maker).make.original(maker, structure, prev_dir)
         _gzip_ml_copy()
         return _annotate(response)
@@ -289,7 +290,8 @@ class MLStaticMaker(StaticMaker):
         gen = with_incar(self.input_set_generator, BASELINE_START_INCAR)
         shape = input_fine_grid(input_set(gen, structure, prev_dir))
         record = new_ml_start_record(_prediction_info(ml_density), 0)
-        record.update(status="abandoned", fallback=f"prediction failed: {record['density']['error']}")
+        reason = f"prediction failed: {record['density']['error']}"
+        record.update(status="abandoned", fallback=reason)
         write_ml_start_record(record)
         for stale in ("CHGCAR", "WAVECAR"):
             Path(stale).unlink(missing_ok=True)
@@ -330,7 +332,8 @@ class BaselineStaticMaker(StaticMaker):
         for stale in ("CHGCAR", "WAVECAR"):
             Path(stale).unlink(missing_ok=True)
         maker = _copy_maker(self, with_incar(gen, grid_incar(shape)))
-        return _annotate(super(BaselineStaticMaker, maker).make.original(maker, structure, prev_dir))
+        response = super(BaselineStaticMaker, maker).make.original(maker, structure, prev_dir)
+        return _annotate(response)
 
 
 def _nscf_maker(maker: NonSCFMaker, structure: Structure, prev_dir: Any, mode: str, start: dict):
