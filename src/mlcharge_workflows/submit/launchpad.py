@@ -100,6 +100,7 @@ class EmbeddedLaunchPad(LaunchPadHandle):
     def __init__(self, project: str | Path | None = None) -> None:
         self.paths: ProjectPaths = project_paths(project).create()
         self.description = f"embedded project {self.paths.root}"
+        self._cache: tuple | None = None
         with self._locked():
             if not self.paths.launchpad_file.exists():
                 _atomic_write(self.paths.launchpad_file, "{}")
@@ -123,25 +124,49 @@ class EmbeddedLaunchPad(LaunchPadHandle):
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def _stamp(self) -> tuple[int, ...]:
+        st = os.stat(self.paths.launchpad_file)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
     @contextlib.contextmanager
     def transaction(self, commit: bool = True) -> Iterator[LaunchPad]:
         """Lock, load, yield a LaunchPad, and (if ``commit``) write back atomically.
 
         Nothing is written when the block raises: a failed submission leaves the
-        database as it was.
+        database as it was. The loaded database is kept in memory while the file is
+        unchanged (same inode, size and times), so a lone worker does not re-read it.
         """
         with self._locked():
-            server = _load_server(self.paths.launchpad_file)
-            lp = _launchpad_on(server)
-            yield lp
-            if commit:
-                import bson.json_util
-
-                _atomic_write(self.paths.launchpad_file, bson.json_util.dumps(server.to_dict()))
+            stamp = self._stamp()
+            if self._cache is not None and self._cache[0] == stamp:
+                server, lp = self._cache[1], self._cache[2]
+            else:
+                self._cache = None
+                server = _load_server(self.paths.launchpad_file)
+                lp = _launchpad_on(server)
+            try:
+                yield lp
+                if commit:
+                    _atomic_write(self.paths.launchpad_file, _dumps(server.to_dict()))
+            except BaseException:
+                self._cache = None  # memory may hold half a change: reload next time
+                raise
+            self._cache = (self._stamp(), server, lp)
 
     def read(self) -> contextlib.AbstractContextManager[LaunchPad]:
         """A read-only view (no write-back)."""
         return self.transaction(commit=False)
+
+
+def _dumps(content: dict) -> str:
+    """MongoDB extended JSON, as mongomock-persistence writes it (bson.json_util.dumps),
+    with the C JSON encoder doing the walk (about twice as fast)."""
+    import json
+
+    import bson.json_util
+
+    options = bson.json_util.DEFAULT_JSON_OPTIONS
+    return json.dumps(content, default=lambda obj: bson.json_util.default(obj, options))
 
 
 def _load_server(path: Path):

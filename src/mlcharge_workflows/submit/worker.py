@@ -212,12 +212,13 @@ def _run_offline(fworker: FWorker, fw_id: int, launch_dir: Path) -> None:
         os.chdir(cwd)
 
 
-def _complete(handle: EmbeddedLaunchPad, launch_id: int) -> str:
-    """Sync the offline result into the database; returns the firework's final state."""
+def _complete(handle: EmbeddedLaunchPad, launch_id: int) -> tuple[str, int]:
+    """Sync the offline result into the database; returns (final state, fireworks left)."""
     with handle.transaction() as lp:
         lp.recover_offline(launch_id, ignore_errors=False)
         lp.db[OWNERS_COLLECTION].delete_many({"launch_id": launch_id})
-        return lp.get_launch_by_id(launch_id).state
+        state = lp.launches.find_one({"launch_id": launch_id}, {"state": 1})["state"]
+        return state, _count_remaining(lp)
 
 
 @contextlib.contextmanager
@@ -281,10 +282,9 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
                 continue
             bar.set_postfix_str(f"fw {fw.fw_id} {fw.name}")
             _run_offline(fworker, fw.fw_id, launch_dir)
-            state = _complete(handle, launch_id)
+            state, remaining = _complete(handle, launch_id)
             (summary.completed if state == "COMPLETED" else summary.fizzled).append(fw.fw_id)
-            with handle.read() as lp:
-                bar.total = summary.n_launched + _count_remaining(lp)
+            bar.total = summary.n_launched + remaining
             bar.update(1)
         bar.close()
     return summary
