@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from jobflow import CURRENT_JOB, Flow, JobStore, run_locally
 from maggma.stores import MemoryStore
@@ -87,7 +88,23 @@ def _store() -> JobStore:
     return JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
 
 
-def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path):
+def _model_weights_shipped() -> bool:
+    try:
+        from mlcharge_workflows.model.io import DEFAULT_WEIGHTS
+    except ImportError:
+        return False
+    return Path(DEFAULT_WEIGHTS).exists()
+
+
+@pytest.mark.parametrize(
+    "predictor",
+    [
+        pytest.param("model", marks=pytest.mark.skipif(
+            not _model_weights_shipped(), reason="no shipped model weights yet")),
+        "sad",
+    ],
+)
+def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path, predictor):
     set_refs, seen = mock_vasp
     set_refs(
         {"ml static": "ml_static"},
@@ -95,13 +112,23 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path):
     )
     gen = static_gen(ZSortedStaticSetGenerator)
     structure = sic("SiC")  # Si listed first; the generator writes C first
-    predict = MLDensityMaker(input_set_generator=gen, predictor="sad").make(structure)
+    predict = MLDensityMaker(
+        input_set_generator=gen, predictor=predictor, store_density=True
+    ).make(structure)
     static = MLStaticMaker(input_set_generator=gen).make(structure, ml_density=predict.output)
     os.chdir(tmp_path)
+    store = _store()
     out = run_locally(Flow([predict, static]), create_folders=True, ensure_success=True,
-                      store=_store())
+                      store=store)
     doc = out[predict.uuid][1].output
+    # the grid went to the data store only; the main document holds a blob reference
+    blob = store.additional_stores["data"].query_one({"job_uuid": predict.uuid})
+    assert np.asarray(blob["data"]["total"]).size == np.prod(NGF)
+    main = store.docs_store.query_one({"uuid": predict.uuid})
+    assert set(main["output"]["density"]) == {"@class", "@module", "blob_uuid", "store"}
     assert doc.grid_shape == list(NGF) and doc.nelect == 8.0 and doc.nelect_source == "table"
+    assert doc.n_electrons_predicted == pytest.approx(8.0, rel=1e-3)  # QE valences = POTCAR's
+    assert doc.model_version is not None and doc.valence_mismatch == {}
     assert [s.species_string for s in doc.structure] == ["C", "Si"]
 
     entry = seen["ml static"]
@@ -118,7 +145,7 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path):
     task = out[static.uuid][1].output
     rec = task.additional_json["ml_start"]
     assert rec["status"] == "active" and rec["density"]["written"] == "copied"
-    assert rec["density"]["predictor"] == "sad"
+    assert rec["density"]["predictor"] == predictor
     assert [a["scf_iterations"] for a in task.additional_json["scf_attempts"]] == [11]
 
 

@@ -369,9 +369,12 @@ class MLNonSCFMaker(NonSCFMaker):
         """Run the non-SCF job in ``mode`` ("line" or "uniform") on ``ml_density``."""
         if ml_density is None:
             return _predict_then(self, structure, prev_dir, mode=mode)
+        source = _density_path(ml_density)
+        if source is None:
+            raise ValueError(f"{self.name}: no predicted density ({_prediction_info(ml_density)})")
         maker, vis = _nscf_maker(self, structure, prev_dir, mode, ML_NSCF_INCAR)
         functional = getattr(maker.input_set_generator, "user_potcar_functional", None) or "PBE_54"
-        placed = place_density(_density_path(ml_density), vis, ".", functional, self.zval)
+        placed = place_density(source, vis, ".", functional, self.zval)
         record = new_ml_start_record(placed, 0)
         record["status"] = "nscf"
         write_ml_start_record(record)
