@@ -60,9 +60,10 @@ def plot_saving_histogram(records: Sequence[SavingsRecord], ax: Axes) -> None:
         _no_data(ax, "no structure has both a baseline\nand an ML-started SCF")
         return
     lo, hi = min(saved.min(), 0.0), max(saved.max(), 0.0)
-    edges = np.arange(np.floor(lo / 5) * 5, np.ceil(hi / 5) * 5 + 5.001, 5.0)
-    counts, _, _ = ax.hist(saved, bins=edges, color=ML_COLOR, edgecolor="white",
-                           label="ML start")
+    edges = np.arange(np.floor(lo / 5) * 5 - 2.5, np.ceil(hi / 5) * 5 + 2.501, 5.0)  # 0 centred
+    n_fell = sum(r.iteration_saving is not None and r.ml_density_used is False for r in records)
+    label = "ML arm" + (f" ({n_fell} fell back to atoms)" if n_fell else "")
+    counts, _, _ = ax.hist(saved, bins=edges, color=ML_COLOR, edgecolor="white", label=label)
     ax.set_ylim(0, max(counts.max() * 1.35, counts.max() + 1))  # room for the legend
     med = float(np.median(saved))
     ax.axvline(med, color="k", lw=1.5, ls="--", label=f"median {med:.1f}%")
@@ -80,14 +81,18 @@ def plot_saving_histogram(records: Sequence[SavingsRecord], ax: Axes) -> None:
 def plot_iteration_scatter(records: Sequence[SavingsRecord], ax: Axes) -> None:
     """SCF iterations: baseline (x) vs ML start and oracle start (y); below y = x is a saving."""
     ax.set_title("SCF iterations per structure")
-    pairs = [(r.scf_iterations.baseline, r.scf_iterations.ml, r.scf_iterations.oracle)
-             for r in records if r.scf_iterations.baseline is not None]
-    ml = np.array([(b, m) for b, m, _ in pairs if m is not None], dtype=float).reshape(-1, 2)
-    orc = np.array([(b, o) for b, _, o in pairs if o is not None], dtype=float).reshape(-1, 2)
-    if ml.size == 0 and orc.size == 0:
+    rows = [(r.scf_iterations.baseline, r.scf_iterations.ml, r.scf_iterations.oracle,
+             r.ml_density_used is not False)
+            for r in records if r.scf_iterations.baseline is not None]
+    ml = np.array([(b, m) for b, m, _, used in rows if m is not None and used],
+                  dtype=float).reshape(-1, 2)
+    fell = np.array([(b, m) for b, m, _, used in rows if m is not None and not used],
+                    dtype=float).reshape(-1, 2)
+    orc = np.array([(b, o) for b, _, o, _ in rows if o is not None], dtype=float).reshape(-1, 2)
+    if ml.size == 0 and orc.size == 0 and fell.size == 0:
         _no_data(ax, "no iteration counts in these records")
         return
-    allv = np.concatenate([ml.ravel(), orc.ravel()])
+    allv = np.concatenate([ml.ravel(), orc.ravel(), fell.ravel()])
     top = float(allv.max()) * 1.08 + 1
     ax.plot([0, top], [0, top], color="0.5", lw=1, ls="--", label="no change (y = x)")
     rng = np.random.default_rng(0)  # small jitter: iteration counts are integers and collide
@@ -101,6 +106,10 @@ def plot_iteration_scatter(records: Sequence[SavingsRecord], ax: Axes) -> None:
     if ml.size:
         ax.scatter(ml[:, 0] + jitter(len(ml)), ml[:, 1] + jitter(len(ml)), s=28,
                    color=ML_COLOR, alpha=0.85, label="ML-predicted density")
+    if fell.size:
+        ax.scatter(fell[:, 0] + jitter(len(fell)), fell[:, 1] + jitter(len(fell)), s=30,
+                   facecolors="none", edgecolors=ML_COLOR, linewidths=1.2,
+                   label="ML arm fell back to atoms")
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.set_aspect("equal")

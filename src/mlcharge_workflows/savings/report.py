@@ -175,7 +175,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"energy agreement |E_ML - E_baseline|: median {_fmt(de['median'], ' meV/atom', 3)}, "
         f"max {_fmt(de['max'], ' meV/atom', 3)}",
         f"NSCF band gap error vs SCF density: ML start MAE {_fmt(gml['mean'], ' eV', 3)}, "
-        f"atomic start MAE {_fmt(gat['mean'], ' eV', 3)} ({gml['n']} structures)",
+        f"atomic start MAE {_fmt(gat['mean'], ' eV', 3)} "
+        f"({gml['n']} and {gat['n']} structures)",
     ]
 
 

@@ -230,6 +230,12 @@ def submit_structures(
         label = str(path)
         jf = build_flow(_read_structure(path), engine, flow, label, **(flow_options or {}))
         wf = flow_to_fireworks(jf)  # store=None: workers use their (shared) store
+        if flow == "compare":
+            # A firework waits forever on a FIZZLED parent unless it allows it. Let every
+            # job run (and fail fast on a missing input) so the savings document is always
+            # reached and records what failed.
+            for fw in wf.fws:
+                fw.spec["_allow_fizzled_parents"] = True
         wf.metadata.update({"mlcharge_batch": batch, "structure": label, "engine": engine,
                             "flow": flow})
         workflows.append((label, wf))
