@@ -74,3 +74,18 @@ def test_flow_shape() -> None:
     assert names == ["baseline static", "ml density", "ml static", "oracle static",
                      "converged non-scf uniform", "ml non-scf uniform",
                      "atomic non-scf uniform", "savings document"]
+
+
+def test_fireworks_routes_prediction_to_gpu_worker() -> None:
+    pytest.importorskip("fireworks")
+    from jobflow.managers.fireworks import flow_to_workflow
+    from monty.json import MontyDecoder, jsanitize
+
+    flow = VaspComparisonMaker(oracle=True, predict_manager_config={"_fworker": "gpu"}).make(SI)
+    wf = flow_to_workflow(flow)
+    workers = {fw.name: fw.spec.get("_fworker") for fw in wf.fws}
+    assert workers["ml density"] == "gpu"
+    assert workers["baseline static"] is None and workers["ml static"] is None
+    # every maker survives serialisation (what a FireWorks worker receives)
+    again = MontyDecoder().process_decoded(jsanitize(flow.as_dict(), strict=True))
+    assert [j.name for j in again.jobs] == [j.name for j in flow.jobs]
