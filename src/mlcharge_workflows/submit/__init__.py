@@ -134,11 +134,12 @@ def _compare(structure: Structure, engine: str, label: str, **options: Any) -> F
             model_path=options.get("model_path"),
             predict_manager_config=_manager_config(options), **_qe_common(options))
         return maker.make(structure, label=label)
-    from mlcharge_workflows.savings.flows import comparison_flow
+    from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
 
-    return comparison_flow(structure, engine=engine, label=label,
-                           oracle=bool(options.get("oracle")), nscf=bool(options.get("nscf")),
-                           model_path=options.get("model_path"))
+    maker = VaspComparisonMaker(
+        oracle=bool(options.get("oracle")), nscf=bool(options.get("nscf")),
+        model_path=options.get("model_path"), predict_manager_config=_manager_config(options))
+    return maker.make(structure, label=label)
 
 
 def _ml_static_jobs(structure: Structure, engine: str, label: str,
