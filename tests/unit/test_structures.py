@@ -82,7 +82,7 @@ def test_distances_are_physical(batch):
 def test_strain_and_rattle_ranges(batch):
     strained = [g for g in batch if "strain_voigt" in g.info]
     rattled = [g for g in batch if "rattle_A" in g.info]
-    assert len(strained) > 0.6 * len(batch) and len(rattled) > 0.4 * len(batch)
+    assert len(strained) > 0.6 * len(batch) and len(rattled) > 0.3 * len(batch)
     assert all(max(abs(x) for x in g.info["strain_voigt"]) <= 0.06 for g in strained)
     assert all(0.02 <= g.info["rattle_A"] <= 0.1 for g in rattled)
     supercells = [g for g in batch if g.prototype.startswith("sc-")]

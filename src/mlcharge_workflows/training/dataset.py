@@ -8,7 +8,9 @@ A dataset is a folder::
 A record stores the converged density as Fourier coefficients on a sphere of
 Miller indices (the convention of :mod:`mlcharge_workflows.density.grid`,
 e/Å³), which is compact and exact up to the stored cutoff, and is what both a QE
-file (G space) and any real-space grid are made from.
+file (G space) and any real-space grid are made from. Files hold complex64 and,
+for a real density on a sphere, only one of each ``±m`` pair (``hermitian_half``);
+:meth:`DensityRecord.load` restores the full set.
 """
 
 from __future__ import annotations
@@ -24,6 +26,56 @@ import numpy as np
 from mlcharge_workflows.density.grid import DensityGrid
 
 FORMAT_VERSION = 1
+
+
+def _keys(mill: np.ndarray, k: int) -> np.ndarray:
+    m = np.asarray(mill, dtype=np.int64) + k
+    w = 2 * k + 1
+    return (m[:, 0] * w + m[:, 1]) * w + m[:, 2]
+
+
+def hermitian_half(
+    mill: np.ndarray, total: np.ndarray, magnetization: np.ndarray | None = None, rtol: float = 1e-5
+) -> np.ndarray | None:
+    """Indices of one Miller index of each ``±m`` pair (and ``m = 0``), or None.
+
+    None unless the set of ``mill`` is closed under ``m -> -m`` and the coefficients are
+    those of a real function (``c(-m) = conj c(m)`` within ``rtol`` of the largest one).
+    """
+    mill = np.asarray(mill, dtype=np.int64)
+    if mill.ndim != 2 or len(mill) == 0:
+        return None
+    k = int(np.abs(mill).max()) + 1
+    keys = _keys(mill, k)
+    order = np.argsort(keys)
+    neg_keys = _keys(-mill, k)
+    pos = np.searchsorted(keys, neg_keys, sorter=order)
+    pos = np.minimum(pos, len(keys) - 1)
+    partner = order[pos]
+    if not np.array_equal(keys[partner], neg_keys):
+        return None
+    for c in (total, magnetization):
+        if c is None:
+            continue
+        c = np.asarray(c)
+        scale = float(np.abs(c).max()) or 1.0
+        if np.abs(c[partner] - np.conj(c)).max() > rtol * scale:
+            return None
+    m0, m1, m2 = mill[:, 0], mill[:, 1], mill[:, 2]
+    keep = (m0 > 0) | ((m0 == 0) & (m1 > 0)) | ((m0 == 0) & (m1 == 0) & (m2 >= 0))
+    return np.flatnonzero(keep)
+
+
+def _expand_half(
+    mill: np.ndarray, total: np.ndarray, mag: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inverse of :func:`hermitian_half`: add ``conj c(m)`` at ``-m`` for every ``m != 0``."""
+    nz = ~(mill == 0).all(axis=1)
+    mill = np.concatenate([mill, -mill[nz]])
+    total = np.concatenate([total, np.conj(total[nz])])
+    if mag is not None:
+        mag = np.concatenate([mag, np.conj(mag[nz])])
+    return mill, total, mag
 
 
 @dataclass
@@ -98,7 +150,13 @@ class DensityRecord:
         }
         if self.magnetization is not None:
             arrays["magnetization"] = np.asarray(self.magnetization, dtype=np.complex64)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        half = hermitian_half(self.mill, self.total, self.magnetization)
+        if half is not None:  # a real density: c(-m) = conj c(m), store one of each pair
+            for key in ("mill", "total", "magnetization"):
+                if key in arrays:
+                    arrays[key] = arrays[key][half]
+            arrays["hermitian_half"] = np.array(True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
         return path
@@ -113,15 +171,18 @@ class DensityRecord:
             with np.load(path, allow_pickle=False) as z:
                 energy = float(z["energy_eV"])
                 iters = int(z["scf_iterations"])
+                mill = z["mill"].astype(np.int64)
+                total = z["total"].astype(np.complex128)
+                mag = z["magnetization"].astype(np.complex128) if "magnetization" in z else None
+                if "hermitian_half" in z and bool(z["hermitian_half"]):
+                    mill, total, mag = _expand_half(mill, total, mag)
                 return cls(
                     id=path.stem,
                     structure=Structure.from_dict(json.loads(str(z["structure_json"]))),
                     grid_shape=tuple(int(n) for n in z["grid_shape"]),
-                    mill=z["mill"].astype(np.int64),
-                    total=z["total"].astype(np.complex128),
-                    magnetization=(
-                        z["magnetization"].astype(np.complex128) if "magnetization" in z else None
-                    ),
+                    mill=mill,
+                    total=total,
+                    magnetization=mag,
                     energy_eV=None if np.isnan(energy) else energy,
                     scf_iterations=None if iters < 0 else iters,
                     metadata=json.loads(str(z["metadata_json"])),
@@ -176,6 +237,27 @@ class DensityDataset:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def info(self, record_id: str) -> dict:
+        """Structure, energy, iterations and metadata of a record without its coefficients."""
+        from pymatgen.core import Structure
+
+        path = self.path(record_id)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                energy = float(z["energy_eV"])
+                iters = int(z["scf_iterations"])
+                return {
+                    "id": record_id,
+                    "structure": Structure.from_dict(json.loads(str(z["structure_json"]))),
+                    "grid_shape": tuple(int(n) for n in z["grid_shape"]),
+                    "energy_eV": None if np.isnan(energy) else energy,
+                    "scf_iterations": None if iters < 0 else iters,
+                    "spin_polarized": "magnetization" in z.files,
+                    "metadata": json.loads(str(z["metadata_json"])),
+                }
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            raise ValueError(f"cannot read density record {path}: {exc}") from exc
 
     def add(self, record: DensityRecord) -> Path:
         """Store ``record`` (atomic write)."""

@@ -114,11 +114,21 @@ def _short_vectors(lattice: Lattice) -> list[np.ndarray]:
     return out
 
 
-def strain_structure(structure: Structure, rng: np.random.Generator, amount: float) -> dict:
-    """Apply a random symmetric strain (diagonal up to ``amount``, shear up to half); in place."""
+def strain_structure(
+    structure: Structure, rng: np.random.Generator, amount: float, shear: bool = True
+) -> dict:
+    """Apply a random strain in place: volumetric (up to ``amount``) or, with ``shear``, a
+    general symmetric one (diagonal up to ``amount``, off-diagonal up to half).
+
+    A volumetric strain keeps the symmetry of the cell (few k-points, cheap SCF).
+    """
     eps = np.zeros((3, 3))
-    eps[np.diag_indices(3)] = rng.uniform(-amount, amount, 3)
-    off = rng.uniform(-amount / 2, amount / 2, 3)
+    if shear:
+        eps[np.diag_indices(3)] = rng.uniform(-amount, amount, 3)
+        off = rng.uniform(-amount / 2, amount / 2, 3)
+    else:
+        eps[np.diag_indices(3)] = rng.uniform(-amount, amount)
+        off = np.zeros(3)
     eps[0, 1] = eps[1, 0] = off[0]
     eps[0, 2] = eps[2, 0] = off[1]
     eps[1, 2] = eps[2, 1] = off[2]
@@ -155,9 +165,10 @@ class StructureGenerator:
         Fraction of structures drawn from primitive prototypes of <= 4 atoms.
     strain, rattle
         Maximum strain component and the (min, max) RMS rattle in Å.
-    rattle_probability, strain_probability
-        Fractions of structures that are rattled / strained (the others keep their symmetry,
-        which also keeps them cheap).
+    rattle_probability, strain_probability, shear_probability
+        Fractions of structures that are rattled, strained, and (of the strained ones) given
+        a symmetry-breaking shear; the others keep their symmetry, which keeps their SCF
+        cheap (fewer irreducible k-points).
     """
 
     def __init__(
@@ -168,8 +179,9 @@ class StructureGenerator:
         small_fraction: float = 0.6,
         strain: float = 0.06,
         rattle: tuple[float, float] = (0.02, 0.1),
-        rattle_probability: float = 0.7,
+        rattle_probability: float = 0.5,
         strain_probability: float = 0.85,
+        shear_probability: float = 0.35,
         min_distance_factor: float = 0.7,
     ) -> None:
         elements = list(elements) if elements is not None else default_elements()
@@ -190,6 +202,7 @@ class StructureGenerator:
         self.rattle = (float(rattle[0]), float(rattle[1]))
         self.rattle_probability = float(rattle_probability)
         self.strain_probability = float(strain_probability)
+        self.shear_probability = float(shear_probability)
         self.min_distance_factor = float(min_distance_factor)
         self.roles = P.classify(self.elements)
         self.prototypes = [p for p in P.PROTOTYPES if P.can_build(p, self.roles)]
@@ -207,6 +220,7 @@ class StructureGenerator:
             "rattle": list(self.rattle),
             "rattle_probability": self.rattle_probability,
             "strain_probability": self.strain_probability,
+            "shear_probability": self.shear_probability,
             "min_distance_factor": self.min_distance_factor,
         }
 
@@ -262,7 +276,8 @@ class StructureGenerator:
             else:
                 return None
         if rng.random() < self.strain_probability:
-            info.update(strain_structure(structure, rng, self.strain))
+            shear = rng.random() < self.shear_probability
+            info.update(strain_structure(structure, rng, self.strain, shear))
         if rng.random() < self.rattle_probability and len(structure) > 1:
             amp = float(rng.uniform(*self.rattle))
             rattle_structure(structure, rng, amp)
