@@ -1,9 +1,124 @@
-"""`mlcharge` commands of this group (filled in by the issue that owns them)."""
+"""``mlcharge train`` and ``mlcharge predict``: fit the density model, and write a start density.
+
+torch is imported only inside the commands, so the rest of the CLI works without it.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+ENGINES = ("qe", "vasp")
+
+
+def train(
+    config: Path = typer.Argument(..., help="YAML training config (see docs/model-card.md)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Override the config's output folder."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Override the time budget."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from output/checkpoint.pt."),
+) -> None:
+    """Train the density model on datasets from ``data generate`` / ``data ingest``.
+
+    Prints the validation NMAPE every epoch; writes checkpoint.pt (resumable), model.pt
+    (best weights), metrics.json (test NMAPE) and history.json into the output folder.
+    """
+    try:
+        from mlcharge_workflows.training.train import TrainConfig
+        from mlcharge_workflows.training.train import train as run_training
+
+        cfg = TrainConfig.from_yaml(config)
+        updates = {"resume": resume}
+        if output is not None:
+            updates["output"] = output
+        if max_minutes is not None:
+            updates["max_minutes"] = max_minutes
+        if device is not None:
+            updates["device"] = device
+        cfg = cfg.model_copy(update=updates)
+        metrics = run_training(cfg, log=typer.echo)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"model written  {Path(cfg.output) / 'model.pt'}")
+    typer.echo(f"best validation NMAPE {metrics['best_val_nmape']:.3f}%")
+
+
+def _read_structure(path: Path):
+    from pymatgen.core import Structure
+
+    if not path.is_file():
+        raise ValueError(f"structure file {path} does not exist")
+    try:
+        return Structure.from_file(str(path))
+    except Exception as exc:  # pymatgen raises many types on unreadable files
+        raise ValueError(f"cannot read structure file {path}: {exc}") from None
+
+
+def predict(
+    structure: Path = typer.Argument(..., help="Structure file pymatgen reads (CIF, POSCAR, ...)."),
+    engine: str = typer.Option("qe", "--engine", help="qe (charge-density.dat) or vasp (CHGCAR)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="QE outdir; VASP: a folder (gets OUTPUT/CHGCAR) or a path named *CHGCAR*."
+    ),
+    encut: float = typer.Option(520.0, "--encut", help="VASP ENCUT (eV) that fixes the fine grid."),
+    prec: str = typer.Option("Accurate", "--prec", help="VASP PREC (Normal, Accurate, ...)."),
+    ecutrho: Optional[float] = typer.Option(
+        None, "--ecutrho", help="QE ecutrho (Ry); default: the QE protocol's cutoff for the structure."
+    ),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="Weights file (default: shipped)."),
+) -> None:
+    """Predict the density of STRUCTURE and write it as a start for QE or VASP.
+
+    QE: ``OUTPUT/pwscf.save/charge-density.dat`` (the outdir for ``startingpot='file'``);
+    VASP: a CHGCAR on the fine grid of ``--encut``/``--prec``.
+    """
+    t0 = time.perf_counter()
+    try:
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not supported; choose one of {', '.join(ENGINES)}")
+        struct = _read_structure(structure)
+        from mlcharge_workflows.model import load_model, predict_density
+
+        model = load_model(model_path)
+        if engine == "vasp":
+            from mlcharge_workflows.density.chgcar import vasp_fine_grid, write_chgcar
+
+            shape = vasp_fine_grid(struct, encut, prec)
+            t1 = time.perf_counter()
+            grid = predict_density(struct, shape, model)
+            t_pred = time.perf_counter() - t1
+            target = output if "CHGCAR" in output.name and not output.is_dir() else output / "CHGCAR"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written = write_chgcar(grid, target)
+        else:
+            from mlcharge_workflows.density.qe_file import write_qe_start_density
+            from mlcharge_workflows.engines.qe.sets import PREFIX, QEProtocol
+
+            ecut = ecutrho if ecutrho is not None else QEProtocol().cutoffs(struct)[1]
+            t1 = time.perf_counter()
+            grid = predict_density(struct, model=model, ecutrho_ry=ecut)
+            t_pred = time.perf_counter() - t1
+            written = write_qe_start_density(
+                output / f"{PREFIX}.save", grid, ecut, expected_electrons=grid.metadata["n_electrons"]
+            )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"structure        {struct.composition.formula} ({len(struct)} atoms)")
+    typer.echo(f"grid             {' x '.join(map(str, grid.shape))}")
+    typer.echo(f"electrons        {grid.n_electrons:.6f} (valence {grid.metadata['n_electrons']:g})")
+    if grid.magnetization is not None:
+        typer.echo(f"magnetisation    {grid.total_magnetization:.4f} μB/cell")
+    typer.echo(f"clipped charge   {grid.metadata['clipped_electrons']:.2e} e (negative density set to 0, renormalised)")
+    typer.echo(f"prediction time  {t_pred:.3f} s (total {time.perf_counter() - t0:.3f} s)")
+    typer.echo(f"written          {written}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to ``app``."""
+    """Add ``mlcharge train`` and ``mlcharge predict`` to ``app``."""
+    app.command("train")(train)
+    app.command("predict")(predict)

@@ -1,0 +1,320 @@
+"""The density model: SAD + an equivariant correction in atom-centred Gaussian orbitals.
+
+``rho(G) = SAD(G) + (1/V) sum_a sum_o C_a,o phi_o(G) exp(-iG·R_a)``, with ``C`` from
+:class:`.network.OrbitalNetwork` and ``phi_o`` the analytic orbitals of :mod:`.basis`;
+the ``G = 0`` term is set to ``N_valence / V`` (exact normalisation). Cells with a
+starting magnetisation get a second, independent set of orbitals for ``rho_up - rho_down``
+on top of the SAD scaled by the starting moments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
+from mlcharge_workflows.model.atomic import AtomicDensityTable, sad_coefficients
+from mlcharge_workflows.model.basis import (
+    OrbitalLayout,
+    ReciprocalGeometry,
+    even_tempered,
+    orbital_coefficients,
+    q_cutoff,
+)
+from mlcharge_workflows.model.graph import radius_graph
+from mlcharge_workflows.model.network import OrbitalNetwork
+
+#: Exponents (Å⁻²) are kept in this range while learning.
+ALPHA_RANGE = (0.05, 64.0)
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a :class:`DensityModel` (saved with the weights)."""
+
+    elements: list[str]
+    cutoff: float = 4.5
+    n_layers: int = 3
+    irreps_hidden: str = "32x0e + 12x1o + 8x2e + 4x3o + 4x4e"
+    lmax_sh: int = 3
+    n_basis: int = 10
+    radial_neurons: int = 32
+    avg_neighbors: float = 20.0
+    orbital_muls: tuple[int, ...] = (8, 6, 6, 4, 2)
+    magnetization_muls: tuple[int, ...] = (6, 4, 4, 2)
+    alpha_min: float = 0.25
+    alpha_max: float = 16.0
+    learn_exponents: bool = True
+    use_sad: bool = True
+    starting_magnetization: dict[str, float] = field(
+        default_factory=lambda: {"Fe": 0.4, "Co": 0.35, "Ni": 0.3}
+    )
+    ecutrho_ry: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.orbital_muls = tuple(int(m) for m in self.orbital_muls)
+        self.magnetization_muls = tuple(int(m) for m in self.magnetization_muls)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Cell:
+    """A structure prepared for the model (fixed arrays; see :meth:`DensityModel.prepare`)."""
+
+    species: np.ndarray  # (n,) int | index into model elements
+    frac: np.ndarray  # (n, 3) | fractional coordinates
+    lattice: np.ndarray  # (3, 3) | Å
+    moments: np.ndarray  # (n,) | starting magnetisation fraction (-1..1)
+    spin: bool  # whether a magnetisation density is predicted
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray]  # src, dst, Cartesian shift (Å)
+    n_electrons: float
+    mill: np.ndarray | None = None  # (N, 3) | G vectors to evaluate
+    geom: ReciprocalGeometry | None = None
+    sad: tuple[np.ndarray, np.ndarray | None] | None = None  # e/Å³ at mill
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.lattice)))
+
+    @property
+    def cart(self) -> np.ndarray:
+        return self.frac @ self.lattice
+
+
+class DensityModel(torch.nn.Module):
+    """Structure in, Fourier coefficients of the valence density (and magnetisation) out."""
+
+    def __init__(self, config: ModelConfig, table: AtomicDensityTable) -> None:
+        super().__init__()
+        if list(table.elements) != list(config.elements):
+            raise ValueError(
+                f"atomic density table elements {table.elements} differ from the model's "
+                f"{config.elements}"
+            )
+        self.config = config
+        self.table = table
+        self.layout = OrbitalLayout(config.orbital_muls)
+        self.mag_layout = OrbitalLayout(config.magnetization_muls)
+        irreps_out = self.layout.irreps + self.mag_layout.irreps
+        self.network = OrbitalNetwork(
+            n_species=len(config.elements),
+            irreps_out=irreps_out,
+            irreps_hidden=config.irreps_hidden,
+            n_layers=config.n_layers,
+            lmax_sh=config.lmax_sh,
+            cutoff=config.cutoff,
+            n_basis=config.n_basis,
+            radial_neurons=config.radial_neurons,
+            avg_neighbors=config.avg_neighbors,
+        )
+        n_s = len(config.elements)
+        self.log_alpha = torch.nn.Parameter(self._initial_log_alpha(self.layout, n_s))
+        self.log_alpha_mag = torch.nn.Parameter(self._initial_log_alpha(self.mag_layout, n_s))
+        if not config.learn_exponents:
+            self.log_alpha.requires_grad_(False)
+            self.log_alpha_mag.requires_grad_(False)
+        self.output_scale = torch.nn.Parameter(torch.tensor(0.1))
+        self.metadata: dict = {}
+        self.weights_path: str | None = None
+
+    def species_qmax(self) -> np.ndarray:
+        """Per species, the |G| (Å⁻¹) up to which its orbitals are evaluated.
+
+        That is the sphere of the species' ``ecutrho`` (pw.x keeps nothing beyond it);
+        species without one get the sphere where their largest allowed exponent vanishes.
+        """
+        out = []
+        for el in self.config.elements:
+            ecut = self.config.ecutrho_ry.get(el)
+            if ecut:
+                out.append(math.sqrt(ecut) / QE_BOHR_TO_ANGSTROM)
+            else:
+                out.append(q_cutoff(ALPHA_RANGE[1], max(self.layout.lmax, 1)))
+        return np.array(out)
+
+    def alpha_upper(self) -> np.ndarray:
+        """Largest exponent per species: its orbitals fall to ~e^-6 of their peak at :meth:`species_qmax`."""
+        return np.minimum(self.species_qmax() ** 2 / 25.0, ALPHA_RANGE[1])
+
+    def _initial_log_alpha(self, layout: OrbitalLayout, n_species: int) -> torch.Tensor:
+        rows = []
+        for upper in self.alpha_upper():
+            top = min(self.config.alpha_max, float(upper))
+            per_l = [even_tempered(m, min(self.config.alpha_min, top), top) for m in layout.muls]
+            rows.append(np.log(np.concatenate(per_l)) if layout.n_radial else np.zeros(0))
+        return torch.as_tensor(np.array(rows), dtype=torch.get_default_dtype())
+
+    # ------------------------------------------------------------------ elements
+    @property
+    def elements(self) -> list[str]:
+        """Elements in the model's species order."""
+        return list(self.config.elements)
+
+    @property
+    def supported_elements(self) -> list[str]:
+        """Elements the model was trained on (sorted)."""
+        return sorted(self.config.elements)
+
+    def species_of(self, structure) -> np.ndarray:
+        """Species indices of a structure; ``ValueError`` naming unknown elements."""
+        if not structure.is_ordered:
+            raise ValueError("structure has partially occupied sites; the model needs an ordered cell")
+        symbols = [site.specie.symbol for site in structure]
+        unknown = sorted(set(symbols) - set(self.config.elements))
+        if unknown:
+            raise ValueError(
+                f"the density model does not know element(s) {', '.join(unknown)}; "
+                f"it was trained on: {', '.join(self.supported_elements)}"
+            )
+        index = {el: i for i, el in enumerate(self.config.elements)}
+        return np.array([index[s] for s in symbols], dtype=np.int64)
+
+    def starting_moments(self, structure, species: np.ndarray) -> np.ndarray:
+        """Starting magnetisation fraction per site: ``magmom`` site property / z_valence, else per element."""
+        magmom = structure.site_properties.get("magmom")
+        if magmom is not None:
+            mom = np.array([float(np.sum(m)) if np.ndim(m) else float(m) for m in magmom])
+            return np.clip(mom / self.table.z_valence[species], -1.0, 1.0)
+        start = self.config.starting_magnetization
+        return np.array([float(start.get(self.config.elements[s], 0.0)) for s in species])
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, structure, mill: np.ndarray | None = None, spin: bool | None = None) -> Cell:
+        """Everything about ``structure`` that does not depend on the weights.
+
+        ``spin`` None: predict a magnetisation when a site has a starting moment.
+        """
+        species = self.species_of(structure)
+        lattice = np.array(structure.lattice.matrix, dtype=float)
+        frac = np.array(structure.frac_coords, dtype=float)
+        if not np.all(np.isfinite(frac)) or not np.all(np.isfinite(lattice)):
+            raise ValueError("structure has non-finite positions or lattice vectors")
+        moments = self.starting_moments(structure, species)
+        charge = float(getattr(structure, "charge", 0.0) or 0.0)
+        cell = Cell(
+            species=species,
+            frac=frac,
+            lattice=lattice,
+            moments=moments,
+            spin=bool(np.any(moments != 0)) if spin is None else bool(spin),
+            edges=radius_graph(lattice, frac @ lattice, self.config.cutoff)[:3],
+            n_electrons=float(self.table.z_valence[species].sum() - charge),
+        )
+        if mill is not None:
+            self.attach_mill(cell, mill)
+        return cell
+
+    def attach_mill(self, cell: Cell, mill: np.ndarray) -> Cell:
+        """Set the G vectors at which ``cell`` is evaluated (and its SAD there)."""
+        cell.mill = np.asarray(mill, dtype=np.int64).reshape(-1, 3)
+        lmax = max(self.layout.lmax, self.mag_layout.lmax if self.mag_layout.n_radial else 0)
+        cell.geom = ReciprocalGeometry(
+            cell.lattice, cell.frac, cell.mill, lmax, dtype=self.log_alpha.dtype,
+            device=self.log_alpha.device,
+        )
+        if self.config.use_sad:
+            cell.sad = sad_coefficients(
+                self.table, cell.species, cell.frac, cell.lattice, cell.mill,
+                cell.moments if cell.spin else None,
+            )
+        return cell
+
+    # ------------------------------------------------------------------ evaluation
+    def orbital_coefficients(self, cells: list[Cell]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Network output for several cells in one batch: per cell ``(C_total, C_magnetization)``."""
+        dtype, dev = self.log_alpha.dtype, self.log_alpha.device
+        species, moments, pos, src, dst, shift, sizes = [], [], [], [], [], [], []
+        offset = 0
+        for c in cells:
+            species.append(c.species)
+            moments.append(c.moments)
+            pos.append(c.cart)
+            s, d, sh = c.edges
+            src.append(s + offset)
+            dst.append(d + offset)
+            shift.append(sh)
+            sizes.append(len(c.species))
+            offset += len(c.species)
+        args = (
+            torch.as_tensor(np.concatenate(species), device=dev),
+            torch.as_tensor(np.concatenate(pos), dtype=dtype, device=dev),
+            torch.as_tensor(np.concatenate(src), device=dev),
+            torch.as_tensor(np.concatenate(dst), device=dev),
+            torch.as_tensor(np.concatenate(shift), dtype=dtype, device=dev),
+        )
+        mom = torch.as_tensor(np.concatenate(moments), dtype=dtype, device=dev)
+        out = self.network(args[0], mom, *args[1:])
+        if torch.any(mom != 0):
+            # time reversal: flipping every moment flips m and keeps rho, exactly
+            flipped = self.network(args[0], -mom, *args[1:])
+            n_tot = self.layout.dim
+            out = torch.cat([(out[:, :n_tot] + flipped[:, :n_tot]) / 2, (out[:, n_tot:] - flipped[:, n_tot:]) / 2], dim=1)
+        out = out * self.output_scale
+        n_tot = self.layout.dim
+        return [(o[:, :n_tot], o[:, n_tot:]) for o in torch.split(out, sizes)]
+
+    def alphas(self, magnetization: bool = False) -> torch.Tensor:
+        """Exponents ``(n_species, n_radial)`` in Å⁻², clamped to ``ALPHA_RANGE`` and :meth:`alpha_upper`."""
+        log_alpha = self.log_alpha_mag if magnetization else self.log_alpha
+        upper = torch.as_tensor(
+            np.log(self.alpha_upper()), dtype=log_alpha.dtype, device=log_alpha.device
+        )[:, None]
+        low = math.log(ALPHA_RANGE[0])
+        return torch.exp(torch.minimum(log_alpha.clamp(min=low), upper))
+
+    def _orbitals(
+        self, cell: Cell, coeffs: torch.Tensor, magnetization: bool, cache: bool, rows: np.ndarray | None
+    ) -> torch.Tensor:
+        layout = self.mag_layout if magnetization else self.layout
+        alphas = self.alphas(magnetization)
+        qmax = self.species_qmax()
+        total = None
+        for s in np.unique(cell.species):
+            sel = np.flatnonzero(cell.species == s)
+            q_max = min(q_cutoff(float(alphas[s].max().detach()), layout.lmax), qmax[s])
+            part = orbital_coefficients(
+                cell.geom, coeffs[torch.as_tensor(sel, device=coeffs.device)], alphas[s], layout, sel, q_max=q_max,
+                cache_key=(int(s), magnetization) if cache else None, rows=rows,
+            )
+            total = part if total is None else total + part
+        return total
+
+    def fourier(
+        self,
+        cell: Cell,
+        coeffs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: bool = False,
+        rows: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Coefficients (e/Å³, complex tensors) of total and magnetisation density at ``cell.mill``.
+
+        ``rows`` restricts the evaluation to those G vectors (indices into ``cell.mill``);
+        ``cache`` keeps their phases in the cell (training on fixed rows). The ``G = 0``
+        term of the total is ``n_electrons / V`` exactly.
+        """
+        if cell.geom is None:
+            raise ValueError("cell has no G vectors: call attach_mill first")
+        if coeffs is None:
+            coeffs = self.orbital_coefficients([cell])[0]
+        sl = slice(None) if rows is None else rows
+        tot = self._orbitals(cell, coeffs[0], False, cache, rows)
+        mag = None
+        if cell.spin and self.mag_layout.n_radial:
+            mag = self._orbitals(cell, coeffs[1], True, cache, rows)
+        if cell.sad is not None:
+            tot = tot + torch.as_tensor(cell.sad[0][sl], dtype=tot.dtype, device=tot.device)
+            if mag is not None and cell.sad[1] is not None:
+                mag = mag + torch.as_tensor(cell.sad[1][sl], dtype=mag.dtype, device=mag.device)
+        if cell.spin and mag is None:
+            mag = torch.zeros_like(tot)
+        zero = np.flatnonzero((cell.mill[sl] == 0).all(axis=1))
+        if zero.size:
+            fix = torch.zeros_like(tot)
+            fix[zero[0]] = 1.0
+            tot = tot * (1 - fix) + fix * (cell.n_electrons / cell.volume)
+        return tot, mag

@@ -1,0 +1,187 @@
+"""Inference: a structure in, its predicted density on any grid (or at QE's G vectors) out.
+
+The density is evaluated analytically at every G vector of the grid (skipping those where
+the atomic densities and orbitals vanish), brought to real space with one inverse FFT,
+clipped at zero and renormalised to the electron count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mlcharge_workflows.density.grid import DensityGrid
+from mlcharge_workflows.model.core import DensityModel
+from mlcharge_workflows.model.io import DEFAULT_WEIGHTS, load_weights
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+_cache: dict[str, DensityModel] = {}
+_lock = threading.Lock()
+
+
+def load_model(path: str | Path | None = None) -> DensityModel:
+    """Load a density model (cached per file).
+
+    ``path`` None: ``MLCHARGE_MODEL_PATH`` if set, else the weights shipped in the package.
+    Raises ``ValueError`` for a missing, corrupt or mismatched file.
+    """
+    if path is None:
+        from mlcharge_workflows.settings import get_settings
+
+        path = get_settings().model_path or DEFAULT_WEIGHTS
+    key = str(Path(path).resolve())
+    with _lock:
+        if key not in _cache:
+            _cache[key] = load_weights(path)
+        return _cache[key]
+
+
+def default_grid(structure: Structure, model: DensityModel, ecutrho_ry: float | None = None) -> tuple[int, int, int]:
+    """pw.x's FFT grid for the structure at ``ecutrho_ry`` (default: the training protocol's cutoff)."""
+    from mlcharge_workflows.density.qe_gvectors import qe_fft_grid
+
+    if ecutrho_ry is None:
+        table = model.config.ecutrho_ry
+        symbols = {s.specie.symbol for s in structure}
+        if not table or not symbols <= set(table):
+            raise ValueError(
+                "the model stores no default ecutrho for "
+                f"{sorted(symbols - set(table))}; pass a grid shape or ecutrho_ry"
+            )
+        ecutrho_ry = max(table[s] for s in symbols)
+    return qe_fft_grid(structure.lattice.matrix, float(ecutrho_ry))
+
+
+def _half_miller(shape: tuple[int, int, int]) -> np.ndarray:
+    """Miller indices with ``m3 >= 0`` of a grid without its Nyquist planes.
+
+    The density is real, so ``c(-m) = conj(c(m))``: this half (what ``irfftn`` takes) suffices.
+    """
+    lim = (np.asarray(shape) - 1) // 2
+    axes = [np.arange(-lim[0], lim[0] + 1), np.arange(-lim[1], lim[1] + 1), np.arange(0, lim[2] + 1)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def _q_needed(model: DensityModel, species: np.ndarray) -> float:
+    """|G| (Å⁻¹) of the model's density sphere for these species: the largest species cutoff.
+
+    The model was trained on pw.x densities, which hold nothing beyond the ``ecutrho``
+    sphere; evaluating the same sphere keeps the prediction consistent on any grid.
+    """
+    return float(model.species_qmax()[np.unique(species)].max())
+
+
+def predict_fourier(
+    structure: Structure, shape: tuple[int, int, int], model: DensityModel
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+    """Unclipped coefficients on half of a grid's G box: ``(mill, total, magnetization, n_electrons)``."""
+    cell = model.prepare(structure)
+    mill = _half_miller(shape)
+    recip = 2 * np.pi * np.linalg.inv(cell.lattice).T
+    q = np.linalg.norm(mill @ recip, axis=1)
+    mill = mill[q <= _q_needed(model, cell.species)]
+    model.attach_mill(cell, mill)
+    with torch.no_grad():
+        tot, mag = model.fourier(cell)
+    tot = tot.detach().numpy().astype(np.complex128)
+    mag = None if mag is None else mag.detach().numpy().astype(np.complex128)
+    zero = np.flatnonzero((mill == 0).all(axis=1))
+    tot[zero] = cell.n_electrons / cell.volume  # exact in float64 whatever the model's dtype
+    if not np.all(np.isfinite(tot)) or (mag is not None and not np.all(np.isfinite(mag))):
+        raise RuntimeError(
+            f"the density model produced non-finite values for {structure.composition.formula}"
+        )
+    return mill, tot, mag, cell.n_electrons
+
+
+def _good_fft_size(n: int) -> int:
+    """Smallest ``m >= n`` with no prime factor above 5."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def _to_grid(coeffs: np.ndarray, mill: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Real-space grid from coefficients on the half box of :func:`_half_miller`."""
+    f = np.zeros((shape[0], shape[1], shape[2] // 2 + 1), dtype=complex)
+    f[mill[:, 0] % shape[0], mill[:, 1] % shape[1], mill[:, 2]] = coeffs
+    return np.fft.irfftn(f, s=shape, axes=(0, 1, 2)) * float(np.prod(shape))
+
+
+def predict_density(
+    structure: Structure,
+    shape: tuple[int, int, int] | None = None,
+    model: DensityModel | None = None,
+    *,
+    ecutrho_ry: float | None = None,
+    clip: bool = True,
+) -> DensityGrid:
+    """Predicted valence density (and magnetisation for magnetic cells) on a real-space grid.
+
+    Parameters
+    ----------
+    structure
+        pymatgen Structure; elements must be in ``model.supported_elements``. A ``magmom``
+        site property sets the starting moments (μB), else the model's per-element defaults.
+    shape
+        Grid ``(n1, n2, n3)``; None: pw.x's FFT grid at ``ecutrho_ry`` (default: the cutoff
+        of the QE protocol the model was trained with).
+    model
+        A loaded model; None loads the shipped one.
+    clip
+        Clip negative densities to zero and renormalise to the electron count (the clipped
+        charge is recorded in ``metadata['clipped_electrons']``); ``|m|`` is clipped to rho.
+    """
+    t0 = time.perf_counter()
+    model = model or load_model()
+    shape = tuple(int(n) for n in (shape or default_grid(structure, model, ecutrho_ry)))
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"grid shape must be three positive integers, got {shape}")
+    mill, tot, mag, nelec = predict_fourier(structure, shape, model)
+    total = _to_grid(tot, mill, shape)
+    magnetization = None if mag is None else _to_grid(mag, mill, shape)
+    clipped = 0.0
+    if clip:
+        volume = structure.lattice.volume
+        clipped = float(np.maximum(-total, 0.0).mean() * volume)
+        total = np.maximum(total, 0.0)
+        total *= nelec / (total.mean() * volume)
+        if magnetization is not None:
+            magnetization = np.clip(magnetization, -total, total)
+    meta = {
+        "source_format": "mlcharge-model",
+        "model": getattr(model, "weights_path", None),
+        "model_version": model.metadata.get("version"),
+        "n_electrons": nelec,
+        "clipped_electrons": clipped,
+        "seconds": time.perf_counter() - t0,
+    }
+    return DensityGrid(structure, total, magnetization, metadata=meta)
+
+
+def predict_qe_coefficients(
+    structure: Structure, mill: np.ndarray, model: DensityModel | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted coefficients (e/Å³, convention of ``density.grid``) at QE's Miller indices.
+
+    The density is made on the smallest FFT grid holding ``mill`` (clipped at zero and
+    renormalised there), so the ``G = 0`` coefficient is ``N_valence / V`` exactly.
+    Returns ``(total, magnetization or None)``.
+    """
+    mill = np.asarray(mill, dtype=np.int64).reshape(-1, 3)
+    shape = tuple(_good_fft_size(int(n)) for n in 2 * np.abs(mill).max(axis=0) + 1)
+    grid = predict_density(structure, shape, model)
+    return grid.fourier(mill)

@@ -1,0 +1,437 @@
+"""Training of the density model: ``mlcharge train CONFIG.yaml``.
+
+Loss per structure (weights in the config), with ``N`` the electron count:
+
+* ``loss_g2``: ``V * sum_G |c_pred - c_true|² / N`` over the record's G sphere, which by
+  Parseval is ``∫ |rho_pred - rho_true|² dr / N`` (``m3 >= 0`` half, doubled weights);
+* ``loss_r1``: ``sum |rho_pred - rho_true| / sum |rho_true|`` on the engine's grid (NMAPE/100);
+* magnetisation terms alike, scaled by ``magnetization_weight``.
+
+Splits come from the dataset manifest when it has them, else from a hash of each record id
+(stable while a dataset grows). Shuffling uses ``default_rng([seed, epoch])``, so a resumed
+run repeats the epochs it would have run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlcharge_workflows.model.atomic import AtomicDensityTable
+from mlcharge_workflows.model.core import Cell, DensityModel, ModelConfig
+from mlcharge_workflows.model.io import save_model
+from mlcharge_workflows.model.predict import predict_density
+from mlcharge_workflows.training.dataset import DensityDataset, DensityRecord
+from mlcharge_workflows.training.metrics import nmape, summarize
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run (YAML keys of ``mlcharge train``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[Path] = Field(..., description="Dataset folders (from data generate / data ingest).")
+    output: Path = Field(Path("model_training"), description="Checkpoints, model.pt, metrics.json.")
+    seed: int = 0
+    epochs: int = 300
+    batch_size: int = Field(4, ge=1, description="Structures per optimiser step.")
+    lr: float = 5e-3
+    lr_min: float = 1e-5
+    weight_decay: float = 0.0
+    patience: int = Field(40, ge=1, description="Early stopping: epochs without validation gain.")
+    loss_g2: float = 1.0
+    loss_r1: float = 0.0
+    q_core: float = Field(
+        10.0, description="|G| (Å⁻¹) below which every G enters the G-space loss at every step."
+    )
+    n_extra: int = Field(
+        1024, ge=0, description="G vectors beyond q_core sampled per structure and step (reweighted)."
+    )
+    magnetization_weight: float = 1.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_minutes: float | None = Field(None, description="Stop (and keep the best model) after this.")
+    max_atoms: int | None = Field(None, description="Skip records with more atoms.")
+    device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
+    threads: int | None = Field(None, description="torch CPU threads (None: torch default).")
+    resume: bool = True
+    elements: list[str] | None = Field(None, description="Elements of the model; None: those in the data.")
+    model: dict = Field(default_factory=dict, description="ModelConfig overrides.")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"training config not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a YAML mapping")
+        base = path.parent
+        data["datasets"] = [str(base / d) if not Path(d).is_absolute() else d for d in data.get("datasets", [])]
+        if "output" in data and not Path(data["output"]).is_absolute():
+            data["output"] = str(base / data["output"])
+        return cls(**data)
+
+
+@dataclass
+class Sample:
+    """A record prepared for training: a cell on the record's ``m3 >= 0`` G half-sphere."""
+
+    id: str
+    cell: Cell
+    target: torch.Tensor  # (N,) complex | total coefficients, e/Å³
+    target_mag: torch.Tensor | None  # (N,) complex | magnetisation coefficients
+    weight: torch.Tensor  # (N,) | 2 for m3 > 0, 1 for m3 = 0 (Parseval over the full sphere)
+    core: np.ndarray  # rows with |G| <= q_core
+    rest: np.ndarray  # the other rows
+    grid_shape: tuple[int, int, int]
+    true_grid: torch.Tensor  # grid_shape | true total density, e/Å³
+    true_abs: float  # sum |rho_true|
+    record: DensityRecord
+
+
+def hash_split(record_id: str, seed: int, val: float, test: float) -> str:
+    """``train``/``val``/``test`` from a hash of the id: stable as the dataset grows."""
+    u = int(hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()[:12], 16) / 16**12
+    return "test" if u < test else "val" if u < test + val else "train"
+
+
+def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, list[DensityRecord]]:
+    """All usable records of the configured datasets, by split."""
+    out: dict[str, list[DensityRecord]] = {"train": [], "val": [], "test": []}
+    for root in cfg.datasets:
+        ds = DensityDataset(root)
+        if not ds.records_dir.exists():
+            raise ValueError(f"{root} is not a dataset folder (no records/)")
+        manifest_splits = (ds.manifest.get("splits") or {}) if isinstance(ds.manifest, dict) else {}
+        by_id = {rid: name for name in ("train", "val", "test") for rid in manifest_splits.get(name, [])}
+        for rid in ds.ids:
+            try:
+                rec = ds[rid]
+            except ValueError as exc:
+                log(f"skipping {rid}: {exc}")
+                continue
+            if cfg.max_atoms and len(rec.structure) > cfg.max_atoms:
+                continue
+            split = by_id.get(rid) or hash_split(rid, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+            out[split].append(rec)
+    if not out["train"]:
+        raise ValueError(f"no training records in {[str(d) for d in cfg.datasets]}")
+    return out
+
+
+def _pseudo_names(records: list[DensityRecord]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for rec in records:
+        meta = rec.metadata or {}
+        for key in ("pseudopotentials", "pseudos"):
+            if isinstance(meta.get(key), dict):
+                for el, name in meta[key].items():
+                    names.setdefault(el, Path(str(name)).name)
+    return names
+
+
+def build_table(elements: list[str], records: list[DensityRecord], workdir: Path) -> tuple[AtomicDensityTable, dict]:
+    """Atomic density tables of ``elements`` from the UPF files the data was made with.
+
+    A record's ``metadata['pseudopotentials']`` names the file; otherwise the QE registry's.
+    Returns the table and the per-element ``ecutrho`` (Ry) of the QE protocol.
+    """
+    from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
+    from mlcharge_workflows.density.sad import read_upf_atomic_density
+    from mlcharge_workflows.engines.qe.pseudo import get_pseudo, stage_pseudos
+    from mlcharge_workflows.settings import get_settings
+
+    names = _pseudo_names(records)
+    staged = workdir / "pseudo"
+    atoms, ecut = {}, {}
+    for el in elements:
+        info = get_pseudo(el)
+        ecut[el] = max(info.ecutrho_ry, 4 * info.ecutwfc_ry)
+        path = Path(get_settings().pseudo_dir) / names.get(el, "")
+        if el not in names or not path.is_file():
+            path = stage_pseudos([el], staged) / info.filename
+        atoms[el] = read_upf_atomic_density(path)
+    table = AtomicDensityTable.from_transforms(
+        elements,
+        [atoms[el].z_valence for el in elements],
+        lambda el, q: atoms[el].radial_transform(q * QE_BOHR_TO_ANGSTROM),
+        q_max=60.0,
+    )
+    return table, ecut
+
+
+def prepare_sample(model: DensityModel, rec: DensityRecord, q_core: float = 10.0) -> Sample:
+    """Cell, targets and weights of one record (the ``m3 >= 0`` half of its G sphere)."""
+    half = rec.mill[:, 2] >= 0
+    mill = rec.mill[half]
+    spin = rec.magnetization is not None
+    cell = model.prepare(rec.structure, spin=spin)
+    if abs(cell.n_electrons - rec.n_electrons) > 1e-3 * max(cell.n_electrons, 1.0):
+        raise ValueError(
+            f"record {rec.id} holds {rec.n_electrons:.4f} electrons, the model's valences give "
+            f"{cell.n_electrons:.4f}"
+        )
+    model.attach_mill(cell, mill)
+    dev = model.log_alpha.device
+    cdtype = torch.complex64 if model.log_alpha.dtype == torch.float32 else torch.complex128
+    grid = rec.to_grid().total
+    q = cell.geom.q_np
+    return Sample(
+        id=rec.id,
+        cell=cell,
+        target=torch.as_tensor(rec.total[half], dtype=cdtype, device=dev),
+        target_mag=None if not spin else torch.as_tensor(rec.magnetization[half], dtype=cdtype, device=dev),
+        weight=torch.as_tensor(np.where(mill[:, 2] > 0, 2.0, 1.0), dtype=model.log_alpha.dtype, device=dev),
+        core=np.flatnonzero(q <= q_core),
+        rest=np.flatnonzero(q > q_core),
+        grid_shape=tuple(rec.grid_shape),
+        true_grid=torch.as_tensor(grid, dtype=model.log_alpha.dtype, device=dev),
+        true_abs=float(np.abs(grid).sum()),
+        record=rec,
+    )
+
+
+def half_to_grid(coeffs: torch.Tensor, mill: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Real-space grid (differentiable) from coefficients on an ``m3 >= 0`` half set."""
+    f = torch.zeros((shape[0], shape[1], shape[2] // 2 + 1), dtype=coeffs.dtype, device=coeffs.device)
+    idx = (
+        torch.as_tensor(mill[:, 0] % shape[0], device=coeffs.device),
+        torch.as_tensor(mill[:, 1] % shape[1], device=coeffs.device),
+        torch.as_tensor(mill[:, 2], device=coeffs.device),
+    )
+    f = f.index_put(idx, coeffs)
+    return torch.fft.irfftn(f, s=shape) * float(np.prod(shape))
+
+
+def _g2(model, s: Sample, coeffs, cfg: TrainConfig, rows: np.ndarray, factor: float, cache: bool):
+    """``factor * V * sum_rows w |c_pred - c_true|² / N`` (magnetisation included)."""
+    tot, mag = model.fourier(s.cell, coeffs, cache=cache, rows=rows)
+    rows_t = torch.as_tensor(rows, device=s.weight.device)
+    w = s.weight[rows_t]
+    err = (w * (tot - s.target[rows_t]).abs() ** 2).sum()
+    if mag is not None and s.target_mag is not None:
+        err = err + cfg.magnetization_weight * (w * (mag - s.target_mag[rows_t]).abs() ** 2).sum()
+    return factor * s.cell.volume * err / s.cell.n_electrons
+
+
+def sample_loss(
+    model: DensityModel, s: Sample, coeffs, cfg: TrainConfig, cache: bool, rng: np.random.Generator
+) -> torch.Tensor:
+    """The configured loss of one sample.
+
+    The G-space term takes every G with ``|G| <= q_core`` (where nearly all the correction
+    lives) and ``n_extra`` random others, reweighted so the estimate stays unbiased.
+    """
+    loss = torch.zeros((), dtype=s.weight.dtype, device=s.weight.device)
+    if cfg.loss_g2:
+        loss = loss + cfg.loss_g2 * _g2(model, s, coeffs, cfg, s.core, 1.0, cache)
+        if len(s.rest) and cfg.n_extra:
+            pick = np.sort(rng.choice(s.rest, size=min(cfg.n_extra, len(s.rest)), replace=False))
+            loss = loss + cfg.loss_g2 * _g2(model, s, coeffs, cfg, pick, len(s.rest) / len(pick), False)
+    if cfg.loss_r1:
+        tot, _ = model.fourier(s.cell, coeffs)
+        rho = half_to_grid(tot, s.cell.mill, s.grid_shape)
+        loss = loss + cfg.loss_r1 * (rho - s.true_grid).abs().sum() / s.true_abs
+    return loss
+
+
+def quick_nmape(model: DensityModel, s: Sample) -> float:
+    """NMAPE (%) on the record's grid from the record's G sphere, clipped and renormalised."""
+    with torch.no_grad():
+        tot, _ = model.fourier(s.cell)
+        rho = half_to_grid(tot, s.cell.mill, s.grid_shape).double().cpu().numpy()
+    rho = np.maximum(rho, 0.0)
+    rho *= s.cell.n_electrons / (rho.mean() * s.cell.volume)
+    return nmape(rho, s.true_grid.double().cpu().numpy())
+
+
+def sad_nmape(model: DensityModel, rec: DensityRecord) -> float:
+    """NMAPE (%) of the model's atomic superposition alone (the baseline it corrects)."""
+    from mlcharge_workflows.model.atomic import sad_coefficients
+
+    cell = model.prepare(rec.structure, spin=False)
+    tot, _ = sad_coefficients(model.table, cell.species, cell.frac, cell.lattice, rec.mill)
+    zero = np.flatnonzero((rec.mill == 0).all(axis=1))
+    tot[zero] = cell.n_electrons / cell.volume
+    pred = rec.to_grid()
+    from mlcharge_workflows.density.grid import grid_from_coefficients
+
+    rho = grid_from_coefficients(tot, rec.mill, rec.grid_shape)
+    return nmape(rho, pred.total)
+
+
+def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
+    """Test metrics through the public API: ``predict_density`` on each record's own grid."""
+    rows = []
+    for rec in records:
+        true = rec.to_grid()
+        t0 = time.perf_counter()
+        pred = predict_density(rec.structure, rec.grid_shape, model)
+        row = {
+            "id": rec.id,
+            "formula": rec.structure.composition.reduced_formula,
+            "n_atoms": len(rec.structure),
+            "nmape": nmape(pred.total, true.total),
+            "sad_nmape": sad_nmape(model, rec),
+            "clipped_electrons": pred.metadata["clipped_electrons"],
+            "seconds": time.perf_counter() - t0,
+        }
+        if true.magnetization is not None:
+            m = pred.magnetization if pred.magnetization is not None else np.zeros(true.shape)
+            row["magnetization_true"] = true.total_magnetization
+            row["magnetization_pred"] = float(m.mean() * true.volume)
+            row["magnetization_nmape"] = nmape(m, true.magnetization)
+        rows.append(row)
+    return {
+        "nmape": summarize([r["nmape"] for r in rows]),
+        "sad_nmape": summarize([r["sad_nmape"] for r in rows]),
+        "records": rows,
+    }
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no GPU is available")
+    return torch.device(cfg.device)
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) as configured; returns the final metrics. Writes into ``cfg.output``.
+
+    Files: ``checkpoint.pt`` (every epoch, for resume), ``model.pt`` (best validation
+    weights, loadable with ``load_model``), ``metrics.json`` and ``history.json``.
+    """
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg)
+    splits = load_records(cfg, log)
+    all_recs = splits["train"] + splits["val"] + splits["test"]
+    elements = cfg.elements or sorted({s.specie.symbol for r in all_recs for s in r.structure})
+    table, ecut = build_table(elements, all_recs, out)
+    model_cfg = ModelConfig(elements=elements, ecutrho_ry=ecut, **cfg.model)
+    model = DensityModel(model_cfg, table).to(device)
+    log(
+        f"data: {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test "
+        f"records; elements {', '.join(elements)}; {sum(p.numel() for p in model.parameters())} "
+        f"parameters; device {device}"
+    )
+    samples: dict[str, list[Sample]] = {}
+    for name in ("train", "val"):
+        samples[name] = []
+        for rec in splits[name]:
+            try:
+                samples[name].append(prepare_sample(model, rec, cfg.q_core))
+            except ValueError as exc:
+                log(f"skipping {rec.id}: {exc}")
+    budget = 1.5e9  # bytes of cached phases
+    cache_ok = {}
+    for s in samples["train"]:
+        need = len(s.core) * len(s.cell.species) * 8 * 2
+        cache_ok[s.id] = need <= budget
+        budget -= need if cache_ok[s.id] else 0
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(cfg.patience // 4, 2), min_lr=cfg.lr_min)
+    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
+    ckpt = out / "checkpoint.pt"
+    if cfg.resume and ckpt.is_file():
+        saved = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = json.loads(saved["state"])
+        log(f"resumed from {ckpt} at epoch {state['epoch']}")
+    best_path = out / "model.pt"
+    stop_reason = "epochs"
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(samples["train"]))
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            batch = [samples["train"][i] for i in order[start : start + cfg.batch_size]]
+            coeffs = model.orbital_coefficients([s.cell for s in batch])
+            rng = np.random.default_rng([cfg.seed, epoch, start])
+            loss = sum(
+                sample_loss(model, s, c, cfg, cache_ok[s.id], rng) for s, c in zip(batch, coeffs)
+            ) / len(batch)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite training loss at epoch {epoch} ({[s.id for s in batch]})")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        val = [quick_nmape(model, s) for s in samples["val"]] or [float(np.mean(losses))]
+        val_nmape = float(np.mean(val))
+        sched.step(val_nmape)
+        improved = val_nmape < state["best_val"] - 1e-6
+        if improved:
+            state["best_val"], state["bad_epochs"] = val_nmape, 0
+            save_model(model, best_path, {"epoch": epoch, "val_nmape": val_nmape})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        state["history"].append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_nmape": val_nmape,
+             "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        )
+        torch.save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "state": json.dumps(state)},
+            ckpt.with_suffix(".tmp"),
+        )
+        ckpt.with_suffix(".tmp").replace(ckpt)
+        log(
+            f"epoch {epoch + 1:4d}/{cfg.epochs}  train_loss {np.mean(losses):.4e}  "
+            f"val_NMAPE {val_nmape:.3f}%{' *' if improved else ''}  lr {opt.param_groups[0]['lr']:.1e}  "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+        if state["bad_epochs"] >= cfg.patience:
+            stop_reason = f"early stopping ({cfg.patience} epochs without improvement)"
+            break
+        if cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes:
+            stop_reason = f"time budget of {cfg.max_minutes} min"
+            break
+    log(f"stopped: {stop_reason}; best validation NMAPE {state['best_val']:.3f}%")
+    from mlcharge_workflows.model.io import load_weights
+
+    best = load_weights(best_path)
+    test = evaluate(best, splits["test"]) if splits["test"] else {"nmape": {"count": 0}}
+    metrics = {
+        "best_val_nmape": state["best_val"],
+        "epochs_run": state["epoch"],
+        "stop_reason": stop_reason,
+        "test": test,
+        "n_train": len(samples["train"]),
+        "n_val": len(samples["val"]),
+        "n_test": len(splits["test"]),
+        "elements": elements,
+        "train_config": json.loads(cfg.model_dump_json()),
+        "minutes": (time.perf_counter() - t_start) / 60,
+    }
+    save_model(best, best_path, {**best.metadata, "training": {k: v for k, v in metrics.items() if k != "test"},
+                                 "test_nmape": test["nmape"], "test_sad_nmape": test.get("sad_nmape")})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+    if test["nmape"].get("count"):
+        log(f"test NMAPE: mean {test['nmape']['mean']:.3f}%  median {test['nmape']['median']:.3f}%  "
+            f"(SAD alone: mean {test['sad_nmape']['mean']:.3f}%) on {test['nmape']['count']} structures")
+    return metrics

@@ -1,0 +1,164 @@
+"""Inference API: normalisation, non-negativity, spin, any grid, bad input, weights files."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from mlcharge_workflows.density.grid import DensityGrid
+from mlcharge_workflows.model import (
+    DEFAULT_WEIGHTS,
+    load_model,
+    load_weights,
+    predict_density,
+    predict_qe_coefficients,
+    save_model,
+)
+
+from test_model_equivariance import sic_structure, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(torch.float32)
+
+
+def si2() -> Structure:
+    a = 5.43
+    return Structure(Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]]), ["Si", "Si"], [[0, 0, 0], [0.25] * 3])
+
+
+@pytest.mark.parametrize("shape", [(20, 20, 20), (18, 25, 31)])
+def test_exact_normalisation_and_non_negative(model, shape):
+    s = sic_structure()
+    grid = predict_density(s, shape, model)
+    assert isinstance(grid, DensityGrid) and grid.shape == shape
+    assert grid.n_electrons == pytest.approx(18.0, abs=1e-10)
+    assert grid.total.min() >= 0.0
+    assert grid.metadata["clipped_electrons"] >= 0.0
+    # the unclipped prediction is also normalised exactly (G = 0 fixed)
+    raw = predict_density(s, shape, model, clip=False)
+    assert raw.n_electrons == pytest.approx(18.0, abs=1e-9)
+    np.testing.assert_allclose(raw.total.min() < 0, grid.metadata["clipped_electrons"] > 0)
+
+
+def test_default_grid_is_qe_fft_grid(model):
+    from mlcharge_workflows.density.qe_gvectors import qe_fft_grid
+
+    s = sic_structure()
+    grid = predict_density(s, model=model)
+    assert grid.shape == qe_fft_grid(s.lattice.matrix, 160.0)  # max ecutrho of Si, C, Ni
+
+
+def test_grids_agree_where_they_overlap(model):
+    """Resolution-free: a fine and a coarse grid give the same coefficients at low G."""
+    s = sic_structure()
+    mill = np.array([[1, 0, 0], [0, 2, -1], [1, 1, 1], [-2, 1, 0]])
+    fine = predict_density(s, (40, 40, 40), model, clip=False).fourier(mill)[0]
+    coarse = predict_density(s, (24, 27, 30), model, clip=False).fourier(mill)[0]
+    np.testing.assert_allclose(fine, coarse, atol=1e-6)
+
+
+def test_magnetisation_for_magnetic_elements(model):
+    grid = predict_density(sic_structure(), (20, 20, 20), model)
+    assert grid.magnetization is not None
+    assert np.all(np.abs(grid.magnetization) <= grid.total + 1e-12)
+    assert predict_density(si2(), (16, 16, 16), model.__class__(model.config, model.table).eval()).magnetization is None
+
+
+def test_magmom_flip_is_time_reversal(model):
+    """Flipping every starting moment flips the magnetisation and keeps the total, exactly."""
+    s = sic_structure()
+    up = predict_density(s.copy(site_properties={"magmom": [0, 0, 2.0]}), (20, 20, 20), model)
+    down = predict_density(s.copy(site_properties={"magmom": [0, 0, -2.0]}), (20, 20, 20), model)
+    np.testing.assert_allclose(down.magnetization, -up.magnetization, atol=1e-6)
+    np.testing.assert_allclose(down.total, up.total, atol=1e-6)
+    assert abs(up.total_magnetization) > 1e-3
+
+
+def test_qe_coefficients_exact_g0(model):
+    s = sic_structure()
+    mill = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 3, -2], [4, 4, 4]])
+    tot, mag = predict_qe_coefficients(s, mill, model)
+    assert tot[0].real * s.lattice.volume == pytest.approx(18.0, abs=1e-9)
+    np.testing.assert_allclose(tot[1], np.conj(tot[2]), atol=1e-12)
+    assert mag is not None and mag.shape == tot.shape
+
+
+def test_unknown_element_lists_supported(model):
+    s = Structure(Lattice.cubic(4.0), ["Au"], [[0, 0, 0]])
+    with pytest.raises(ValueError, match=r"does not know element\(s\) Au.*trained on: C, Ni, Si"):
+        predict_density(s, (10, 10, 10), model)
+
+
+def test_vacuum_and_short_distances(model):
+    box = Structure(Lattice.cubic(14.0), ["C", "C"], [[0.5, 0.5, 0.5], [0.5 + 1.25 / 14, 0.5, 0.5]])
+    grid = predict_density(box, (48, 48, 48), model)
+    assert np.isfinite(grid.total).all() and grid.total.min() >= 0
+    assert grid.n_electrons == pytest.approx(8.0, abs=1e-9)
+    assert grid.total[0, 0, 0] < 1e-3 * grid.total.max()  # far from the molecule: vacuum
+    close = Structure(Lattice.cubic(8.0), ["C", "C"], [[0, 0, 0], [0.5 / 8, 0, 0]])
+    with pytest.warns(UserWarning, match="only 0.500 Å apart"):
+        assert np.isfinite(predict_density(close, (16, 16, 16), model).total).all()
+    overlap = Structure(Lattice.cubic(8.0), ["C", "C"], [[0, 0, 0], [0.01 / 8, 0, 0]])
+    with pytest.raises(ValueError, match="overlapping atoms"):
+        predict_density(overlap, (16, 16, 16), model)
+
+
+def test_non_finite_output_raises(model):
+    broken = tiny_model(torch.float32)
+    with torch.no_grad():
+        broken.output_scale.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="non-finite"):
+        predict_density(sic_structure(), (12, 12, 12), broken)
+
+
+def test_weights_roundtrip_and_bad_files(model, tmp_path):
+    path = save_model(model, tmp_path / "m.pt", {"version": "test"})
+    loaded = load_weights(path)
+    s = sic_structure()
+    a = predict_density(s, (16, 16, 16), model).total
+    b = predict_density(s, (16, 16, 16), loaded).total
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert loaded.metadata["version"] == "test"
+
+    with pytest.raises(ValueError, match="not found"):
+        load_weights(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_weights(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a weights file at all")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_weights(garbage)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["orbital_muls"] = [3, 1, 1, 1, 1]  # config no longer matches the tensors
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_weights(tmp_path / "edited.pt")
+    from mlcharge_workflows.model.io import _checksum
+
+    payload["checksum"] = _checksum(payload["config"], payload["table"], payload["state_dict"])
+    torch.save(payload, tmp_path / "mismatched.pt")
+    with pytest.raises(ValueError, match="corrupt or mismatched"):
+        load_weights(tmp_path / "mismatched.pt")
+    other = {"format": "something else"}
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a mlcharge density model"):
+        load_weights(tmp_path / "other.pt")
+
+
+def test_shipped_weights_load_offline():
+    assert DEFAULT_WEIGHTS.is_file() and DEFAULT_WEIGHTS.stat().st_size < 5 * 1024**2
+    model = load_model()
+    assert model is load_model()  # cached
+    assert "Si" in model.supported_elements
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid = predict_density(si2(), model=model)
+    assert grid.n_electrons == pytest.approx(8.0, abs=1e-9)
