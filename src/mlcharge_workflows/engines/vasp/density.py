@@ -56,11 +56,28 @@ def _model_predictor(model_path: str | Path | None) -> Predictor:
     from mlcharge_workflows.model import load_model, predict_density  # torch: lazily, here
 
     model = load_model(model_path) if model_path else load_model()
+    version = _model_version(model)
 
     def predict(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
-        return predict_density(structure, shape=shape, model=model)
+        grid = predict_density(structure, shape=shape, model=model)
+        grid.metadata["model_version"] = grid.metadata.get("model_version") or version
+        return grid
 
     return predict
+
+
+def _model_version(model: Any) -> str:
+    """``version`` from the weights' metadata, else ``<file name>@<sha256 prefix>``."""
+    version = (getattr(model, "metadata", None) or {}).get("version")
+    path = getattr(model, "weights_path", None)
+    if version:
+        return str(version)
+    if path and Path(path).is_file():
+        import hashlib
+
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+        return f"{Path(path).name}@{digest}"
+    return "unknown"
 
 
 def _sad_predictor(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
