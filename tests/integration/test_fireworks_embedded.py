@@ -226,3 +226,11 @@ def test_two_workers_then_sigkill(tmp_path, cifs, dummy_builder):
         lost = [d for d in lp.launches.find({"state": "FIZZLED"})]
     assert len(lost) >= 1  # the killed launch, marked FIZZLED by detect_lostruns
     json.loads(handle.paths.launchpad_file.read_text())  # the file survived the kill intact
+
+
+def test_unsupported_element_submits_nothing(tmp_path, cifs):
+    """The real QE builder checks every structure before anything is written."""
+    (cifs / "Au.cif").write_text(SI_CIF.replace("Si1 Si", "Au1 Au").replace("Si2 Si", "Au2 Au"))
+    with pytest.raises(ValueError, match="Au.cif: unsupported element"):
+        submit_structures([cifs], project=tmp_path / "p", progress=False)
+    assert _states(EmbeddedLaunchPad(tmp_path / "p")) == []

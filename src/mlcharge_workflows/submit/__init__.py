@@ -106,6 +106,13 @@ def build_flow(structure: Structure, engine: str, flow: str, label: str,
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; choose one of {FLOWS}")
+    if engine == "qe":  # fail at submission, not hours later on a worker
+        from mlcharge_workflows.engines.qe.pseudo import check_structure
+
+        try:
+            check_structure(structure)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from None
     return _BUILDERS[flow](structure, engine, label, **options)
 
 
