@@ -88,12 +88,21 @@ def _store() -> JobStore:
     return JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
 
 
+def _run(flow, root, store=None):
+    return run_locally(flow, create_folders=True, root_dir=root, ensure_success=True,
+                       store=store or _store())
+
+
 def _model_weights_shipped() -> bool:
     try:
         from mlcharge_workflows.model.io import DEFAULT_WEIGHTS
     except ImportError:
         return False
     return Path(DEFAULT_WEIGHTS).exists()
+
+
+#: the shipped model when its weights exist, else the superposition of atomic densities
+SHIPPED = "model" if _model_weights_shipped() else "sad"
 
 
 @pytest.mark.parametrize(
@@ -116,10 +125,8 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path, predictor):
         input_set_generator=gen, predictor=predictor, store_density=True
     ).make(structure)
     static = MLStaticMaker(input_set_generator=gen).make(structure, ml_density=predict.output)
-    os.chdir(tmp_path)
     store = _store()
-    out = run_locally(Flow([predict, static]), create_folders=True, ensure_success=True,
-                      store=store)
+    out = _run(Flow([predict, static]), tmp_path, store)
     doc = out[predict.uuid][1].output
     # the grid went to the data store only; the main document holds a blob reference
     blob = store.additional_stores["data"].query_one({"job_uuid": predict.uuid})
@@ -172,14 +179,13 @@ def test_comparison_flow_savings_record(mock_vasp, tmp_path):
     maker = VaspComparisonMaker(
         input_set_generator=static_gen(),
         nscf_input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT}),
-        oracle=True, nscf=True, nscf_mode="line", predictor="sad",
+        oracle=True, nscf=True, nscf_mode="line", predictor=SHIPPED,
         predict_manager_config={"_fworker": "gpu"},
     )
     flow = maker.make(sic(), label="SiC-test")
     predict = next(j for j in flow.jobs if j.name == "ml density")
     assert predict.config.manager_config == {"_fworker": "gpu"}
-    os.chdir(tmp_path)
-    out = run_locally(flow, create_folders=True, ensure_success=True, store=_store())
+    out = _run(flow, tmp_path)
     doc = out[flow.output.uuid][1].output
     rec = doc.record()
     assert list(rec) == list(RECORD_KEYS)
@@ -221,8 +227,7 @@ def test_prediction_failure_runs_ml_arm_from_atoms(mock_vasp, tmp_path):
     set_refs(refs, _kwargs(refs))
     maker = VaspComparisonMaker(input_set_generator=static_gen(), predictor=unknown_element)
     flow = maker.make(sic())
-    os.chdir(tmp_path)
-    out = run_locally(flow, create_folders=True, ensure_success=True, store=_store())
+    out = _run(flow, tmp_path)
     rec = out[flow.output.uuid][1].output.record()
     assert rec["ml_density_used"] is False
     assert rec["fallback"].startswith("prediction failed: ValueError: element 'C'")
@@ -242,15 +247,14 @@ def test_ml_static_in_atomate2_band_structure_maker(mock_vasp, tmp_path):
     gen = static_gen()
     flow = BandStructureMaker(
         static_maker=MLStaticMaker(
-            input_set_generator=gen, density_maker=MLDensityMaker(predictor="sad")
+            input_set_generator=gen, density_maker=MLDensityMaker(predictor=SHIPPED)
         ),
         bs_maker=NonSCFMaker(
             input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT})
         ),
         bandstructure_type="line",
     ).make(sic())
-    os.chdir(tmp_path)
-    out = run_locally(flow, create_folders=True, ensure_success=True, store=_store())
+    out = _run(flow, tmp_path)
     names = {r[1].output.__class__.__name__ for r in out.values()}
     assert "MLDensityDocument" in names
     assert seen["ml static"]["incar"]["ICHARG"] == 1
@@ -267,8 +271,7 @@ def test_ml_nscf_uniform_skips_scf(mock_vasp, tmp_path):
     gen = NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT})
     maker = MLNonSCFMaker(input_set_generator=gen, density_maker=MLDensityMaker(predictor="sad"))
     job = maker.make(sic(), mode="uniform")
-    os.chdir(tmp_path)
-    out = run_locally(job, create_folders=True, ensure_success=True, store=_store())
+    out = _run(job, tmp_path)
     entry = seen["ml non-scf"]
     assert entry["incar"]["ICHARG"] == 11 and entry["incar"]["ISMEAR"] == -5
     assert entry["chgcar"].shape == NGF
