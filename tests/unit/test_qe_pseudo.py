@@ -81,3 +81,16 @@ def test_stage_pseudos_decompresses_gz(tmp_path):
     assert h.read_text().lstrip().startswith("<PP_INFO>") or "<PP_HEADER" in h.read_text()
     assert read_upf_header(h)["z_valence"] == 1.0
     assert (folder / "Si.pbe-rrkj.UPF").stat().st_size == get_pseudo("Si").source.stat().st_size
+
+
+def test_co_is_generated_with_ld1_reproducibly(tmp_path):
+    from mlcharge_workflows.engines.qe.pseudo import LD1_INPUTS, generate_pseudo
+
+    (name,) = LD1_INPUTS
+    fresh = generate_pseudo(name, tmp_path)
+    head = read_upf_header(fresh)
+    assert head == {**head, "element": "Co", "kind": "US", "z_valence": 9.0, "functional": "PBE"}
+    assert not head["has_so"]  # scalar-relativistic: pw.x accepts it without spin-orbit
+    cached = get_pseudo("Co").source
+    body = lambda p: p.read_text().split("<PP_MESH", 1)[1]  # noqa: E731 (dates differ in PP_INFO)
+    assert body(fresh) == body(cached)

@@ -2,9 +2,12 @@
 
 Every file is a PBE norm-conserving (NC) or ultrasoft (US) potential shipped by Debian's
 ``quantum-espresso-data`` (``settings.pseudo_dir``) or, for H and Cu, gzipped in the
-examples of ``quantum-espresso``. PAW files are avoided on purpose: a PAW start needs
-one-centre occupancies (becsum) consistent with the density, which a predicted density
-does not carry (see docs/qe-protocol.md).
+examples of ``quantum-espresso``. Debian has no scalar-relativistic PBE file for Co (only a
+fully relativistic US one, which pw.x 6.7 refuses without spin-orbit, and a PBEsol one), so
+Co is generated once with QE's own ``ld1.x`` from the parameters of that fully relativistic
+file, made scalar-relativistic, and cached (:data:`CACHE_DIR`). PAW files are avoided on
+purpose: a PAW start needs one-centre occupancies (becsum) consistent with the density,
+which a predicted density does not carry (see docs/qe-protocol.md).
 
 Examples
 --------
@@ -18,8 +21,12 @@ True
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import shlex
 import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,13 +42,39 @@ if TYPE_CHECKING:
 #: Where Debian's ``quantum-espresso`` package keeps its examples (some gzipped UPF files).
 QE_EXAMPLES_DIR = Path("/usr/share/doc/quantum-espresso/examples")
 
+#: Where generated pseudopotentials are kept (``$XDG_CACHE_HOME/mlcharge_workflows/pseudo``).
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcharge_workflows" / "pseudo"
+
+#: ld1.x input of the Co potential: the cut-off radii, reference energies, local potential
+#: (rcloc 1.7, Bessel-smoothed AE potential) and 3d8 4s1 configuration of Debian's fully
+#: relativistic ``CorelUSPBE.RRKJ3.UPF``, generated scalar-relativistic with PBE. Checked with
+#: pw.x (35/350 Ry, k-spacing 0.3 Å⁻¹): fcc Co energy minimum near a = 3.54 Å, 1.61 μB/atom
+#: at a = 3.52 Å (PBE literature: 3.52-3.54 Å, 1.6-1.7 μB).
+LD1_INPUTS = {
+    "Co.pbe-nd-rrkjus_ld1.UPF": """ &input
+   title='Co', zed=27.0, rel=1, config='[Ar] 3d8.0 4s1.0 4p0.0', iswitch=3, dft='PBE'
+ /
+ &inputp
+   pseudotype=3, file_pseudopw='Co.pbe-nd-rrkjus_ld1.UPF', author='mlcharge_workflows (ld1.x)',
+   lloc=-1, rcloc=1.7, nlcc=.true., new_core_ps=.true., rcore=1.2, tm=.true.
+ /
+6
+4S  1  0  1.00  0.00  2.20  2.50  0.0
+4S  1  0  0.00  0.50  2.20  2.50  0.0
+4P  2  1  0.00  0.00  2.40  2.60  0.0
+4P  2  1  0.00  0.50  2.40  2.60  0.0
+3D  3  2  8.00  0.00  1.50  2.10  0.0
+3D  3  2  0.00 -0.43  1.50  2.10  0.0
+""",
+}
+
 #: Closest allowed distance between two atoms (Å), periodic images included.
 MIN_DISTANCE = 0.5
 
 PseudoKind = Literal["NC", "US", "PAW"]
 
-# element: (file name, location relative to QE_EXAMPLES_DIR or None for pseudo_dir,
-#           suggested ecutwfc (Ry), suggested ecutrho (Ry))
+# element: (file name, where: None = pseudo_dir, "ld1" = generated (LD1_INPUTS), else a folder
+#           relative to QE_EXAMPLES_DIR holding <file name>.gz; ecutwfc (Ry), ecutrho (Ry))
 # Cutoffs are moderate values for fast comparisons (not converged to 1 meV/atom); the
 # protocol takes the maximum over the species of a structure.
 _REGISTRY: dict[str, tuple[str, str | None, float, float]] = {
@@ -52,7 +85,7 @@ _REGISTRY: dict[str, tuple[str, str | None, float, float]] = {
     "O": ("O.pbe-rrkjus.UPF", None, 35.0, 280.0),
     "Si": ("Si.pbe-rrkj.UPF", None, 30.0, 120.0),
     "Fe": ("Fe.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
-    "Co": ("CorelUSPBE.RRKJ3.UPF", None, 35.0, 350.0),
+    "Co": ("Co.pbe-nd-rrkjus_ld1.UPF", "ld1", 35.0, 350.0),
     "Ni": ("Ni.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
     "Cu": ("Cu_US_PBE_3pj_lowE.UPF", "XSpectra/pseudo", 35.0, 350.0),
 }
@@ -134,13 +167,60 @@ def is_pbe(functional: str) -> bool:
     )
 
 
-def _locate(filename: str, example_dir: str | None, pseudo_dir: Path) -> Path:
+def _ld1_command() -> str:
+    pw = shlex.split(MLChargeSettings().pw_cmd)
+    found = shutil.which(pw[0]) if pw else None
+    sibling = Path(found).with_name("ld1.x") if found else None
+    if sibling is not None and sibling.is_file():
+        return str(sibling)
+    ld1 = shutil.which("ld1.x")
+    if ld1 is None:
+        raise FileNotFoundError(
+            "ld1.x (Quantum ESPRESSO's atomic code) is needed to generate a pseudopotential; "
+            "install Debian's quantum-espresso package"
+        )
+    return ld1
+
+
+def generate_pseudo(filename: str, folder: Path = CACHE_DIR) -> Path:
+    """Generate ``filename`` (a key of :data:`LD1_INPUTS`) with ld1.x into ``folder``.
+
+    Written atomically (temporary folder, then rename), so concurrent callers are safe.
+    """
+    dest = folder / filename
+    if dest.is_file():
+        return dest
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home (some CI runners): a per-machine temporary folder
+        folder = Path(tempfile.gettempdir()) / "mlcharge_workflows_pseudo"
+        dest = folder / filename
+        if dest.is_file():
+            return dest
+        folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        proc = subprocess.run(
+            [_ld1_command()], input=LD1_INPUTS[filename], cwd=tmp, capture_output=True, text=True
+        )
+        made = Path(tmp) / filename
+        if proc.returncode != 0 or not made.is_file():
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+            raise RuntimeError(f"ld1.x failed to generate {filename} (status {proc.returncode}):\n{tail}")
+        os.replace(made, dest)
+    return dest
+
+
+def _locate(filename: str, where: str | None, pseudo_dir: Path) -> Path:
     candidates = [pseudo_dir / filename, pseudo_dir / f"{filename}.gz"]
-    if example_dir is not None:
-        candidates.append(QE_EXAMPLES_DIR / example_dir / f"{filename}.gz")
+    if where == "ld1":
+        candidates.append(CACHE_DIR / filename)
+    elif where is not None:
+        candidates.append(QE_EXAMPLES_DIR / where / f"{filename}.gz")
     for path in candidates:
         if path.is_file():
             return path
+    if where == "ld1":
+        return generate_pseudo(filename)
     raise FileNotFoundError(
         f"pseudopotential {filename} not found (looked in {', '.join(map(str, candidates))}); "
         "install Debian's quantum-espresso and quantum-espresso-data packages"
@@ -154,8 +234,8 @@ def supported_elements() -> list[str]:
 
 @lru_cache(maxsize=None)
 def _get_pseudo(element: str, pseudo_dir: Path) -> PseudoInfo:
-    filename, example_dir, ecutwfc, ecutrho = _REGISTRY[element]
-    source = _locate(filename, example_dir, pseudo_dir)
+    filename, where, ecutwfc, ecutrho = _REGISTRY[element]
+    source = _locate(filename, where, pseudo_dir)
     head = read_upf_header(source)
     if head["element"] != element:
         raise ValueError(f"{source} is for element {head['element']!r}, not {element!r}")
