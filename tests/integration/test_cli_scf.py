@@ -55,6 +55,7 @@ def test_atomic_start_prints_the_numbers(atomic_run):
     assert data["scf_iterations"] >= 5
     assert f"{data['energy_eV']:.6f} eV" in res.stdout
     assert data["task_document"]["n_symmetry_ops"] == 48  # CIF frame turned for pw.x
+    assert data["task_document"]["kpoints"] == [5, 5, 5]  # ceil(2.004 Å⁻¹ / 0.5 Å⁻¹)
 
 
 @pytest.mark.parametrize("kind", ["run folder", "charge-density.dat", "CHGCAR"])

@@ -190,8 +190,9 @@ def _write_and_run(
     stem: str,
     ok_returncodes: tuple[int, ...] = (0, EXIT_NOT_CONVERGED),
     **input_kw,
-) -> tuple[float, object]:
-    write_pw_input(pw_input(structure, protocol, **input_kw), directory / f"{stem}.in")
+) -> tuple[float, object, list]:
+    pwin = pw_input(structure, protocol, **input_kw)
+    write_pw_input(pwin, directory / f"{stem}.in")
     t0 = time.perf_counter()
     out = run_pw(directory, f"{stem}.in", f"{stem}.out", nprocs=nprocs, ok_returncodes=ok_returncodes)
     elapsed = time.perf_counter() - t0
@@ -199,7 +200,7 @@ def _write_and_run(
     if not parsed.job_done:
         tail = "\n".join(out.read_text(errors="replace").splitlines()[-20:])
         raise RuntimeError(f"pw.x stopped without 'JOB DONE' in {directory}:\n{tail}")
-    return elapsed, parsed
+    return elapsed, parsed, [list(k) if isinstance(k, tuple) else k for k in pwin.kpoints_grid]
 
 
 def _place_start_density(
@@ -210,7 +211,7 @@ def _place_start_density(
 
     save = _save_dir(directory)
     (save / "charge-density.dat").unlink(missing_ok=True)
-    _, dry = _write_and_run(structure, directory, protocol, nprocs, "dryrun", electron_maxstep=0)
+    _, dry, _ = _write_and_run(structure, directory, protocol, nprocs, "dryrun", electron_maxstep=0)
     reference = save / "charge-density.dat"
     if not reference.is_file():
         raise RuntimeError(f"pw.x dry run in {directory} wrote no {reference}")
@@ -344,7 +345,7 @@ def run_qe_scf(
             prep_wall_time_s=prep,
         )
     startingpot = "atomic" if grid is None else "file"
-    elapsed, parsed = _write_and_run(
+    elapsed, parsed, kpoints = _write_and_run(
         structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot=startingpot
     )
     if not keep_wavefunctions:
@@ -363,7 +364,7 @@ def run_qe_scf(
         )
     return _document(
         structure, directory, protocol, parsed, "scf", startingpot, task_label, nprocs,
-        elapsed_s=elapsed, **extra,
+        elapsed_s=elapsed, kpoints=kpoints, **extra,
     )
 
 
@@ -394,7 +395,7 @@ def run_qe_nscf(
     stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)
     prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
     calculation = "bands" if mode == "line" else "nscf"
-    elapsed, parsed = _write_and_run(
+    elapsed, parsed, kpoints = _write_and_run(
         structure, directory, protocol, nprocs, "pw", ok_returncodes=(0,),
         calculation=calculation, nbnd=nbnd,
     )
@@ -407,7 +408,8 @@ def run_qe_nscf(
         )
     return _document(
         structure, directory, protocol, parsed, calculation, "file",
-        task_label or f"qe non-scf {mode}", nprocs, elapsed_s=elapsed, start_source=source,
+        task_label or f"qe non-scf {mode}", nprocs, elapsed_s=elapsed, kpoints=kpoints,
+        start_source=source,
         start_density_file=str(copy), prep_wall_time_s=prep,
         start_n_electrons=grid.metadata.get("start_n_electrons"), converged=True,
     )
