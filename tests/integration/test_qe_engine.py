@@ -165,10 +165,10 @@ def test_every_registry_pseudopotential_loads_in_pw_x(tmp_path):
     from mlcharge_workflows.engines.qe.pseudo import get_pseudo, supported_elements
 
     elements = supported_elements()
-    cell = Structure(Lattice.orthorhombic(2.0 * len(elements), 4.0, 4.5), elements,
+    cell = Structure(Lattice.orthorhombic(1.6 * len(elements), 3.5, 3.5), elements,
                      [[i / len(elements), (i % 2) / 2, (i % 3) / 3] for i in range(len(elements))])
     stage_pseudos(elements, tmp_path / "pseudo")
-    protocol = QEProtocol(ecutwfc_ry=20, ecutrho_ry=160, kspacing=2.0, standard_orientation=False)
+    protocol = QEProtocol(ecutwfc_ry=12, ecutrho_ry=96, kspacing=2.0, standard_orientation=False)
     write_pw_input(pw_input(cell, protocol, electron_maxstep=0), tmp_path / "pw.in")
     run_pw(tmp_path, nprocs=1, ok_returncodes=(2,))  # zero-step run: setup only
     out = parse_pw_output(tmp_path / "pw.out")
