@@ -74,13 +74,16 @@ def test_valid_structure_passes_and_counts_electrons():
     assert n_valence_electrons(s) == 8
 
 
-def test_stage_pseudos_decompresses_gz(tmp_path):
+def test_gzipped_sources_are_served_as_plain_files(tmp_path):
+    from mlcharge_workflows.engines.qe.pseudo import QE_EXAMPLES_DIR
+
+    h = get_pseudo("H")  # shipped only as .gz among QE's examples
+    assert (QE_EXAMPLES_DIR / "CPV/EXX-wf-example/H_HSCV_PBE-1.0.UPF.gz").is_file()
+    assert h.source.suffix == ".UPF" and "<PP_HEADER" in h.source.read_text()
     folder = stage_pseudos(["H", "Si"], tmp_path / "pseudo")
-    h = folder / get_pseudo("H").filename
-    assert get_pseudo("H").source.suffix == ".gz"
-    assert h.read_text().lstrip().startswith("<PP_INFO>") or "<PP_HEADER" in h.read_text()
-    assert read_upf_header(h)["z_valence"] == 1.0
-    assert (folder / "Si.pbe-rrkj.UPF").stat().st_size == get_pseudo("Si").source.stat().st_size
+    assert (folder / h.filename).read_bytes() == h.source.read_bytes()
+    assert read_upf_header(folder / h.filename)["z_valence"] == 1.0
+    assert (folder / "Si.pbe-rrkj.UPF").read_bytes() == get_pseudo("Si").source.read_bytes()
 
 
 def test_co_is_generated_with_ld1_reproducibly(tmp_path):

@@ -119,3 +119,12 @@ def test_band_path_is_frame_independent():
         frac = np.array([e[:3] for e in band_path(s, 10)])
         norms.append(np.linalg.norm(frac @ s.lattice.reciprocal_lattice.matrix, axis=1))
     assert np.allclose(norms[0], norms[1], atol=1e-6)
+
+
+def test_package_exports_resolve():
+    import mlcharge_workflows.engines.qe as qe
+
+    assert all(getattr(qe, name) is not None for name in qe.__all__)
+    assert qe.QEProtocol is QEProtocol
+    with pytest.raises(AttributeError):
+        qe.no_such_name  # noqa: B018

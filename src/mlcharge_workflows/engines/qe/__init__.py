@@ -1,1 +1,35 @@
-"""."""
+"""Quantum ESPRESSO (pw.x) engine: protocol, pseudopotentials, runs, parsing, jobflow makers.
+
+The public API is re-exported here lazily (importing a submodule stays cheap):
+
+>>> from mlcharge_workflows.engines.qe import QEProtocol, run_qe_scf  # doctest: +SKIP
+>>> doc = run_qe_scf(structure, "run", start="atomic")                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "core": ["align_density", "load_start_density", "read_converged_density", "run_qe_nscf",
+             "run_qe_scf"],
+    "jobs": ["QENonSCFMaker", "QEStaticMaker"],
+    "parse": ["PwOutput", "band_edges", "band_gap", "parse_pw_output", "parse_pw_xml"],
+    "pseudo": ["check_structure", "get_pseudo", "n_valence_electrons", "supported_elements"],
+    "run": ["run_pw"],
+    "schemas": ["QETaskDocument"],
+    "sets": ["QEProtocol", "pw_input", "qe_oriented"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

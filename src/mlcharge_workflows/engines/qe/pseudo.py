@@ -96,8 +96,8 @@ class PseudoInfo:
     """One registry entry, with what was read from its UPF header."""
 
     element: str
-    filename: str  # name in the run's pseudo folder (never gzipped)
-    source: Path  # file on disk (may end in .gz)
+    filename: str  # name in the run's pseudo folder
+    source: Path  # a plain UPF file (gzipped originals are decompressed into the cache)
     kind: PseudoKind
     z_valence: float
     functional: str
@@ -187,17 +187,12 @@ def generate_pseudo(filename: str, folder: Path = CACHE_DIR) -> Path:
 
     Written atomically (temporary folder, then rename), so concurrent callers are safe.
     """
+    if folder == CACHE_DIR:
+        folder = _cache_folder()
     dest = folder / filename
     if dest.is_file():
         return dest
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only home (some CI runners): a per-machine temporary folder
-        folder = Path(tempfile.gettempdir()) / "mlcharge_workflows_pseudo"
-        dest = folder / filename
-        if dest.is_file():
-            return dest
-        folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         proc = subprocess.run(
             [_ld1_command()], input=LD1_INPUTS[filename], cwd=tmp, capture_output=True, text=True
@@ -210,15 +205,35 @@ def generate_pseudo(filename: str, folder: Path = CACHE_DIR) -> Path:
     return dest
 
 
+def _cache_folder() -> Path:
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        return CACHE_DIR
+    except OSError:  # read-only home (some CI runners): a per-machine temporary folder
+        folder = Path(tempfile.gettempdir()) / "mlcharge_workflows_pseudo"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def _decompressed(gz: Path, filename: str) -> Path:
+    """A plain copy of a gzipped UPF in the cache (atomic write), so every reader can open it."""
+    folder = _cache_folder()
+    dest = folder / filename
+    if not dest.is_file():
+        with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
+            with gzip.open(gz, "rb") as src:
+                shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, dest)
+    return dest
+
+
 def _locate(filename: str, where: str | None, pseudo_dir: Path) -> Path:
-    candidates = [pseudo_dir / filename, pseudo_dir / f"{filename}.gz"]
-    if where == "ld1":
-        candidates.append(CACHE_DIR / filename)
-    elif where is not None:
+    candidates = [pseudo_dir / filename, CACHE_DIR / filename, pseudo_dir / f"{filename}.gz"]
+    if where not in (None, "ld1"):
         candidates.append(QE_EXAMPLES_DIR / where / f"{filename}.gz")
     for path in candidates:
         if path.is_file():
-            return path
+            return _decompressed(path, filename) if path.suffix == ".gz" else path
     if where == "ld1":
         return generate_pseudo(filename)
     raise FileNotFoundError(
@@ -304,17 +319,12 @@ def check_structure(structure: Structure) -> None:
 
 
 def stage_pseudos(elements: list[str], folder: str | Path) -> Path:
-    """Copy (decompressing where needed) the UPF files of ``elements`` into ``folder``."""
+    """Copy the UPF files of ``elements`` into ``folder`` (a run's ``pseudo/``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for el in elements:
         info = get_pseudo(el)
         dest = folder / info.filename
-        if dest.exists():
-            continue
-        if info.source.suffix == ".gz":
-            with gzip.open(info.source, "rb") as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out)
-        else:
+        if not dest.exists():
             shutil.copyfile(info.source, dest)
     return folder
