@@ -234,9 +234,10 @@ def _symmetry_warning(structure: Structure, n_ops: int | None) -> list[str]:
     if n_ops >= n_point:
         return []
     msg = (
-        f"pw.x found {n_ops} symmetry operations where the point group has {n_point}: the "
-        "cell's orientation hides symmetry from pw.x, so k-points are less reduced (slower, "
-        "same result). A standard orientation (pymatgen get_primitive_standard_structure) helps."
+        f"pw.x found {n_ops} symmetry operations where the point group has {n_point}, so "
+        "k-points are less reduced (slower, same result). Causes: a cell orientation pw.x "
+        "cannot see (keep QEProtocol.standard_orientation=True) or fractional translations "
+        "that do not fit pw.x's FFT grid (see the pw.x output)."
     )
     warnings.warn(msg, stacklevel=3)
     return [msg]
@@ -336,6 +337,7 @@ def run_qe_scf(
     directory.mkdir(parents=True, exist_ok=True)
     stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)
     extra: dict = {}
+    (directory / START_COPY).unlink(missing_ok=True)  # a stale copy would mislead
     if grid is not None:
         prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
         extra = dict(
