@@ -1,9 +1,160 @@
-"""`mlcharge` commands of this group (filled in by the issue that owns them)."""
+"""``mlcharge data``: generate density datasets with QE, ingest VASP runs, rebuild manifests.
+
+Exit status: 0 success; 1 bad input (message on stderr); 2 finished with failures listed
+in the manifest (the records that succeeded are kept).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+data_app = typer.Typer(
+    name="data",
+    help="Density datasets: generate with Quantum ESPRESSO, ingest VASP runs.",
+    no_args_is_help=True,
+)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _protocol_fields(path: Path | None, kspacing: float | None) -> dict:
+    fields: dict = {}
+    if path is not None:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(path.read_text())  # JSON is YAML
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read protocol file {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"protocol file {path} must hold a mapping of QEProtocol fields")
+        fields.update(loaded)
+    if kspacing is not None:
+        fields["kspacing"] = kspacing
+    if fields:
+        from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+        QEProtocol(**fields)  # validate now, with pydantic's message
+    return fields
+
+
+def _summary_lines(man: dict) -> list[str]:
+    s = man.get("summary", {})
+    lines = [
+        f"records          {s.get('n_records', 0)}",
+        f"failures         {s.get('n_failures', 0)} {s.get('failure_kinds', {}) or ''}".rstrip(),
+        f"size             {s.get('records_size_bytes', 0) / 1e6:.1f} MB",
+        f"elements         {json.dumps(s.get('structures_with_element', {}))}",
+    ]
+    split = man.get("split", {}).get("summary")
+    if split:
+        lines.append("splits           " + ", ".join(
+            f"{k} {v['structures']} ({v['families']} families)" for k, v in split.items()))
+    for rid, f in list(man.get("failures", {}).items())[:20]:
+        lines.append(f"  failed {rid}: {f.get('kind')}: {f.get('reason', '').splitlines()[0][:150]}"
+                     if f.get("reason") else f"  failed {rid}: {f.get('kind')}")
+    return lines
+
+
+@data_app.command("generate")
+def generate(
+    n: int = typer.Option(..., "--n", help="Number of structures (the first N of the seed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the structure generator."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder (created; resumed if it exists)."),
+    nprocs: int = typer.Option(1, "--nprocs", help="MPI processes per pw.x run."),
+    workers: int = typer.Option(2, "--workers", help="pw.x runs at the same time."),
+    max_atoms: int = typer.Option(16, "--max-atoms", help="Largest cell generated."),
+    elements: Optional[str] = typer.Option(None, "--elements", help="Comma-separated elements "
+                                           "(default: every element the QE engine supports)."),
+    small_fraction: float = typer.Option(0.6, "--small-fraction",
+                                         help="Fraction of primitive cells of <= 4 atoms."),
+    store_ecut: float = typer.Option(200.0, "--store-ecut", help="Density cutoff (Ry) of the "
+                                     "stored coefficients; 0 keeps pw.x's whole sphere."),
+    protocol: Optional[Path] = typer.Option(None, "--protocol", help="YAML/JSON of QEProtocol "
+                                            "fields (default: the package's fixed protocol)."),
+    kspacing: Optional[float] = typer.Option(None, "--kspacing", help="Override the protocol's "
+                                             "k-point spacing (Å⁻¹)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
+                                            "many seconds (listed as a failure)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run recorded failures again."),
+    fireworks: bool = typer.Option(False, "--fireworks", help="Submit to a FireWorks LaunchPad "
+                                   "instead of running locally (then `mlcharge worker`)."),
+    launchpad: Optional[Path] = typer.Option(None, "--launchpad", help="With --fireworks: "
+                                             "my_launchpad.yaml (default: embedded project)."),
+    project: Optional[Path] = typer.Option(None, "--project", help="With --fireworks: embedded "
+                                           "project folder (default MLCHARGE_PROJECT_DIR)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Run QE statics from atoms on N generated structures and store their densities."""
+    from mlcharge_workflows.training.generate import GenerationSettings, generate_dataset
+
+    try:
+        settings = GenerationSettings(
+            seed=seed, max_atoms=max_atoms, small_fraction=small_fraction,
+            elements=[e.strip() for e in elements.split(",") if e.strip()] if elements else None,
+            protocol=_protocol_fields(protocol, kspacing),
+            store_ecut_ry=None if store_ecut <= 0 else store_ecut,
+        )  # fmt: skip
+        man = generate_dataset(
+            out, n, settings, nprocs=nprocs, workers=workers, retry_failed=retry_failed,
+            fireworks=fireworks, launchpad_file=launchpad, project=project, progress=progress,
+            timeout_s=timeout,
+        )  # fmt: skip
+    except ValueError as exc:
+        _fail(str(exc))
+    if fireworks:
+        typer.echo(f"submitted {man['submitted']} QE statics to {man['launchpad']}")
+        args = f" --project {project}" if project else ""
+        typer.echo(f"next: `mlcharge worker{args}`, then `mlcharge data finalize {out}`")
+        return
+    typer.echo("\n".join([f"dataset          {Path(out).resolve()}", *_summary_lines(man)]))
+    if man.get("summary", {}).get("n_failures"):
+        raise typer.Exit(2)
+
+
+@data_app.command("ingest")
+def ingest(
+    src: Path = typer.Argument(..., help="Folder of VASP runs (searched recursively for CHGCAR)."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder (created; resumed if it exists)."),
+    store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the stored "
+                                     "coefficients; 0 keeps the whole grid (but its Nyquist planes)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Turn VASP runs (CHGCAR with vasprun.xml or OUTCAR) into density records."""
+    from mlcharge_workflows.training.ingest import ingest_vasp_runs
+
+    try:
+        man = ingest_vasp_runs(src, out, None if store_ecut <= 0 else store_ecut,
+                               progress=progress)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo("\n".join([f"dataset          {Path(out).resolve()}", *_summary_lines(man)]))
+    if man.get("summary", {}).get("n_failures"):
+        raise typer.Exit(2)
+
+
+@data_app.command("finalize")
+def finalize(
+    directory: Path = typer.Argument(..., help="Dataset folder."),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the family "
+                                             "split (default: the one recorded)."),
+) -> None:
+    """Rebuild a dataset's manifest (records, failures, splits, counts) from its files."""
+    from mlcharge_workflows.training.storage import finalize_manifest
+
+    if not (directory / "records").is_dir() and not (directory / "manifest.json").is_file():
+        _fail(f"{directory} is not a dataset folder (no records/ nor manifest.json)")
+    man = finalize_manifest(directory, split_seed)
+    typer.echo("\n".join([f"dataset          {directory.resolve()}", *_summary_lines(man)]))
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to ``app``."""
+    app.add_typer(data_app, name="data")

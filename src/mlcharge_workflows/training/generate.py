@@ -1,0 +1,412 @@
+"""``mlcharge data generate``: QE statics from atoms for generated structures -> density records.
+
+Dataset folder ``DIR``::
+
+    manifest.json        generator settings, engine and protocol, provenance, records table,
+                         failures with reasons, composition-family splits, counts
+    records/<id>.npz     one converged density each (atomic write: temp file + rename)
+    failures/<id>.json   why a structure has no record (unconverged, pw.x error, bad density)
+    work/<id>/           pw.x run folder while it runs; removed on success, inputs and
+                         output kept on failure
+
+Every structure is one jobflow job (:func:`density_record_job`, the same function for
+every execution mode). Locally the jobs run in a pool of ``workers`` processes, each
+job through ``jobflow.run_locally``: jobflow's local manager runs a flow's jobs one
+after the other in one process, so it cannot use two cores by itself. With
+``fireworks=True`` the flow goes to a LaunchPad instead (``mlcharge worker`` runs it).
+
+The files are the truth: a job writes its record or failure file itself, so a killed
+generation loses at most the runs in flight; rerunning the same command skips every
+structure with a record (and, unless ``retry_failed``, every recorded failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import psutil
+from jobflow import job
+
+from mlcharge_workflows.training.dataset import DensityDataset, DensityRecord
+from mlcharge_workflows.training.storage import (
+    code_provenance,
+    command_line,
+    finalize_manifest,
+    read_failures,
+    stored_coefficients,
+    write_json_atomic,
+)
+from mlcharge_workflows.training.structures import GeneratedStructure, StructureGenerator
+
+#: Default storage cutoff (Ry) of the density coefficients; see docs/dataset.md for the error.
+DEFAULT_STORE_ECUT_RY = 200.0
+
+
+@dataclass
+class GenerationSettings:
+    """What defines a generated dataset (checked again when a generation resumes).
+
+    ``protocol`` holds :class:`~mlcharge_workflows.engines.qe.sets.QEProtocol` fields
+    (empty: the package's fixed protocol). ``store_ecut_ry`` None keeps pw.x's whole sphere.
+    """
+
+    seed: int = 0
+    max_atoms: int = 16
+    small_fraction: float = 0.6
+    elements: list[str] | None = None
+    protocol: dict = field(default_factory=dict)
+    store_ecut_ry: float | None = DEFAULT_STORE_ECUT_RY
+
+    def generator(self) -> StructureGenerator:
+        """The structure generator of these settings."""
+        return StructureGenerator(
+            self.seed, self.elements, max_atoms=self.max_atoms, small_fraction=self.small_fraction
+        )
+
+    def qe_protocol(self):
+        """The QE protocol of these settings."""
+        from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+        return QEProtocol(**self.protocol)
+
+
+# ------------------------------------------------------------------ one structure
+def _pseudo_info(elements: list[str]) -> dict:
+    import hashlib
+
+    from mlcharge_workflows.engines.qe.pseudo import get_pseudo
+
+    out = {}
+    for el in sorted(elements):
+        p = get_pseudo(el)
+        digest = hashlib.md5(Path(p.source).read_bytes()).hexdigest()
+        out[el] = {"file": p.filename, "kind": p.kind, "z_valence": p.z_valence, "md5": digest}
+    return out
+
+
+def _fail(out: Path, gen: dict, kind: str, reason: str, t0: float, workdir: Path) -> dict:
+    doc = {
+        "id": gen["id"], "family": gen["family"], "prototype": gen["prototype"], "kind": kind,
+        "reason": reason[-4000:], "wall_s": round(time.time() - t0, 2), "run_folder": str(workdir),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip
+    write_json_atomic(out / "failures" / f"{gen['id']}.json", doc)
+    shutil.rmtree(workdir / "out", ignore_errors=True)  # keep pw.in / pw.out, drop the big data
+    return {"id": gen["id"], "status": "failed", "kind": kind, "reason": reason[-300:]}
+
+
+class RunTimeout(Exception):
+    """A run went past its time limit."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None):
+    """Raise :class:`RunTimeout` after ``seconds`` (SIGALRM), killing child processes first."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _alarm(signum, frame):  # noqa: ARG001
+        _kill_descendants()
+        raise RunTimeout()
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def compute_density_record(
+    structure,
+    gen: dict,
+    out: str,
+    protocol: dict,
+    store_ecut_ry: float | None,
+    nprocs: int = 1,
+    provenance: dict | None = None,
+    timeout_s: float | None = None,
+) -> dict:
+    """Run the QE static of one structure from atoms and store its density record.
+
+    Never raises for a failed run: the failure (kind and reason) goes to
+    ``failures/<id>.json`` and the returned summary. Returns ``{"id", "status", ...}``
+    with status ``ok``, ``exists`` or ``failed``. ``timeout_s`` stops pw.x after that
+    many seconds (failure kind ``timeout``; needs the main thread, as in a pool worker).
+    """
+    from mlcharge_workflows.engines.qe.core import align_density, read_converged_density, run_qe_scf
+    from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+    root = Path(out)
+    ds = DensityDataset(root)
+    rid = gen["id"]
+    if rid in ds:
+        return {"id": rid, "status": "exists"}
+    workdir = root / "work" / rid
+    shutil.rmtree(workdir, ignore_errors=True)  # a run killed earlier: start it again
+    t0 = time.time()
+    prot = QEProtocol(**protocol)
+    try:
+        with _time_limit(timeout_s):
+            doc = run_qe_scf(structure, workdir, start="atomic", protocol=prot, nprocs=nprocs)
+    except RunTimeout:
+        return _fail(root, gen, "timeout", f"pw.x stopped after {timeout_s} s", t0, workdir)
+    except RuntimeError as exc:
+        kind = "not_converged" if "did not converge" in str(exc) else "pw_failed"
+        return _fail(root, gen, kind, str(exc), t0, workdir)
+    except ValueError as exc:
+        return _fail(root, gen, "invalid_structure", str(exc), t0, workdir)
+    try:
+        grid = align_density(read_converged_density(workdir), structure)
+        mill, total, mag, stats = stored_coefficients(grid, store_ecut_ry, doc.ecutrho_ry)
+        elements = sorted(e.symbol for e in structure.composition)
+        meta = {
+            "engine": "quantum-espresso",
+            "pw_version": doc.pw_version,
+            "start": "atomic",
+            "converged": doc.converged,
+            "family": gen["family"],
+            "prototype": gen["prototype"],
+            "generator_info": gen.get("info", {}),
+            "protocol": prot.model_dump(mode="json"),
+            "ecutwfc_ry": doc.ecutwfc_ry,
+            "ecutrho_ry": doc.ecutrho_ry,
+            "kpoints": prot.kpoint_grid(doc.structure),
+            "n_kpoints": doc.n_kpoints,
+            "n_symmetry_ops": doc.n_symmetry_ops,
+            "nspin": doc.nspin,
+            "nprocs": doc.nprocs,
+            "total_magnetization": doc.total_magnetization,
+            "absolute_magnetization": doc.absolute_magnetization,
+            "fermi_energy_eV": doc.fermi_energy_eV,
+            "wall_time_s": doc.wall_time_s,
+            "cpu_time_s": doc.cpu_time_s,
+            "elapsed_s": round(time.time() - t0, 2),
+            "pseudopotentials": _pseudo_info(elements),
+            "storage": stats,
+            "provenance": provenance or {},
+        }
+        record = DensityRecord(
+            id=rid, structure=structure, grid_shape=grid.shape, mill=mill, total=total,
+            magnetization=mag, energy_eV=doc.energy_eV, scf_iterations=doc.scf_iterations,
+            metadata=meta,
+        )  # fmt: skip
+    except ValueError as exc:  # non-finite density, wrong electron count, cell mismatch
+        return _fail(root, gen, "bad_density", str(exc), t0, workdir)
+    ds.add(record)
+    (root / "failures" / f"{rid}.json").unlink(missing_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "id": rid, "status": "ok", "scf_iterations": doc.scf_iterations,
+        "wall_s": doc.wall_time_s, "nmape": stats["truncation_nmape_total_percent"],
+    }  # fmt: skip
+
+
+@job
+def density_record_job(**kwargs) -> dict:
+    """jobflow job around :func:`compute_density_record` (output: its small summary dict)."""
+    return compute_density_record(**kwargs)
+
+
+# ------------------------------------------------------------------ local execution
+def _kill_descendants() -> None:
+    """SIGKILL every process below this one (mpirun and pw.x)."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+def _on_term(signum, frame) -> None:  # noqa: ARG001
+    try:
+        _kill_descendants()
+    finally:
+        os._exit(1)
+
+
+def _worker_init(parent_pid: int | None = None) -> None:
+    """Pool worker: die (with its pw.x) when the parent dies, even by SIGKILL."""
+    import ctypes
+    import warnings
+
+    warnings.simplefilter("ignore")  # jobflow's deprecations, pw.x symmetry advice
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def run_job_locally(kwargs: dict) -> dict:
+    """Run one :func:`density_record_job` with ``jobflow.run_locally`` (in-memory store)."""
+    from jobflow import JobStore, run_locally
+    from maggma.stores import MemoryStore
+
+    j = density_record_job(**kwargs)
+    try:
+        responses = run_locally(j, store=JobStore(MemoryStore()), log=False, raise_immediately=True)
+        return responses[j.uuid][1].output
+    except Exception as exc:  # noqa: BLE001 - a crash of the job itself must not stop the rest
+        gen = kwargs["gen"]
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        t0 = time.time()
+        return _fail(Path(kwargs["out"]), gen, "job_error", reason, t0, Path(kwargs["out"]) / "work" / gen["id"])
+
+
+def _gen_dict(g: GeneratedStructure) -> dict:
+    return {"id": g.id, "family": g.family, "prototype": g.prototype, "info": g.info}
+
+
+def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen: StructureGenerator,
+                      protocol) -> DensityDataset:
+    ds = DensityDataset(root)
+    want = {
+        "generator": gen.settings(),
+        "protocol": protocol.model_dump(mode="json"),
+        "store_ecut_ry": settings.store_ecut_ry,
+    }
+    have = ds.manifest.get("definition")
+    if have is not None:
+        diffs = [k for k in want if json.dumps(have.get(k), sort_keys=True) != json.dumps(want[k], sort_keys=True)]
+        if diffs:
+            raise ValueError(
+                f"{root} holds a dataset made with other settings ({', '.join(diffs)} differ: "
+                f"{ {k: have.get(k) for k in diffs} }); use another --out or the same settings"
+            )
+    man = ds.manifest
+    man.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    man["kind"] = "qe-generated"
+    man["definition"] = want
+    man["planned"] = max(int(man.get("planned", 0)), n)
+    man.setdefault("runs", []).append({"command": command_line(), **code_provenance()})
+    man["engine"] = {"name": "quantum-espresso", "pseudopotentials": _pseudo_info(gen.elements)}
+    ds.save_manifest()
+    return ds
+
+
+def generate_dataset(
+    out: str | Path,
+    n: int,
+    settings: GenerationSettings | None = None,
+    nprocs: int = 1,
+    workers: int = 2,
+    retry_failed: bool = False,
+    fireworks: bool = False,
+    launchpad_file: str | Path | None = None,
+    project: str | Path | None = None,
+    progress: bool = True,
+    on_result: Callable[[dict], None] | None = None,
+    timeout_s: float | None = None,
+) -> dict:
+    """Generate (or resume) a dataset of ``n`` structures in ``out``; returns the manifest.
+
+    With ``fireworks`` the jobs are submitted to the LaunchPad (embedded project or
+    ``launchpad_file``) and the returned dict says how many; run ``mlcharge worker`` and then
+    this function again (or :func:`finalize_manifest`) to collect the table.
+    """
+    if n < 0:
+        raise ValueError(f"number of structures must be >= 0, got {n}")
+    if workers < 1 or nprocs < 1:
+        raise ValueError(f"workers and nprocs must be >= 1, got {workers} and {nprocs}")
+    settings = settings or GenerationSettings()
+    root = Path(out).resolve()
+    gen = settings.generator()
+    protocol = settings.qe_protocol()
+    ds = _prepare_manifest(root, settings, n, gen, protocol)
+    for stale in root.glob("records/*.tmp.npz"):
+        stale.unlink(missing_ok=True)  # half-written by a killed process
+    done = set(ds.ids)
+    failed = set(read_failures(root)) if not retry_failed else set()
+    plans = [g for g in (gen(i) for i in range(n)) if g.id not in done and g.id not in failed]
+    provenance = {"command": command_line(), **code_provenance()}
+    jobs = [
+        dict(structure=g.structure, gen=_gen_dict(g), out=str(root), nprocs=nprocs,
+             protocol=settings.protocol, store_ecut_ry=settings.store_ecut_ry,
+             provenance=provenance, timeout_s=timeout_s)
+        for g in plans
+    ]  # fmt: skip
+    if fireworks:
+        return _submit_fireworks(root, jobs, launchpad_file, project)
+    _run_pool(jobs, workers, progress, on_result)
+    return finalize_manifest(root)
+
+
+def _run_pool(jobs: list[dict], workers: int, progress: bool, on_result) -> None:
+    from tqdm import tqdm
+
+    if not jobs:
+        return
+    counts = {"ok": 0, "failed": 0}
+    bar = tqdm(total=len(jobs), desc="QE statics", unit="structure", disable=not progress)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_worker_init,
+        initargs=(os.getpid(),),
+    )  # fmt: skip
+    try:
+        futures = {pool.submit(run_job_locally, kw): kw["gen"]["id"] for kw in jobs}
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a dead worker process
+                res = {"id": futures[fut], "status": "failed", "kind": "worker_died",
+                       "reason": repr(exc)}  # fmt: skip
+            counts["failed" if res.get("status") == "failed" else "ok"] += 1
+            bar.set_postfix(counts)
+            bar.update()
+            if on_result is not None:
+                on_result(res)
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()  # their SIGTERM handler kills pw.x too
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown(wait=True)
+
+
+def _submit_fireworks(root: Path, jobs: list[dict], launchpad_file, project) -> dict:
+    from jobflow import Flow
+    from jobflow.managers.fireworks import flow_to_workflow
+
+    from mlcharge_workflows.submit.launchpad import open_launchpad
+
+    flow = Flow([density_record_job(**kw) for kw in jobs], name=f"density dataset {root.name}")
+    for j in flow.jobs:
+        j.name = f"density {j.function_kwargs['gen']['id']}"
+    handle = open_launchpad(launchpad_file, project)
+    if jobs:
+        with handle.transaction() as lp:
+            lp.add_wf(flow_to_workflow(flow))
+    ds = DensityDataset(root)
+    ds.manifest["fireworks"] = {"submitted": len(jobs), "launchpad": handle.description}
+    ds.save_manifest()
+    return {"submitted": len(jobs), "out": str(root), "launchpad": handle.description}
+
+
+def describe(settings: GenerationSettings) -> dict:
+    """JSON-ready settings (for logs)."""
+    return asdict(settings)

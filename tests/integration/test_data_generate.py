@@ -1,0 +1,149 @@
+"""`mlcharge data generate` with real pw.x: records, failures, resume after SIGKILL, timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from mlcharge_workflows.training.dataset import DensityDataset
+from mlcharge_workflows.training.generate import GenerationSettings, generate_dataset
+from mlcharge_workflows.training.splits import check_disjoint
+
+pytestmark = pytest.mark.pwx
+
+# tiny and cheap: Si cells of 1-2 atoms, low cutoffs, coarse k-points
+FAST = {"kspacing": 0.8, "ecutwfc_ry": 16.0, "ecutrho_ry": 64.0}
+CLI_ARGS = ["--seed", "0", "--elements", "Si", "--max-atoms", "2", "--kspacing", "0.8",
+            "--store-ecut", "40", "--no-progress"]  # fmt: skip
+
+
+def _settings(**protocol) -> GenerationSettings:
+    return GenerationSettings(
+        seed=0, elements=["Si"], max_atoms=2, protocol={**FAST, **protocol}, store_ecut_ry=40.0
+    )
+
+
+def _pw_processes_in(folder: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["name"]):
+        try:
+            if p.info["name"] and "pw.x" in p.info["name"] and str(folder) in p.cwd():
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _serial_qe(monkeypatch):
+    monkeypatch.setenv("MLCHARGE_QE_NPROCS", "1")
+
+
+def test_generate_records_with_real_pwx(tmp_path):
+    out = tmp_path / "ds"
+    man = generate_dataset(out, 3, _settings(), nprocs=1, workers=2, progress=False)
+    ds = DensityDataset(out)
+    assert len(ds) == 3 and man["summary"]["n_records"] == 3 and not man["failures"]
+    assert not (out / "work").exists() or not any((out / "work").iterdir())
+    for rec in ds.records():
+        meta = rec.metadata
+        assert meta["converged"] and rec.scf_iterations >= 2
+        assert rec.energy_eV < -90 * len(rec.structure)  # Si: about -105 eV per atom (NC PBE)
+        assert abs(rec.n_electrons - 4 * len(rec.structure)) < 1e-3
+        # stored at 40 Ry out of pw.x's 64 Ry sphere, with the measured truncation error
+        assert meta["storage"]["store_ecut_ry"] == 40.0 and meta["ecutrho_ry"] == 64.0
+        assert 0 < meta["storage"]["truncation_nmape_total_percent"] < 5
+        assert meta["pw_version"].startswith("v.6") and meta["pseudopotentials"]["Si"]["md5"]
+        assert "data generate" in json.dumps(meta["provenance"]) or meta["provenance"]["command"]
+        grid = rec.to_grid()
+        assert np.isfinite(grid.total).all() and grid.total.min() > -1e-2
+        assert man["records"][rec.id]["family"] == "Si"
+    assert sorted(sum(man["splits"].values(), [])) == ds.ids
+    check_disjoint(man["splits"], {i: r["family"] for i, r in man["records"].items()})
+    # resuming a finished dataset runs nothing and keeps the files
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "records").iterdir()}
+    generate_dataset(out, 3, _settings(), nprocs=1, workers=1, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "records").iterdir()} == mtimes
+    with pytest.raises(ValueError, match="other settings"):
+        generate_dataset(out, 3, GenerationSettings(seed=1, elements=["Si"], max_atoms=2,
+                                                    protocol=FAST), progress=False)
+
+
+def test_unconverged_runs_are_listed_not_recorded(tmp_path):
+    out = tmp_path / "ds"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlcharge_workflows.cli.main", "data", "generate", "--n", "1",
+         "--out", str(out), "--protocol", str(_protocol_file(tmp_path, electron_maxstep=2)),
+         *CLI_ARGS],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["summary"]["n_records"] == 0 and len(man["failures"]) == 1
+    (fail,) = man["failures"].values()
+    assert fail["kind"] == "not_converged" and "did not converge" in fail["reason"]
+    assert "not_converged" in proc.stdout
+    run_dir = out / "work" / next(iter(man["failures"]))
+    assert (run_dir / "pw.out").is_file() and not (run_dir / "out").exists()
+
+
+def _finished(out: Path) -> list[Path]:
+    return sorted(p for p in (out / "records").glob("*.npz") if ".tmp" not in p.name)
+
+
+def _protocol_file(tmp_path: Path, **extra) -> Path:
+    path = tmp_path / "protocol.json"
+    path.write_text(json.dumps({**FAST, **extra}))
+    return path
+
+
+def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "ds"
+    n = 4
+    cmd = [sys.executable, "-m", "mlcharge_workflows.cli.main", "data", "generate", "--n", str(n),
+           "--out", str(out), "--workers", "1", "--protocol", str(_protocol_file(tmp_path)),
+           *CLI_ARGS]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not _finished(out):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    first = _finished(out)
+    assert first, "no record appeared before the deadline"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.read_bytes() for p in first}
+    time.sleep(2)  # the pool worker follows its parent (PDEATHSIG) and takes pw.x with it
+    assert not _pw_processes_in(out)
+    done_before = len(list((out / "records").glob("*.npz")))
+    assert done_before < n, "generation finished before the kill: nothing to resume"
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    ds = DensityDataset(out)
+    assert len(ds) == n and len(set(ds.ids)) == n
+    assert not list((out / "records").glob("*.tmp*"))
+    for name, data in before.items():  # records finished before the kill were not redone
+        assert (out / "records" / name).read_bytes() == data
+    man = json.loads((out / "manifest.json").read_text())
+    assert sorted(man["records"]) == ds.ids and not man["failures"]
+    assert len(man["runs"]) == 2  # both commands are in the provenance
+
+
+def test_timeout_kills_pwx_and_is_listed(tmp_path):
+    out = tmp_path / "ds"
+    settings = _settings(kspacing=0.15)  # thousands of k-points: far longer than the limit
+    man = generate_dataset(out, 1, settings, nprocs=1, workers=1, progress=False, timeout_s=2)
+    assert man["summary"]["n_records"] == 0
+    (fail,) = man["failures"].values()
+    assert fail["kind"] == "timeout"
+    time.sleep(0.5)
+    assert not _pw_processes_in(out)
