@@ -84,6 +84,7 @@ def predict(
         from mlcharge_workflows.model import load_model, predict_density
 
         model = load_model(model_path)
+        model.species_of(struct)  # unknown elements: a clear error before any other check
         if engine == "vasp":
             from mlcharge_workflows.density.chgcar import vasp_fine_grid, write_chgcar
 

@@ -149,24 +149,21 @@ class ReciprocalGeometry:
     def __len__(self) -> int:
         return len(self.mill)
 
-    def phases(self, atoms: np.ndarray, rows: np.ndarray, cache_key: object = None) -> torch.Tensor:
-        """``exp(-2πi m·f_a)`` for G rows ``rows`` and atoms ``atoms``, shape ``(len(rows), len(atoms))``.
+    def phases(
+        self, atoms: np.ndarray, rows: np.ndarray, cache_key: object = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos θ, sin θ)`` with ``θ = 2π m·f_a``, shape ``(len(rows), len(atoms))`` each.
 
-        Built from one 1D table per axis (two complex products per element instead of an
-        exponential). With ``cache_key`` the result is kept for later calls (training).
+        ``exp(-iG·R_a) = cos θ - i sin θ``. ``m·f`` is reduced modulo 1 in float64 before the
+        cast, so float32 phases stay accurate for large Miller indices. With ``cache_key``
+        the result is kept for later calls (training on fixed rows).
         """
         if cache_key is not None and cache_key in self._cache:
             return self._cache[cache_key]
-        frac = self.frac[atoms]
-        mill = self.mill[rows]
-        out = None
-        for ax in range(3):
-            lo, hi = int(mill[:, ax].min()), int(mill[:, ax].max())
-            table = np.exp(-2j * np.pi * np.outer(np.arange(lo, hi + 1), frac[:, ax]))
-            part = table[mill[:, ax] - lo]
-            out = part if out is None else out * part
-        cdtype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
-        result = torch.as_tensor(out, dtype=cdtype, device=self.device)
+        mill = torch.as_tensor(self.mill[rows], dtype=torch.float64, device=self.device)
+        frac = torch.as_tensor(self.frac[atoms], dtype=torch.float64, device=self.device)
+        theta = torch.remainder(mill @ frac.T, 1.0).to(self.dtype) * (2.0 * math.pi)
+        result = (torch.cos(theta), torch.sin(theta))
         if cache_key is not None:
             self._cache[cache_key] = result
         return result
@@ -184,69 +181,91 @@ def radial_factors(q: torch.Tensor, alpha: torch.Tensor, ls: np.ndarray) -> torc
         power = torch.where(torch.as_tensor(ls >= l, device=q.device)[None, :], power * x, power)
     return power * torch.exp(-x * x)
 
-def orbital_coefficients(
-    geom: ReciprocalGeometry,
-    coeffs: torch.Tensor,
-    alpha: torch.Tensor,
-    layout: OrbitalLayout,
-    atoms: np.ndarray,
-    q_max: float | None = None,
-    chunk: int = 65536,
-    cache_key: object = None,
-    rows: np.ndarray | None = None,
-) -> torch.Tensor:
-    """Fourier coefficients (e/Å³) of atom-centred orbitals of one species at every G of ``geom``.
+@dataclass
+class SpeciesTerm:
+    """One density (total or magnetisation) of one species, for :func:`species_fourier`.
 
-    Parameters
-    ----------
-    geom
-        The cell's reciprocal geometry.
-    coeffs
-        ``(n_sel, layout.dim)`` orbital coefficients of the atoms ``atoms`` (electrons).
-    alpha
-        ``(layout.n_radial,)`` exponents of this species (Å⁻²).
-    atoms
-        Indices (into ``geom.frac``) of the atoms these coefficients belong to.
-    q_max
-        G vectors with ``|G| > q_max`` get zero (their radial factors are negligible).
-    chunk
-        G vectors per block, bounding memory to ``chunk * n_sel`` complex numbers.
-    cache_key
-        Key under which ``geom`` keeps the phases (training; None at inference).
-    rows
-        Evaluate only these G vectors (indices into ``geom``); the result has ``len(rows)`` entries.
+    ``coeffs`` ``(n_sel, layout.dim)`` orbital coefficients (electrons) or None; ``alpha``
+    ``(n_radial,)`` exponents (Å⁻²); orbitals are cut at ``|G| > q_max``. ``sad_form``
+    ``(len(geom),)`` atomic form factor ``F_s(|G|)`` (electrons) at every G of the geometry,
+    weighted per atom by ``sad_weights`` (None: 1), or None for no atomic term.
     """
-    rad, ls, ys = layout.columns()
+
+    layout: OrbitalLayout
+    coeffs: torch.Tensor | None = None
+    alpha: torch.Tensor | None = None
+    q_max: float = math.inf
+    sad_form: torch.Tensor | None = None
+    sad_weights: torch.Tensor | None = None
+
+
+def species_fourier(
+    geom: ReciprocalGeometry,
+    atoms: np.ndarray,
+    terms: list[SpeciesTerm],
+    rows: np.ndarray | None = None,
+    chunk: int = 32768,
+    cache_key: object = None,
+) -> list[torch.Tensor]:
+    """Fourier coefficients (e/Å³) of the atoms ``atoms`` of one species, one array per term.
+
+    Every term (atomic density and orbitals, total and magnetisation) shares the phases
+    ``exp(-iG·R_a)``, computed once per block of ``chunk`` G vectors, which bounds memory
+    by ``chunk * len(atoms)``. ``rows`` restricts the evaluation to those G vectors (the
+    results then have ``len(rows)`` entries); ``cache_key`` keeps the phases in ``geom``.
+    """
     rows = np.arange(len(geom)) if rows is None else np.asarray(rows, dtype=np.int64)
-    n = len(rows)
     cdtype = torch.complex128 if geom.dtype == torch.float64 else torch.complex64
     dev = geom.device
-    out = torch.zeros(n, dtype=cdtype, device=dev)
-    if len(atoms) == 0:
-        return out
-    keep = np.arange(n) if q_max is None else np.flatnonzero(geom.q_np[rows] <= q_max)
-    even = torch.as_tensor(ls % 2 == 0, device=dev)
-    # (-i)^l: +1, -i, -1, +i  -> real sign for even l, imaginary sign for odd l
-    sign = torch.as_tensor([1.0, -1.0, -1.0, 1.0], dtype=geom.dtype, device=dev)[
-        torch.as_tensor(ls % 4, device=dev)
-    ]
-    c_even = (coeffs * (sign * even)[None, :]).T  # (dim, n_sel)
-    c_odd = (coeffs * (sign * ~even)[None, :]).T
-    ys_t = torch.as_tensor(ys, device=dev)
-    rad_t = torch.as_tensor(rad, device=dev)
-    radial_ls = layout.radial_l()
-    pieces = []
-    for start in range(0, len(keep), chunk):
-        pos_t = torch.as_tensor(keep[start : start + chunk], device=dev)
-        idx = rows[keep[start : start + chunk]]
+    n = len(rows)
+    outs = [torch.zeros(n, dtype=cdtype, device=dev) for _ in terms]
+    if len(atoms) == 0 or n == 0:
+        return outs
+    sign = torch.as_tensor([1.0, -1.0, -1.0, 1.0], dtype=geom.dtype, device=dev)
+    prepared = []
+    for term in terms:
+        cols = {}
+        if term.coeffs is not None and term.layout.n_radial:
+            rad, ls, ys = term.layout.columns()
+            # (-i)^l = +1, -i, -1, +i for l % 4 = 0..3: even l real part, odd l imaginary part
+            for name, mask in (("even", ls % 2 == 0), ("odd", ls % 2 == 1)):
+                idx = np.flatnonzero(mask)
+                if idx.size:
+                    sel = torch.as_tensor(idx, device=dev)
+                    signed = term.coeffs[:, sel] * sign[torch.as_tensor(ls[idx] % 4, device=dev)][None, :]
+                    cols[name] = (torch.as_tensor(rad[idx], device=dev), torch.as_tensor(ys[idx], device=dev), signed.T)
+        prepared.append(cols)
+    pieces: list[list] = [[] for _ in terms]
+    for start in range(0, n, chunk):
+        pos = slice(start, start + chunk)
+        idx = rows[pos]
         idx_t = torch.as_tensor(idx, device=dev)
-        radial = radial_factors(geom.q[idx_t], alpha, radial_ls)  # (B, n_radial)
-        basis = radial[:, rad_t] * geom.ylm[idx_t][:, ys_t]  # (B, dim)
-        x = torch.complex(basis @ c_even, basis @ c_odd)  # (B, n_sel)
         key = None if cache_key is None else (cache_key, start)
-        phase = geom.phases(atoms, idx, key)
-        pieces.append((pos_t, (phase * x).sum(dim=1)))
-    for pos_t, vals in pieces:
-        out = out.index_put((pos_t,), vals)
-    return out / geom.volume
-
+        cos, sin = geom.phases(atoms, idx, key)  # (B, n_sel) each
+        q = geom.q[idx_t]
+        ylm = None
+        for k, (term, cols) in enumerate(zip(terms, prepared)):
+            re = torch.zeros(len(idx), dtype=geom.dtype, device=dev)
+            im = torch.zeros_like(re)
+            if term.sad_form is not None:
+                form = term.sad_form[idx_t]
+                if term.sad_weights is None:
+                    re = re + form * cos.sum(1)
+                    im = im - form * sin.sum(1)
+                else:
+                    re = re + form * (cos @ term.sad_weights)
+                    im = im - form * (sin @ term.sad_weights)
+            if cols:
+                ylm = geom.ylm[idx_t] if ylm is None else ylm
+                radial = radial_factors(q, term.alpha, term.layout.radial_l())
+                radial = radial * (q <= term.q_max).to(radial.dtype)[:, None]
+                x = {name: (radial[:, r] * ylm[:, y]) @ c for name, (r, y, c) in cols.items()}
+                # (cos - i sin)(x_even + i x_odd)
+                if "even" in x:
+                    re = re + (cos * x["even"]).sum(1)
+                    im = im - (sin * x["even"]).sum(1)
+                if "odd" in x:
+                    re = re + (sin * x["odd"]).sum(1)
+                    im = im + (cos * x["odd"]).sum(1)
+            pieces[k].append(torch.complex(re, im))
+    return [torch.cat(p) / geom.volume for p in pieces]

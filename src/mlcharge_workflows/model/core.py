@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
-from mlcharge_workflows.model.atomic import AtomicDensityTable, sad_coefficients
+from mlcharge_workflows.model.atomic import AtomicDensityTable
 from mlcharge_workflows.model.basis import (
     OrbitalLayout,
     ReciprocalGeometry,
+    SpeciesTerm,
     even_tempered,
-    orbital_coefficients,
     q_cutoff,
+    species_fourier,
 )
 from mlcharge_workflows.model.graph import radius_graph
 from mlcharge_workflows.model.network import OrbitalNetwork
@@ -75,7 +76,6 @@ class Cell:
     n_electrons: float
     mill: np.ndarray | None = None  # (N, 3) | G vectors to evaluate
     geom: ReciprocalGeometry | None = None
-    sad: tuple[np.ndarray, np.ndarray | None] | None = None  # e/Å³ at mill
 
     @property
     def volume(self) -> float:
@@ -210,19 +210,24 @@ class DensityModel(torch.nn.Module):
         return cell
 
     def attach_mill(self, cell: Cell, mill: np.ndarray) -> Cell:
-        """Set the G vectors at which ``cell`` is evaluated (and its SAD there)."""
+        """Set the G vectors at which ``cell`` is evaluated."""
         cell.mill = np.asarray(mill, dtype=np.int64).reshape(-1, 3)
         lmax = max(self.layout.lmax, self.mag_layout.lmax if self.mag_layout.n_radial else 0)
         cell.geom = ReciprocalGeometry(
             cell.lattice, cell.frac, cell.mill, lmax, dtype=self.log_alpha.dtype,
             device=self.log_alpha.device,
         )
-        if self.config.use_sad:
-            cell.sad = sad_coefficients(
-                self.table, cell.species, cell.frac, cell.lattice, cell.mill,
-                cell.moments if cell.spin else None,
-            )
         return cell
+
+    def _sad_form(self, cell: Cell, species: int) -> torch.Tensor:
+        """``F_s(|G|)`` (electrons) at every G of the cell, kept in the cell's geometry."""
+        key = ("sad_form", species)
+        cache = cell.geom._cache
+        if key not in cache:
+            cache[key] = torch.as_tensor(
+                self.table(species, cell.geom.q_np), dtype=cell.geom.dtype, device=cell.geom.device
+            )
+        return cache[key]
 
     # ------------------------------------------------------------------ evaluation
     def orbital_coefficients(self, cells: list[Cell]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -267,23 +272,6 @@ class DensityModel(torch.nn.Module):
         low = math.log(ALPHA_RANGE[0])
         return torch.exp(torch.minimum(log_alpha.clamp(min=low), upper))
 
-    def _orbitals(
-        self, cell: Cell, coeffs: torch.Tensor, magnetization: bool, cache: bool, rows: np.ndarray | None
-    ) -> torch.Tensor:
-        layout = self.mag_layout if magnetization else self.layout
-        alphas = self.alphas(magnetization)
-        qmax = self.species_qmax()
-        total = None
-        for s in np.unique(cell.species):
-            sel = np.flatnonzero(cell.species == s)
-            q_max = min(q_cutoff(float(alphas[s].max().detach()), layout.lmax), qmax[s])
-            part = orbital_coefficients(
-                cell.geom, coeffs[torch.as_tensor(sel, device=coeffs.device)], alphas[s], layout, sel, q_max=q_max,
-                cache_key=(int(s), magnetization) if cache else None, rows=rows,
-            )
-            total = part if total is None else total + part
-        return total
-
     def fourier(
         self,
         cell: Cell,
@@ -293,25 +281,47 @@ class DensityModel(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Coefficients (e/Å³, complex tensors) of total and magnetisation density at ``cell.mill``.
 
-        ``rows`` restricts the evaluation to those G vectors (indices into ``cell.mill``);
-        ``cache`` keeps their phases in the cell (training on fixed rows). The ``G = 0``
-        term of the total is ``n_electrons / V`` exactly.
+        SAD plus orbitals, species by species. ``rows`` restricts the evaluation to those G
+        vectors (indices into ``cell.mill``); ``cache`` keeps their phases in the cell
+        (training on fixed rows). The ``G = 0`` term of the total is ``n_electrons / V``.
         """
         if cell.geom is None:
             raise ValueError("cell has no G vectors: call attach_mill first")
         if coeffs is None:
             coeffs = self.orbital_coefficients([cell])[0]
+        dev, dtype = self.log_alpha.device, self.log_alpha.dtype
+        alphas = (self.alphas(False), self.alphas(True))
+        qmax = self.species_qmax()
+        tot = mag = None
+        for s in np.unique(cell.species):
+            sel = np.flatnonzero(cell.species == s)
+            sel_t = torch.as_tensor(sel, device=dev)
+            form = self._sad_form(cell, int(s)) if self.config.use_sad else None
+            terms = [
+                SpeciesTerm(
+                    self.layout, coeffs[0][sel_t], alphas[0][s],
+                    min(q_cutoff(float(alphas[0][s].max().detach()), self.layout.lmax), qmax[s]), form,
+                )
+            ]
+            if cell.spin:
+                weights = torch.as_tensor(cell.moments[sel], dtype=dtype, device=dev)  # fractions
+                has_orb = self.mag_layout.n_radial > 0
+                terms.append(
+                    SpeciesTerm(
+                        self.mag_layout,
+                        coeffs[1][sel_t] if has_orb else None,
+                        alphas[1][s] if has_orb else None,
+                        min(q_cutoff(float(alphas[1][s].max().detach()), self.mag_layout.lmax), qmax[s])
+                        if has_orb else 0.0,
+                        form,
+                        weights,
+                    )
+                )
+            outs = species_fourier(cell.geom, sel, terms, rows, cache_key=int(s) if cache else None)
+            tot = outs[0] if tot is None else tot + outs[0]
+            if cell.spin:
+                mag = outs[1] if mag is None else mag + outs[1]
         sl = slice(None) if rows is None else rows
-        tot = self._orbitals(cell, coeffs[0], False, cache, rows)
-        mag = None
-        if cell.spin and self.mag_layout.n_radial:
-            mag = self._orbitals(cell, coeffs[1], True, cache, rows)
-        if cell.sad is not None:
-            tot = tot + torch.as_tensor(cell.sad[0][sl], dtype=tot.dtype, device=tot.device)
-            if mag is not None and cell.sad[1] is not None:
-                mag = mag + torch.as_tensor(cell.sad[1][sl], dtype=mag.dtype, device=mag.device)
-        if cell.spin and mag is None:
-            mag = torch.zeros_like(tot)
         zero = np.flatnonzero((cell.mill[sl] == 0).all(axis=1))
         if zero.size:
             fix = torch.zeros_like(tot)
