@@ -129,7 +129,8 @@ def run_compare(
             results[i] = _compare_one(t)
             bar.update(1)
     else:
-        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+        # spawn, not fork: a fork taken while torch's threads hold a lock deadlocks the child
+        ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
             futures = {pool.submit(_compare_one, t): i for i, t in enumerate(tasks)}
             for fut in as_completed(futures):

@@ -325,6 +325,9 @@ def run_flow_collect(flow: Flow, workdir: str | Path) -> dict[str, Any]:
     if handler.failures:
         doc.error = "; ".join(filter(None, [doc.error, *handler.failures]))
     docs = list(store.docs_store.query({}))
+    for d in docs:  # the stored savings document carries the enriched error too
+        if d["uuid"] == flow.output.uuid:
+            d["output"] = {**d["output"], "error": doc.error}
     data = {name: list(s.query({})) for name, s in store.additional_stores.items()}
     return {"record": doc.model_dump(mode="json"), "docs": docs, "data": data}
 
