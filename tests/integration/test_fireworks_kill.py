@@ -49,7 +49,8 @@ def _model_available() -> bool:
 
 
 def _worker(project: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, MLCHARGE_QE_NPROCS="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    # serial pw.x (no mpirun start-up per run) and one torch thread: the cheapest layout
+    env = dict(os.environ, MLCHARGE_QE_NPROCS="1", MLCHARGE_MPI_CMD="", OMP_NUM_THREADS="1")
     return subprocess.Popen(
         [sys.executable, "-m", "mlcharge_workflows.cli.main", "worker", "--project",
          str(project), "--no-progress"],
