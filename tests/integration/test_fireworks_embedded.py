@@ -234,3 +234,28 @@ def test_unsupported_element_submits_nothing(tmp_path, cifs):
     with pytest.raises(ValueError, match="Au.cif: unsupported element"):
         submit_structures([cifs], project=tmp_path / "p", progress=False)
     assert _states(EmbeddedLaunchPad(tmp_path / "p")) == []
+
+
+def test_sigterm_returns_firework_to_queue(tmp_path, cifs, dummy_builder):
+    """A worker asked to stop (SIGTERM, Ctrl-C) requeues its firework and exits cleanly."""
+    project = tmp_path / "p"
+    submit_structures([cifs], project=project, progress=False, flow_options={"sleep_s": 30})
+    handle = EmbeddedLaunchPad(project)
+    w = _start_worker(project, tmp_path / "w.log")
+    deadline = time.time() + 60
+    while time.time() < deadline and not _owned_by(handle, w.pid):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(timeout=30) == 0, (tmp_path / "w.log").read_text()
+    assert "returned to the queue" in (tmp_path / "w.log").read_text()
+    states = _states(handle)
+    assert "RUNNING" not in states and "FIZZLED" not in states and "COMPLETED" not in states
+    with handle.read() as lp:
+        assert lp.db["mlcharge_launch_owners"].count_documents({}) == 0
+
+
+def test_worker_needs_a_project(tmp_path):
+    res = CliRunner().invoke(app, ["worker", "--project", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "nothing was submitted" in res.output
+    assert not (tmp_path / "none").exists()

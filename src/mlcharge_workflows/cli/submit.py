@@ -126,6 +126,11 @@ def worker(
                              lostrun_expiration_s=lostrun_expiration, progress=progress)
     except (LaunchPadConfigError, ValueError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted; anything left RUNNING is recovered by the next worker", err=True)
+        raise typer.Exit(130) from None
+    if summary.interrupted is not None:
+        typer.echo(f"interrupted: firework {summary.interrupted} was returned to the queue")
     if summary.recovered or summary.rerun:
         typer.echo(f"lost runs of dead workers: {len(summary.recovered)} recovered from their "
                    f"finished results {summary.recovered}, {len(summary.rerun)} rerun "

@@ -57,6 +57,7 @@ class WorkerSummary:
     fizzled: list[int] = field(default_factory=list)
     recovered: list[int] = field(default_factory=list)
     rerun: list[int] = field(default_factory=list)
+    interrupted: int | None = None  # firework returned to the queue by Ctrl-C / SIGTERM
 
     @property
     def n_launched(self) -> int:
@@ -281,13 +282,57 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
                     time.sleep(poll_s)
                 continue
             bar.set_postfix_str(f"fw {fw.fw_id} {fw.name}")
-            _run_offline(fworker, fw.fw_id, launch_dir)
+            with _interruptible() as interrupted:
+                _run_offline(fworker, fw.fw_id, launch_dir)
+            if interrupted:  # Ctrl-C / SIGTERM: not the firework's fault, back to the queue
+                _requeue(handle, launch_id, fw.fw_id)
+                summary.interrupted = fw.fw_id
+                break
             state, remaining = _complete(handle, launch_id)
             (summary.completed if state == "COMPLETED" else summary.fizzled).append(fw.fw_id)
             bar.total = summary.n_launched + remaining
             bar.update(1)
         bar.close()
     return summary
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into KeyboardInterrupt and note that it happened.
+
+    FireWorks' Rocket catches every exception of a task (KeyboardInterrupt included) and
+    records the firework as FIZZLED; the yielded list tells the caller that the run was
+    interrupted, so it can requeue the firework instead. Main thread only.
+    """
+    import signal
+    import threading
+
+    hits: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hits
+        return
+
+    def _handler(signum, frame):
+        hits.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield hits
+    except KeyboardInterrupt:
+        hits.append(signal.SIGINT)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _requeue(handle: EmbeddedLaunchPad, launch_id: int, fw_id: int) -> None:
+    """Mark an interrupted launch FIZZLED and reset its firework to run again."""
+    with handle.transaction() as lp:
+        lp.mark_fizzled(launch_id)
+        lp.forget_offline(launch_id, launch_mode=True)
+        lp.rerun_fw(fw_id)
+        lp.db[OWNERS_COLLECTION].delete_many({"launch_id": launch_id})
 
 
 def run_mongo_worker(handle: LaunchPadHandle, nlaunches: int = 0, fworker: FWorker | None = None,
@@ -333,6 +378,13 @@ def run_worker(project: str | Path | None = None, launchpad_file: str | Path | N
     from fireworks import FWorker
 
     fworker = FWorker.from_file(str(fworker_file)) if fworker_file else FWorker()
+    if launchpad_file is None:
+        from mlcharge_workflows.submit.config import project_paths
+
+        paths = project_paths(project)
+        if not paths.exists():
+            raise ValueError(f"no mlcharge project in {paths.root} (nothing was submitted "
+                             "there): run `mlcharge submit` first, or give --project")
     handle = open_launchpad(launchpad_file, project)
     if isinstance(handle, EmbeddedLaunchPad):
         return run_embedded_worker(handle, nlaunches=nlaunches, fworker=fworker,
