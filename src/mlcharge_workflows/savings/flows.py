@@ -99,6 +99,8 @@ def savings_document(
         scf_iterations_ml_accepted=_get(ml, "scf_iterations"),
         ml_start_wall_s=_get(ml_task, "prep_wall_time_s"),
         model_load_s=_get(prediction, "model_load_s"),
+        cpu_s={"baseline": _get(baseline, "cpu_time_s"), "ml": _get(ml, "cpu_s_total"),
+               "oracle": _get(oracle, "cpu_time_s"), "predict": _get(prediction, "predict_cpu_s")},
     )
     return SavingsDocument(
         structure=label,

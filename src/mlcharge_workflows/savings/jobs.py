@@ -130,6 +130,7 @@ class PredictionDocument(BaseModel):
     total_magnetization: float | None = Field(None, description="μB per cell; None if not spin-polarised.")
     grid_shape: list[int] | None = None
     predict_wall_s: float | None = Field(None, description="Inference and file writing (s).")
+    predict_cpu_s: float | None = Field(None, description="CPU time of the same (all threads).")
     model_load_s: float | None = Field(
         None, description="Importing torch and loading the weights (s); 0 when cached in the process."
     )
@@ -191,7 +192,7 @@ class QEPredictDensityMaker(Maker):
         missing = unsupported_elements(structure, self.model_path)
         if missing:
             return PredictionDocument(**base, fallback=f"{UNSUPPORTED}: {', '.join(missing)}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _, ecutrho = self.protocol.cutoffs(structure)
         shape = qe_fft_grid(structure.lattice.matrix, ecutrho)
         try:
@@ -208,6 +209,7 @@ class QEPredictDensityMaker(Maker):
             total_magnetization=grid.total_magnetization if grid.is_spin_polarized else None,
             grid_shape=list(grid.shape),
             predict_wall_s=time.perf_counter() - t0,
+            predict_cpu_s=time.process_time() - c0,
             density=grid_to_data(grid),
         )
 
@@ -223,6 +225,7 @@ class MLStaticDocument(BaseModel):
     scf_iterations: int | None = Field(None, description="Accepted run's iterations.")
     scf_iterations_total: int | None = Field(None, description="All attempts (the arm's cost).")
     wall_s_total: float | None = Field(None, description="All attempts, density placement included.")
+    cpu_s_total: float | None = Field(None, description="pw.x CPU time of all attempts.")
     energy_eV: float | None = None
     converged: bool | None = None
     total_magnetization: float | None = None
@@ -236,7 +239,7 @@ def _attempt(start: str, task: QETaskDocument | None, rejected: str | None) -> A
     wall = (task.elapsed_s or task.wall_time_s or 0.0) + (task.prep_wall_time_s or 0.0)
     return ArmAttempt(
         start=start, scf_iterations=iters, energy_eV=task.energy_eV, converged=task.converged,
-        total_magnetization=task.total_magnetization, wall_s=wall,
+        total_magnetization=task.total_magnetization, wall_s=wall, cpu_s=task.cpu_time_s,
         density_read_from_file=task.density_initialised, dir_name=task.dir_name, rejected=rejected,
     )
 
@@ -292,7 +295,8 @@ class MLQEStaticMaker(Maker):
             dir_name=task.dir_name, task=task, attempts=attempts,
             ml_density_used=outcome.ml_density_used, fallback=outcome.fallback,
             scf_iterations=task.scf_iterations, scf_iterations_total=sum(iters) if iters else None,
-            wall_s_total=sum(a.wall_s or 0.0 for a in attempts), energy_eV=task.energy_eV,
+            wall_s_total=sum(a.wall_s or 0.0 for a in attempts),
+            cpu_s_total=sum(a.cpu_s or 0.0 for a in attempts), energy_eV=task.energy_eV,
             converged=task.converged, total_magnetization=task.total_magnetization,
             predicted_magnetization=pred_m,
         )

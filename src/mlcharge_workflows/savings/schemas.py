@@ -144,6 +144,7 @@ class ArmAttempt(BaseModel):
     converged: bool | None = None
     total_magnetization: float | None = Field(None, description="μB per cell.")
     wall_s: float | None = None
+    cpu_s: float | None = Field(None, description="pw.x's own CPU time of the run.")
     density_read_from_file: bool | None = None
     dir_name: str | None = None
     rejected: str | None = Field(None, description="Why this run was not accepted.")
