@@ -128,3 +128,33 @@ def test_predict_job_records_unsupported_elements_without_a_density(tmp_path, mo
     out = run_locally(job, log=False, ensure_success=True)[job.uuid][1].output
     assert out.fallback == "unsupported_elements: Al"
     assert out.path is None and out.density is None and out.model_version
+
+
+def test_vasp_engine_delegates_to_the_vasp_comparison_flow(si) -> None:
+    flow = comparison_flow(si, engine="vasp", label="Si", oracle=True)
+    names = [j.name for j in flow.jobs]
+    assert names[-1] == SAVINGS_JOB_NAME and "oracle static" in names
+    with pytest.raises(ValueError, match="does not apply to VASP"):
+        comparison_flow(si, engine="vasp", protocol={"ecutwfc_ry": 20})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--engine", "castep"], "unknown engine 'castep'"),
+        (["--model", "/nonexistent/weights.pt"], "does not exist"),
+        (["--protocol", '{"ecutwfc_ry": "many"}'], "invalid QE protocol override"),
+        (["--protocol", "[1, 2]"], "mapping of QEProtocol fields"),
+        (["--jobs", "0"], "must be >= 1"),
+    ],
+)
+def test_compare_cli_rejects_bad_options_before_running(tmp_path, extra, message) -> None:
+    from typer.testing import CliRunner
+
+    from mlcharge_workflows.cli.main import app
+
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["compare", "x.cif", "--output", str(out), *extra])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not out.exists()

@@ -55,7 +55,7 @@ def _compare_one(task: dict[str, Any]) -> dict[str, Any]:
             nprocs=task["nprocs"],
             protocol=task["protocol"],
         )
-        out = run_flow_collect(flow, Path(task["workdir"]))
+        out = run_flow_collect(flow, Path(task["workdir"]), engine=engine)
         out["record"]["details"]["elapsed_s"] = time.perf_counter() - start
         return out
     except Exception as exc:

@@ -292,7 +292,7 @@ class _FailureLog(logging.Handler):
             self.failures.append(f"{name}: {last[-1].strip() if last else 'unknown error'}")
 
 
-def run_flow_collect(flow: Flow, workdir: str | Path) -> dict[str, Any]:
+def run_flow_collect(flow: Flow, workdir: str | Path, engine: str = "qe") -> dict[str, Any]:
     """Run ``flow`` locally in ``workdir`` (one folder per job) with an in-memory store.
 
     Returns ``{"record": savings document as dict, "docs": [...], "data": {name: [...]}}``:
@@ -323,7 +323,7 @@ def run_flow_collect(flow: Flow, workdir: str | Path) -> dict[str, Any]:
         out = store.get_output(flow.output.uuid, load=False)
         doc = SavingsDocument.model_validate({k: v for k, v in out.items() if not k.startswith("@")})
     except ValueError:
-        doc = error_record(flow.name, "qe", "the savings document job did not run")
+        doc = error_record(flow.name, engine, "the savings document job did not run")
     if handler.failures:
         doc.error = "; ".join(filter(None, [doc.error, *handler.failures]))
     docs = list(store.docs_store.query({}))
