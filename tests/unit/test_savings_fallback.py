@@ -57,10 +57,14 @@ def test_unconverged_ml_run_is_rerun_from_atoms_and_kept() -> None:
     ("ml_moment", "ref", "pred", "rerun"),
     [
         (0.0, 0.6, None, True),  # lost the moment vs the baseline
+        (0.75, 0.6, None, True),  # same state, but 0.15 μB/cell off the baseline
         (0.65, 0.6, None, False),  # within 0.1 μB/cell
-        (0.0, None, 2.0, True),  # no baseline: compared with the prediction
-        (2.05, None, 2.0, False),
         (0.0, 0.0, 2.0, False),  # the baseline wins over the prediction
+        # no baseline: only a different state than the predicted one counts
+        (0.0, None, 3.0, True),  # collapsed to non-magnetic
+        (-0.9, None, 3.0, True),  # flipped
+        (1.2, None, 0.0, True),  # magnetic where none was predicted
+        (0.94, None, 3.04, False),  # fcc Ni: the predicted moment is only a start
     ],
 )
 def test_magnetic_state_check(ml_moment, ref, pred, rerun) -> None:
