@@ -75,7 +75,7 @@ def generate(
                                            "(default: every element the QE engine supports)."),
     small_fraction: float = typer.Option(0.6, "--small-fraction",
                                          help="Fraction of primitive cells of <= 4 atoms."),
-    store_ecut: float = typer.Option(200.0, "--store-ecut", help="Density cutoff (Ry) of the "
+    store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the "
                                      "stored coefficients; 0 keeps pw.x's whole sphere."),
     protocol: Optional[Path] = typer.Option(None, "--protocol", help="YAML/JSON of QEProtocol "
                                             "fields (default: the package's fixed protocol)."),

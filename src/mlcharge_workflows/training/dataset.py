@@ -27,6 +27,10 @@ from mlcharge_workflows.density.grid import DensityGrid
 
 FORMAT_VERSION = 1
 
+#: The tiny dataset shipped with the package (made by ``mlcharge data generate``; see
+#: docs/dataset.md for the command).
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+
 
 def _keys(mill: np.ndarray, k: int) -> np.ndarray:
     m = np.asarray(mill, dtype=np.int64) + k
@@ -267,3 +271,10 @@ class DensityDataset:
         """Iterate over the records of ``split`` (all when None)."""
         for rid in self.ids if split is None else self.split(split):
             yield self[rid]
+
+
+def sample_dataset() -> DensityDataset:
+    """The tiny committed sample dataset (``ValueError`` if the installation lacks it)."""
+    if not (SAMPLE_DIR / "records").is_dir():
+        raise ValueError(f"the sample dataset is missing from this installation ({SAMPLE_DIR})")
+    return DensityDataset(SAMPLE_DIR)
