@@ -259,3 +259,23 @@ def test_worker_needs_a_project(tmp_path):
     res = CliRunner().invoke(app, ["worker", "--project", str(tmp_path / "none")])
     assert res.exit_code == 2 and "nothing was submitted" in res.output
     assert not (tmp_path / "none").exists()
+
+
+def test_load_job_store_configs(tmp_path):
+    from jobflow import JobStore
+
+    from mlcharge_workflows.submit import load_job_store
+
+    spec = tmp_path / "jobflow.yaml"
+    spec.write_text("JOB_STORE:\n  docs_store:\n    type: MemoryStore\n  additional_stores:\n"
+                    "    data:\n      type: MemoryStore\n")
+    store = load_job_store(spec)
+    assert isinstance(store, JobStore) and "data" in store.additional_stores
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("JOB_STORE:\n  docs_store:\n    type: NoSuchStore\n")
+    with pytest.raises(LaunchPadConfigError, match="not a valid jobflow store config"):
+        load_job_store(bad)
+    with pytest.raises(LaunchPadConfigError, match="not an mlcharge project"):
+        load_job_store(tmp_path)
+    EmbeddedLaunchPad(tmp_path / "proj")
+    assert load_job_store(tmp_path / "proj").docs_store.__class__.__name__ == "MontyStore"
