@@ -113,3 +113,17 @@ def test_run_summary_reads_task_documents_and_aliases() -> None:
     assert s.total_magnetization == 1.5
     with pytest.raises(ValueError, match="positive"):
         FallbackPolicy(magnetization_tol=0)
+
+
+def test_failed_rerun_keeps_the_ml_attempt() -> None:
+    bad = task(converged=False)
+
+    def atomic_fails():
+        raise RuntimeError("pw.x did not converge either")
+
+    out = run_with_fallback(lambda: bad, atomic_fails, 2)
+    assert out.accepted is None and not out.ml_density_used
+    assert out.attempts[0] == ("ml", bad, out.attempts[0][2])
+    assert "atomic rerun failed: RuntimeError" in out.fallback
+    with pytest.raises(RuntimeError, match="either"):  # nothing to keep without an ML run
+        run_with_fallback(None, atomic_fails, 2)

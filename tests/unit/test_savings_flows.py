@@ -87,7 +87,7 @@ def test_savings_document_from_arm_outputs(si) -> None:
 def test_savings_document_names_failed_arms_but_not_skipped_ones(si) -> None:
     pred = {"path": None, "fallback": "unsupported_elements: Si"}
     ml = {"fallback": "unsupported_elements: Si", "ml_density_used": False,
-          "scf_iterations_total": 9, "attempts": []}
+          "scf_iterations_total": 9, "attempts": [], "energy_eV": -214.1}
     doc = savings_document.original(
         "Si", si, None, pred, ml, requested={"baseline": True, "predict": True, "ml": True,
                                              "nscf_ml": True, "nscf_scf": True},
@@ -158,3 +158,12 @@ def test_compare_cli_rejects_bad_options_before_running(tmp_path, extra, message
     assert result.exit_code == 2
     assert message in result.output
     assert not out.exists()
+
+
+def test_savings_document_flags_an_ml_arm_without_a_converged_run(si) -> None:
+    ml = {"fallback": "not_converged: ...; atomic rerun failed: RuntimeError: x",
+          "ml_density_used": False, "task": None, "energy_eV": None, "scf_iterations_total": 200}
+    doc = savings_document.original("Si", si, _task(), {"path": "p"}, ml,
+                                    requested={"baseline": True, "predict": True, "ml": True})
+    assert doc.error == "arm(s) did not finish: ml (no run converged)"
+    assert doc.scf_iterations.ml == 200 and doc.energy_eV.ml is None

@@ -152,7 +152,8 @@ class FallbackOutcome:
     """Result of :func:`run_with_fallback`.
 
     ``attempts`` holds every run in order as ``(start, task_or_None, rejected_reason)``
-    with start ``"ml"`` or ``"atomic"``; ``accepted`` is the task whose results count.
+    with start ``"ml"`` or ``"atomic"``; ``accepted`` is the task whose results count
+    (None when the rerun from atoms failed too: the ML attempt is still in ``attempts``).
     """
 
     accepted: Any
@@ -202,9 +203,7 @@ def run_with_fallback(
             raise
         reason = f"{ML_RUN_FAILED}: {type(exc).__name__}: {exc}"
         attempts.append(("ml", None, reason))
-        task = run_atomic()
-        attempts.append(("atomic", task, None))
-        return FallbackOutcome(task, "atomic", False, reason, attempts)
+        return _rerun(run_atomic, reason, attempts)
 
     summary = RunSummary.from_task(ml_task)
     if summary.density_read_from_file is False:
@@ -214,9 +213,7 @@ def run_with_fallback(
         if policy.check(summary, n_atoms, reference_energy_eV, reference_magnetization) is None:
             return FallbackOutcome(ml_task, "atomic", False, reason, attempts)
         attempts[-1] = ("ml", ml_task, reason)
-        task = run_atomic()
-        attempts.append(("atomic", task, None))
-        return FallbackOutcome(task, "atomic", False, reason, attempts)
+        return _rerun(run_atomic, reason, attempts)
 
     reason = policy.check(
         summary, n_atoms, reference_energy_eV, reference_magnetization, predicted_magnetization
@@ -225,6 +222,20 @@ def run_with_fallback(
         attempts.append(("ml", ml_task, None))
         return FallbackOutcome(ml_task, "ml", True, None, attempts)
     attempts.append(("ml", ml_task, reason))
-    task = run_atomic()
+    return _rerun(run_atomic, reason, attempts)
+
+
+def _rerun(
+    run_atomic: Callable[[], Any], reason: str, attempts: list[tuple[str, Any, str | None]]
+) -> FallbackOutcome:
+    """The rerun from atoms; if it fails too, the ML attempt is kept (``accepted`` None)."""
+    try:
+        task = run_atomic()
+    except Exception as exc:
+        if all(t is None for _, t, _ in attempts):
+            raise
+        failed = f"atomic rerun failed: {type(exc).__name__}: {exc}"
+        attempts.append(("atomic", None, failed))
+        return FallbackOutcome(None, "atomic", False, f"{reason}; {failed}", attempts)
     attempts.append(("atomic", task, None))
     return FallbackOutcome(task, "atomic", False, reason, attempts)

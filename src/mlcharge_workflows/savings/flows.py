@@ -77,6 +77,8 @@ def savings_document(
     # the ML non-SCF run is skipped on purpose when there is no prediction (fallback)
     if "nscf_ml" in missing and _get(prediction, "path") is None and _get(prediction, "fallback"):
         missing.remove("nscf_ml")
+    if ml is not None and _get(ml, "task") is None and _get(ml, "energy_eV") is None:
+        missing.append("ml (no run converged)")
     fallback = _get(ml, "fallback") or _get(prediction, "fallback")
     ml_task = _get(ml, "task")
     details = SavingsDetails(

@@ -289,16 +289,17 @@ class MLQEStaticMaker(Maker):
             predicted_magnetization=pred_m, skip_reason=skip,
         )
         attempts = [_attempt(s, t, r) for s, t, r in outcome.attempts]
-        task = outcome.accepted
+        task = outcome.accepted  # None if the rerun from atoms failed too
         iters = [a.scf_iterations for a in attempts if a.scf_iterations is not None]
         return MLStaticDocument(
-            dir_name=task.dir_name, task=task, attempts=attempts,
+            dir_name=_get(task, "dir_name"), task=task, attempts=attempts,
             ml_density_used=outcome.ml_density_used, fallback=outcome.fallback,
-            scf_iterations=task.scf_iterations, scf_iterations_total=sum(iters) if iters else None,
+            scf_iterations=_get(task, "scf_iterations"),
+            scf_iterations_total=sum(iters) if iters else None,
             wall_s_total=sum(a.wall_s or 0.0 for a in attempts),
-            cpu_s_total=sum(a.cpu_s or 0.0 for a in attempts), energy_eV=task.energy_eV,
-            converged=task.converged, total_magnetization=task.total_magnetization,
-            predicted_magnetization=pred_m,
+            cpu_s_total=sum(a.cpu_s or 0.0 for a in attempts), energy_eV=_get(task, "energy_eV"),
+            converged=False if task is None else task.converged,
+            total_magnetization=_get(task, "total_magnetization"), predicted_magnetization=pred_m,
         )
 
 
