@@ -144,3 +144,22 @@ def test_compare_cli_fallback_for_unknown_element_and_error_record(tmp_path, si)
     # every record is in the file-backed store for `mlcharge report`
     stored = {d.structure: d.record() for d in savings_documents(project_job_store(tmp_path / "project"))}
     assert stored == {r["structure"]: r for r in records}
+
+
+def test_dos_mesh_straight_from_the_predicted_density(tmp_path, si, monkeypatch) -> None:
+    """Uniform-mesh non-SCF (for a DOS) without any SCF: the prediction is the density."""
+    from jobflow import run_locally
+
+    from mlcharge_workflows.savings.flows import MLQEBandStructureMaker
+
+    monkeypatch.chdir(tmp_path)
+    protocol = QEProtocol(**{**PROTOCOL, "nscf_kspacing": 0.5})
+    flow = MLQEBandStructureMaker(bandstructure_type="uniform", protocol=protocol, nprocs=1).make(si)
+    resp = run_locally(flow, create_folders=True, log=False, ensure_success=True)
+    nscf = resp[flow.jobs[1].uuid][1].output
+    assert [j.name for j in flow.jobs] == ["qe predict density", "qe ml non-scf"]
+    assert nscf.calculation == "nscf" and nscf.density_read_from_file
+    inputs = list(tmp_path.glob("**/pw.in"))  # the only full pw.x run: no SCF anywhere
+    assert len(inputs) == 1 and "'nscf'" in inputs[0].read_text()
+    n_occ = 4  # Si2: 8 valence electrons
+    assert len(nscf.eigenvalues_eV[0][0]) > n_occ and 0.2 < nscf.band_gap_eV < 1.5
