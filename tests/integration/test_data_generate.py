@@ -108,7 +108,7 @@ def _protocol_file(tmp_path: Path, **extra) -> Path:
 
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "ds"
-    n = 4
+    n = 3
     cmd = [sys.executable, "-m", "mlcharge_workflows.cli.main", "data", "generate", "--n", str(n),
            "--out", str(out), "--workers", "1", "--protocol", str(_protocol_file(tmp_path)),
            *CLI_ARGS]  # fmt: skip

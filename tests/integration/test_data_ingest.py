@@ -45,13 +45,18 @@ def _vasprun(name: str):
                        parse_potcar_file=False)  # fmt: skip
 
 
-def _run_folder(root: Path, name: str, vasprun: str, **density_kw) -> tuple[Path, DensityGrid]:
+def _run_folder(
+    root: Path, name: str, vasprun: str, structure=None, shape=None, **density_kw
+) -> tuple[Path, DensityGrid]:
+    """A run folder: the real vasprun.xml and a CHGCAR written by the package (by default
+    for the run's final structure on its fine grid)."""
     v = _vasprun(vasprun)
     folder = root / name
     folder.mkdir(parents=True)
     shutil.copy(VASP / vasprun, folder / "vasprun.xml")
     ngf = tuple(int(v.parameters[k]) for k in ("NGXF", "NGYF", "NGZF"))
-    grid = smooth_density(v.final_structure, ngf, v.parameters["NELECT"], **density_kw)
+    grid = smooth_density(structure or v.final_structure, shape or ngf, v.parameters["NELECT"],
+                          **density_kw)  # fmt: skip
     write_chgcar(grid, folder / "CHGCAR")
     return folder, grid
 
@@ -62,19 +67,16 @@ def test_ingest_real_vasp_metadata_and_package_chgcars(tmp_path):
     _, al = _run_folder(src, "al", "static_smearing__vasprun.xml")
     _, feo = _run_folder(src / "relax", "feo", "postprocess__vasprun.xml", mag_fraction=0.1)
     # a CHGCAR whose header (POSCAR) is not the run's structure: Al moved by 0.3 Å
-    bad, _ = _run_folder(src, "al_moved", "static_smearing__vasprun.xml")
     moved = _vasprun("static_smearing__vasprun.xml").final_structure
     moved.translate_sites([0], [0.3, 0, 0], frac_coords=False)
-    write_chgcar(smooth_density(moved, (48, 48, 48), 3.0), bad / "CHGCAR")
+    _run_folder(src, "al_moved", "static_smearing__vasprun.xml", structure=moved)
     # a CHGCAR on another grid than the run's NGXF x NGYF x NGZF
-    other, _ = _run_folder(src, "al_grid", "static_smearing__vasprun.xml")
-    s = _vasprun("static_smearing__vasprun.xml").final_structure
-    write_chgcar(smooth_density(s, (40, 40, 40), 3.0), other / "CHGCAR")
+    _run_folder(src, "al_grid", "static_smearing__vasprun.xml", shape=(40, 40, 40))
     # an unconverged run (V2O5, NELM reached): excluded before its CHGCAR is used
     unconv = src / "v2o5"
     unconv.mkdir()
     shutil.copy(VASP / "unconverged__vasprun.xml.electronic", unconv / "vasprun.xml")
-    write_chgcar(smooth_density(s, (8, 8, 8), 3.0), unconv / "CHGCAR")
+    write_chgcar(smooth_density(moved, (8, 8, 8), 3.0), unconv / "CHGCAR")
 
     out = tmp_path / "ds"
     man = ingest_vasp_runs(src, out, progress=False)
