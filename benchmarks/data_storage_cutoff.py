@@ -32,7 +32,8 @@ def main(root: str) -> None:
         for c in CUTS:
             cut = None if c is None or c >= full else c
             mill, tot, mag, st = stored_coefficients(grid, cut, full)
-            path = DensityRecord(rid, rec.structure, rec.grid_shape, mill, tot, mag).save(tmp / "r.npz")
+            trial = DensityRecord(rid, rec.structure, rec.grid_shape, mill, tot, mag)
+            path = trial.save(tmp / "r.npz")
             row = rows[c]
             row["bytes"] += path.stat().st_size
             if cut is not None:

@@ -162,7 +162,9 @@ def test_outcar_parser_and_bad_chgcar(tmp_path):
     man = ingest_vasp_runs(tmp_path / "runs", tmp_path / "ds", progress=False)
     assert man["failures"]["vasp-si"]["kind"] == "not_converged"
     # a truncated CHGCAR of a converged run: listed as bad_chgcar
-    (folder / "OUTCAR").write_text(" NELM = 60;\n Iteration 1( 1)\n General timing and accounting\n")
+    (folder / "OUTCAR").write_text(
+        " NELM = 60;\n Iteration 1( 1)\n General timing and accounting\n"
+    )
     man = ingest_vasp_runs(tmp_path / "runs", tmp_path / "ds2", progress=False)
     assert man["failures"]["vasp-si"]["kind"] == "bad_chgcar"
     with pytest.raises(FileNotFoundError, match="no CHGCAR"):

@@ -124,7 +124,8 @@ def ingest(
     src: Path = typer.Argument(..., help="Folder of VASP runs (searched recursively for CHGCAR)."),
     out: Path = typer.Option(..., "--out", help="Dataset folder (created; resumed if it exists)."),
     store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the stored "
-                                     "coefficients; 0 keeps the whole grid (but its Nyquist planes)."),
+                                     "coefficients; 0 keeps the whole grid (but its Nyquist "
+                                     "planes)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Turn VASP runs (CHGCAR with vasprun.xml or OUTCAR) into density records."""

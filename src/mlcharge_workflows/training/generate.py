@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -274,11 +274,16 @@ def run_job_locally(kwargs: dict) -> dict:
         gen = kwargs["gen"]
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         t0 = time.time()
-        return _fail(Path(kwargs["out"]), gen, "job_error", reason, t0, Path(kwargs["out"]) / "work" / gen["id"])
+        root = Path(kwargs["out"])
+        return _fail(root, gen, "job_error", reason, t0, root / "work" / gen["id"])
 
 
 def _gen_dict(g: GeneratedStructure) -> dict:
     return {"id": g.id, "family": g.family, "prototype": g.prototype, "info": g.info}
+
+
+def _canon(value) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen: StructureGenerator,
@@ -291,7 +296,7 @@ def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen: Str
     }
     have = ds.manifest.get("definition")
     if have is not None:
-        diffs = [k for k in want if json.dumps(have.get(k), sort_keys=True) != json.dumps(want[k], sort_keys=True)]
+        diffs = [k for k in want if _canon(have.get(k)) != _canon(want[k])]
         if diffs:
             raise ValueError(
                 f"{root} holds a dataset made with other settings ({', '.join(diffs)} differ: "
@@ -406,8 +411,3 @@ def _submit_fireworks(root: Path, jobs: list[dict], launchpad_file, project) -> 
     ds.manifest["fireworks"] = {"submitted": len(jobs), "launchpad": handle.description}
     ds.save_manifest()
     return {"submitted": len(jobs), "out": str(root), "launchpad": handle.description}
-
-
-def describe(settings: GenerationSettings) -> dict:
-    """JSON-ready settings (for logs)."""
-    return asdict(settings)

@@ -132,9 +132,11 @@ def _run_metadata(folder: Path) -> tuple[dict, object | None]:
         meta.update(
             metadata_source="OUTCAR", vasp_version=out["vasp_version"], nelect=out["nelect"],
             electronic_steps=steps, energy_eV=out["energy_eV"], nelm=out["nelm"],
-            ngf=list(out["ngf"]) if out["ngf"] else None, scf_iterations=steps[0] if steps else None,
+            ngf=list(out["ngf"]) if out["ngf"] else None,
+            scf_iterations=steps[0] if steps else None,
             converged_electronic=(
-                None if out["nelm"] is None else all(n < out["nelm"] for n in steps) and out["finished"]
+                None if out["nelm"] is None
+                else all(n < out["nelm"] for n in steps) and out["finished"]
             ),
         )  # fmt: skip
     else:

@@ -219,11 +219,13 @@ def finalize_manifest(
             "failure_kinds": dict(Counter(v.get("kind") for v in failures.values())),
             "records_size_bytes": int(size),
             "structures_with_element": dict(sorted(elements.items())),
-            "n_atoms_histogram": dict(sorted(Counter(r["n_atoms"] for r in records.values()).items())),
+            "n_atoms_histogram": dict(sorted(Counter(r["n_atoms"]
+                                                     for r in records.values()).items())),
             "spin_polarized": sum(bool(r["spin_polarized"]) for r in records.values()),
             "sum_pw_wall_s": round(float(sum(walls)), 1),
             "truncation_nmape_total_percent": (
-                {"mean": float(np.mean(nm)), "median": float(np.median(nm)), "max": float(np.max(nm))}
+                {"mean": float(np.mean(nm)), "median": float(np.median(nm)),
+                 "max": float(np.max(nm))}
                 if nm else None
             ),
         },
