@@ -120,7 +120,6 @@ def _round(x: float | None, nd: int) -> float | None:
 
 def summarize(records: Sequence[SavingsRecord]) -> dict[str, Any]:
     """Summary numbers of a set of records (percentages in %, energies in meV/atom)."""
-    rows = [record_row(r) for r in records]
     paired = [r for r in records if r.iteration_saving is not None]
     improved = [r for r in paired if r.scf_iterations.ml < r.scf_iterations.baseline]
     timed = [r for r in records if r.wall_saving is not None]
@@ -130,17 +129,19 @@ def summarize(records: Sequence[SavingsRecord]) -> dict[str, Any]:
                if r.band_gap_eV.nscf_ml is not None and r.band_gap_eV.scf is not None]
     gaps_at = [abs(r.band_gap_eV.nscf_atomic - r.band_gap_eV.scf) for r in records
                if r.band_gap_eV.nscf_atomic is not None and r.band_gap_eV.scf is not None]
-    de = [abs(row["dE_meV_per_atom"]) for row in rows if row["dE_meV_per_atom"] is not None]
+    de = [abs(1000.0 * r.energy_difference_eV / r.n_atoms) for r in records
+          if r.energy_difference_eV is not None and r.n_atoms]
     return {
         "n_records": len(records),
         "n_compared": len(paired),
         "n_errors": sum(r.error is not None for r in records),
         "n_fallback": sum(r.fallback is not None for r in records),
         "n_ml_density_used": sum(bool(r.ml_density_used) for r in records),
-        "iterations_saved_pct": _stats(row["iter_saved_pct"] for row in rows),
+        # statistics of unrounded values (the table's columns are rounded for display)
+        "iterations_saved_pct": _stats(_pct(r.iteration_saving) for r in records),
         "fraction_improved": round(len(improved) / len(paired), 4) if paired else None,
-        "oracle_saved_pct": _stats(row["oracle_saved_pct"] for row in rows),
-        "net_wall_saved_pct": _stats(row["net_wall_saved_pct"] for row in rows),
+        "oracle_saved_pct": _stats(_pct(r.oracle_saving) for r in records),
+        "net_wall_saved_pct": _stats(_pct(r.wall_saving) for r in records),
         "total_wall_s": {"baseline": round(base_wall, 2), "ml_plus_predict": round(ml_wall, 2),
                          "net_saved_pct": round(100 * (1 - ml_wall / base_wall), 2)
                          if base_wall > 0 else None},
