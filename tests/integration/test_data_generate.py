@@ -147,3 +147,20 @@ def test_timeout_kills_pwx_and_is_listed(tmp_path):
     assert fail["kind"] == "timeout"
     time.sleep(0.5)
     assert not _pw_processes_in(out)
+
+
+def test_fireworks_submission_then_worker(tmp_path):
+    """--fireworks: the same jobs go to the embedded LaunchPad; `mlcharge worker` runs them."""
+    from mlcharge_workflows.submit import run_worker
+    from mlcharge_workflows.training.storage import finalize_manifest
+
+    out, project = tmp_path / "ds", tmp_path / "project"
+    res = generate_dataset(out, 2, _settings(), fireworks=True, project=project)
+    assert res["submitted"] == 2 and not DensityDataset(out).ids  # nothing ran yet
+    again = generate_dataset(out, 2, _settings(), fireworks=True, project=project)
+    assert again["submitted"] == 0  # not submitted twice
+    summary = run_worker(project=project, progress=False)
+    assert len(summary.completed) == 2 and not summary.fizzled
+    man = finalize_manifest(out)
+    assert man["summary"]["n_records"] == 2 and not man["failures"]
+    assert all(r["scf_iterations"] > 0 for r in man["records"].values())

@@ -44,6 +44,7 @@ from mlcharge_workflows.training.storage import (
     code_provenance,
     command_line,
     finalize_manifest,
+    now,
     read_failures,
     stored_coefficients,
     write_json_atomic,
@@ -101,7 +102,7 @@ def _fail(out: Path, gen: dict, kind: str, reason: str, t0: float, workdir: Path
     doc = {
         "id": gen["id"], "family": gen["family"], "prototype": gen["prototype"], "kind": kind,
         "reason": reason[-4000:], "wall_s": round(time.time() - t0, 2), "run_folder": str(workdir),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": now(),
     }  # fmt: skip
     write_json_atomic(out / "failures" / f"{gen['id']}.json", doc)
     shutil.rmtree(workdir / "out", ignore_errors=True)  # keep pw.in / pw.out, drop the big data
@@ -303,7 +304,7 @@ def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen: Str
                 f"{ {k: have.get(k) for k in diffs} }); use another --out or the same settings"
             )
     man = ds.manifest
-    man.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    man.setdefault("created", now())
     man["kind"] = "qe-generated"
     man["definition"] = want
     man["planned"] = max(int(man.get("planned", 0)), n)
@@ -355,7 +356,7 @@ def generate_dataset(
         for g in plans
     ]  # fmt: skip
     if fireworks:
-        return _submit_fireworks(root, jobs, launchpad_file, project)
+        return _submit_fireworks(root, jobs, launchpad_file, project, resubmit=retry_failed)
     _run_pool(jobs, workers, progress, on_result)
     return finalize_manifest(root)
 
@@ -394,20 +395,28 @@ def _run_pool(jobs: list[dict], workers: int, progress: bool, on_result) -> None
     pool.shutdown(wait=True)
 
 
-def _submit_fireworks(root: Path, jobs: list[dict], launchpad_file, project) -> dict:
+def _submit_fireworks(
+    root: Path, jobs: list[dict], launchpad_file, project, resubmit: bool = False
+) -> dict:
+    """Add the jobs not submitted before (all missing ones with ``resubmit``) to a LaunchPad."""
     from jobflow import Flow
     from jobflow.managers.fireworks import flow_to_workflow
 
     from mlcharge_workflows.submit.launchpad import open_launchpad
 
-    flow = Flow([density_record_job(**kw) for kw in jobs], name=f"density dataset {root.name}")
-    for j in flow.jobs:
-        j.name = f"density {j.function_kwargs['gen']['id']}"
+    ds = DensityDataset(root)
+    fw_info = ds.manifest.setdefault("fireworks", {"submitted_ids": []})
+    if not resubmit:
+        before = set(fw_info.get("submitted_ids", []))
+        jobs = [kw for kw in jobs if kw["gen"]["id"] not in before]
     handle = open_launchpad(launchpad_file, project)
     if jobs:
+        flow = Flow([density_record_job(**kw) for kw in jobs], name=f"density dataset {root.name}")
+        for j in flow.jobs:
+            j.name = f"density {j.function_kwargs['gen']['id']}"
         with handle.transaction() as lp:
             lp.add_wf(flow_to_workflow(flow))
-    ds = DensityDataset(root)
-    ds.manifest["fireworks"] = {"submitted": len(jobs), "launchpad": handle.description}
+    ids = sorted(set(fw_info.get("submitted_ids", [])) | {kw["gen"]["id"] for kw in jobs})
+    ds.manifest["fireworks"] = {"submitted_ids": ids, "launchpad": handle.description}
     ds.save_manifest()
     return {"submitted": len(jobs), "out": str(root), "launchpad": handle.description}

@@ -24,6 +24,7 @@ from mlcharge_workflows.training.storage import (
     code_provenance,
     command_line,
     finalize_manifest,
+    now,
     inscribed_ecut_ry,
     stored_coefficients,
     write_json_atomic,
@@ -226,7 +227,7 @@ def ingest_vasp_runs(
     man = ds.manifest
     if man.get("kind") not in (None, "vasp-ingested"):
         raise ValueError(f"{root} holds a {man.get('kind')} dataset; ingest into another folder")
-    man.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    man.setdefault("created", now())
     man.update(kind="vasp-ingested", source=str(src.resolve()), store_ecut_ry=store_ecut_ry)
     man.setdefault("runs", []).append({"command": command_line(), **code_provenance()})
     ds.save_manifest()

@@ -103,6 +103,12 @@ def stored_coefficients(
 
 
 # ------------------------------------------------------------------ provenance
+def now() -> str:
+    """Local time as ``2026-01-31 12:00:00 +0000``: no ISO "T", which FireWorks would turn
+    into a datetime inside job arguments (and then fail to serialise)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z")
+
+
 def code_provenance() -> dict:
     """Package version, git commit of the source tree (when in one), Python, host, time."""
     from importlib.metadata import PackageNotFoundError, version
@@ -127,7 +133,7 @@ def code_provenance() -> dict:
         "git": git,
         "python": platform.python_version(),
         "host": platform.node(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": now(),
     }
 
 
@@ -229,7 +235,7 @@ def finalize_manifest(
                 if nm else None
             ),
         },
-        updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        updated=now(),
     )  # fmt: skip
     ds.save_manifest()
     return man
