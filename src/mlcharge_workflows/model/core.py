@@ -39,13 +39,13 @@ class ModelConfig:
     elements: list[str]
     cutoff: float = 4.5
     n_layers: int = 3
-    irreps_hidden: str = "32x0e + 12x1o + 8x2e + 4x3o + 4x4e"
-    lmax_sh: int = 3
+    irreps_hidden: str = "32x0e + 8x1o + 6x2e"
+    lmax_sh: int = 4
     n_basis: int = 10
     radial_neurons: int = 32
     avg_neighbors: float = 20.0
     orbital_muls: tuple[int, ...] = (8, 6, 6, 4, 2)
-    magnetization_muls: tuple[int, ...] = (6, 4, 4, 2)
+    magnetization_muls: tuple[int, ...] = (4, 2, 2, 1)
     alpha_min: float = 0.25
     alpha_max: float = 16.0
     learn_exponents: bool = True

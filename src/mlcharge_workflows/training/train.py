@@ -7,8 +7,8 @@ Loss per structure (weights in the config), with ``N`` the electron count:
 * ``loss_r1``: ``sum |rho_pred - rho_true| / sum |rho_true|`` on the engine's grid (NMAPE/100);
 * magnetisation terms alike, scaled by ``magnetization_weight``.
 
-Splits come from the dataset manifest when it has them, else from a hash of each record id
-(stable while a dataset grows). Shuffling uses ``default_rng([seed, epoch])``, so a resumed
+Splits come from the dataset manifest when it has them, else from a hash of each record's
+composition family (stable while a dataset grows; a family never straddles splits). Shuffling uses ``default_rng([seed, epoch])``, so a resumed
 run repeats the epochs it would have run.
 """
 
@@ -100,14 +100,25 @@ class Sample:
     record: DensityRecord
 
 
-def hash_split(record_id: str, seed: int, val: float, test: float) -> str:
-    """``train``/``val``/``test`` from a hash of the id: stable as the dataset grows."""
-    u = int(hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()[:12], 16) / 16**12
+def hash_split(key: str, seed: int, val: float, test: float) -> str:
+    """``train``/``val``/``test`` from a hash of ``key`` (a family): stable as the dataset grows."""
+    u = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
     return "test" if u < test else "val" if u < test + val else "train"
 
 
+def family(rec: DensityRecord) -> str:
+    """Composition family of a record (metadata ``family``, else its chemical system)."""
+    fam = (rec.metadata or {}).get("family")
+    return str(fam) if fam else "-".join(sorted({s.specie.symbol for s in rec.structure}))
+
+
 def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, list[DensityRecord]]:
-    """All usable records of the configured datasets, by split."""
+    """All usable records of the configured datasets, by split.
+
+    A record listed in its manifest's ``splits`` keeps that split; another record joins
+    the split of its family when the family is listed, else a split drawn from a hash of
+    the family name: a family never straddles splits, and splits stay put as data grows.
+    """
     out: dict[str, list[DensityRecord]] = {"train": [], "val": [], "test": []}
     for root in cfg.datasets:
         ds = DensityDataset(root)
@@ -115,6 +126,7 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
             raise ValueError(f"{root} is not a dataset folder (no records/)")
         manifest_splits = (ds.manifest.get("splits") or {}) if isinstance(ds.manifest, dict) else {}
         by_id = {rid: name for name in ("train", "val", "test") for rid in manifest_splits.get(name, [])}
+        records = []
         for rid in ds.ids:
             try:
                 rec = ds[rid]
@@ -123,7 +135,14 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
                 continue
             if cfg.max_atoms and len(rec.structure) > cfg.max_atoms:
                 continue
-            split = by_id.get(rid) or hash_split(rid, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+            rec.metadata = {**(rec.metadata or {}), "_dataset": str(root)}
+            records.append(rec)
+        by_family = {family(r): by_id[r.id] for r in records if r.id in by_id}
+        for rec in records:
+            fam = family(rec)
+            split = by_id.get(rec.id) or by_family.get(fam)
+            if split is None:
+                split = by_family[fam] = hash_split(fam, cfg.seed, cfg.val_fraction, cfg.test_fraction)
             out[split].append(rec)
     if not out["train"]:
         raise ValueError(f"no training records in {[str(d) for d in cfg.datasets]}")
@@ -131,13 +150,16 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
 
 
 def _pseudo_names(records: list[DensityRecord]) -> dict[str, str]:
+    """Element -> UPF file name from the records' metadata (``{el: name}`` or ``{el: {"file": name}}``)."""
     names: dict[str, str] = {}
     for rec in records:
         meta = rec.metadata or {}
         for key in ("pseudopotentials", "pseudos"):
             if isinstance(meta.get(key), dict):
-                for el, name in meta[key].items():
-                    names.setdefault(el, Path(str(name)).name)
+                for el, entry in meta[key].items():
+                    name = entry.get("file") if isinstance(entry, dict) else entry
+                    if name:
+                        names.setdefault(el, Path(str(name)).name)
     return names
 
 
@@ -169,6 +191,24 @@ def build_table(elements: list[str], records: list[DensityRecord], workdir: Path
         q_max=60.0,
     )
     return table, ecut
+
+
+def _starting_magnetization(records: list[DensityRecord], table: AtomicDensityTable) -> dict[str, float]:
+    """Per element, the median ``magmom / z_valence`` of the training structures (the default
+    starting moment for structures without a ``magmom`` property); QE protocol values otherwise."""
+    seen: dict[str, list[float]] = {}
+    for rec in records:
+        magmom = rec.structure.site_properties.get("magmom")
+        if magmom is None:
+            continue
+        for site, m in zip(rec.structure, magmom):
+            el = site.specie.symbol
+            if el in table.elements and m:
+                z = table.z_valence[table.elements.index(el)]
+                seen.setdefault(el, []).append(float(np.clip(abs(float(np.sum(m))) / z, 0.0, 1.0)))
+    result = dict(ModelConfig(elements=table.elements).starting_magnetization)
+    result.update({el: round(float(np.median(v)), 4) for el, v in seen.items()})
+    return {el: v for el, v in result.items() if el in table.elements}
 
 
 def prepare_sample(model: DensityModel, rec: DensityRecord, q_core: float = 10.0) -> Sample:
@@ -280,6 +320,7 @@ def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
         pred = predict_density(rec.structure, rec.grid_shape, model)
         row = {
             "id": rec.id,
+            "dataset": (rec.metadata or {}).get("_dataset"),
             "formula": rec.structure.composition.reduced_formula,
             "n_atoms": len(rec.structure),
             "nmape": nmape(pred.total, true.total),
@@ -293,9 +334,18 @@ def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
             row["magnetization_pred"] = float(m.mean() * true.volume)
             row["magnetization_nmape"] = nmape(m, true.magnetization)
         rows.append(row)
+    by_dataset = {}
+    for name in sorted({str(r["dataset"]) for r in rows}):
+        sub = [r for r in rows if str(r["dataset"]) == name]
+        by_dataset[name] = {
+            "nmape": summarize([r["nmape"] for r in sub]),
+            "sad_nmape": summarize([r["sad_nmape"] for r in sub]),
+        }
     return {
         "nmape": summarize([r["nmape"] for r in rows]),
         "sad_nmape": summarize([r["sad_nmape"] for r in rows]),
+        "magnetization_nmape": summarize([r["magnetization_nmape"] for r in rows if "magnetization_nmape" in r]),
+        "by_dataset": by_dataset,
         "records": rows,
     }
 
@@ -326,7 +376,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     all_recs = splits["train"] + splits["val"] + splits["test"]
     elements = cfg.elements or sorted({s.specie.symbol for r in all_recs for s in r.structure})
     table, ecut = build_table(elements, all_recs, out)
-    model_cfg = ModelConfig(elements=elements, ecutrho_ry=ecut, **cfg.model)
+    overrides = dict(cfg.model)
+    overrides.setdefault("starting_magnetization", _starting_magnetization(all_recs, table))
+    model_cfg = ModelConfig(elements=elements, ecutrho_ry=ecut, **overrides)
     model = DensityModel(model_cfg, table).to(device)
     log(
         f"data: {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test "
