@@ -178,7 +178,8 @@ def test_recover_finished_run_of_dead_worker(tmp_path):
     # the owner is on another host: cannot be checked, counts as alive -> untouched
     assert recover_lost_runs(handle) == ([], [])
     with handle.transaction() as lp:
-        lp.db["mlcharge_launch_owners"].update_many({}, {"$set": {"worker": f"{os.uname().nodename}-999999999"}})
+        dead = f"{os.uname().nodename}-999999999"  # this host, a PID that does not exist
+        lp.db["mlcharge_launch_owners"].update_many({}, {"$set": {"worker": dead}})
     assert recover_lost_runs(handle) == ([fw.fw_id], [])
     assert _states(handle) == ["COMPLETED"]
 

@@ -36,7 +36,8 @@ def _read_protocol(path: Path) -> dict:
         _fail(f"--protocol {path}: must hold a mapping of QEProtocol fields")
     unknown = sorted(set(data) - set(QEProtocol.model_fields))
     if unknown:
-        _fail(f"--protocol {path}: unknown fields {unknown}; known: {sorted(QEProtocol.model_fields)}")
+        known = sorted(QEProtocol.model_fields)
+        _fail(f"--protocol {path}: unknown fields {unknown}; known: {known}")
     try:
         return QEProtocol(**data).model_dump()
     except ValidationError as exc:

@@ -128,7 +128,7 @@ def plot_gap_parity(records: Sequence[SavingsRecord], ax: Axes) -> None:
                    if r.band_gap_eV.scf is not None and r.band_gap_eV.nscf_atomic is not None],
                   dtype=float).reshape(-1, 2)
     if ml.size == 0 and at.size == 0:
-        _no_data(ax, "no NSCF band gaps in these records\n(run the compare flow with the gap check)")
+        _no_data(ax, "no NSCF band gaps in these records\n(compare flow with --nscf)")
         return
     allv = np.concatenate([ml.ravel(), at.ravel()])
     lo, hi = min(0.0, float(allv.min())), float(allv.max()) * 1.1 + 0.2

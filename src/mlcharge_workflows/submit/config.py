@@ -8,7 +8,7 @@ Two configurations are supported:
       mlcharge_project/
         launchpad.json        FireWorks' file-backed (mongomock-persistence) database
         launchpad.lock        flock taken for every read-modify-write of launchpad.json
-        store/                jobflow JobStore: maggma MontyStore (montydb, sqlite), "data" store too
+        store/                jobflow JobStore: maggma MontyStore (montydb, sqlite) + "data"
         launches/             one folder per firework launch
         workers/              one lock file per running worker (liveness of a worker)
 
