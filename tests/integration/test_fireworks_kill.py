@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from mlcharge_workflows.savings.flows import SAVINGS_JOB_NAME
 from mlcharge_workflows.savings.report import load_records_from_store, summarize
 from mlcharge_workflows.submit import submit_structures
 from mlcharge_workflows.submit.launchpad import OWNERS_COLLECTION, EmbeddedLaunchPad
@@ -135,7 +136,7 @@ def test_sigkill_worker_then_restart(tmp_path, monkeypatch):
     # --- every savings record exactly once
     store = handle.job_store()
     store.connect()
-    docs = list(store.query({"name": "savings document"}, properties=["uuid", "index"]))
+    docs = list(store.query({"name": SAVINGS_JOB_NAME}, properties=["uuid", "index"]))
     assert len(docs) == N_STRUCTURES
     assert len({(d["uuid"], d["index"]) for d in docs}) == N_STRUCTURES
     records = load_records_from_store(store, progress=False)

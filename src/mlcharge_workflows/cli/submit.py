@@ -95,8 +95,9 @@ def submit(
     if launchpad is None:
         worker_args = f" --project {project}" if project else ""
         report_args = f" --store {project}" if project else ""
-        typer.echo(f"next: `mlcharge worker{worker_args}`, then "
-                   f"`mlcharge report{report_args} --output report.html`")
+        then = (f", then `mlcharge report{report_args} --output report.html`"
+                if flow == "compare" else " (outputs go to the project's job store)")
+        typer.echo(f"next: `mlcharge worker{worker_args}`{then}")
 
 
 def worker(

@@ -1,0 +1,68 @@
+"""The flows `mlcharge submit` builds: every engine/flow pair survives FireWorks
+serialisation, and ml-bands / ml-static run for real through the embedded worker."""
+
+from __future__ import annotations
+
+import pytest
+from fireworks import Workflow
+from pymatgen.core import Lattice, Structure
+
+from mlcharge_workflows.engines.qe.sets import QEProtocol
+from mlcharge_workflows.submit import ENGINES, FLOWS, build_flow, submit_structures
+from mlcharge_workflows.submit.launchpad import EmbeddedLaunchPad, flow_to_fireworks
+from mlcharge_workflows.submit.worker import run_embedded_worker
+
+FAST_QE = {"ecutwfc_ry": 15.0, "ecutrho_ry": 60.0, "kspacing": 0.6, "conv_thr_per_atom": 1e-8}
+
+
+def _si(a: float = 5.43) -> Structure:
+    lattice = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+    return Structure(lattice, ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("flow", FLOWS)
+def test_every_flow_round_trips(engine, flow):
+    options = {"protocol": FAST_QE} if engine == "qe" else {}
+    jf = build_flow(_si(), engine, flow, "Si-test", ml_fworker="gpu", **options)
+    wf = Workflow.from_dict(flow_to_fireworks(jf).to_dict())  # what a worker reads back
+    assert len(wf.fws) == len(jf.jobs) >= 2
+    routed = [fw for fw in wf.fws if fw.spec.get("_fworker") == "gpu"]
+    assert len(routed) == 1 and ("predict" in routed[0].name or "density" in routed[0].name)
+    if engine == "qe":  # the protocol reaches the worker as a QEProtocol, not its str()
+        for fw in wf.fws:
+            maker = getattr(fw.tasks[0]["job"].function, "__self__", None)
+            if maker is not None and hasattr(maker, "protocol"):
+                assert isinstance(maker.protocol, QEProtocol)
+                assert maker.protocol.ecutwfc_ry == 15.0
+
+
+def test_unknown_flow_or_engine():
+    with pytest.raises(ValueError, match="unknown flow 'relax'"):
+        build_flow(_si(), "qe", "relax", "x")
+    with pytest.raises(ValueError, match="unknown engine 'abinit'"):
+        build_flow(_si(), "abinit", "compare", "x")
+
+
+@pytest.mark.pwx
+def test_ml_bands_runs_through_fireworks(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCHARGE_QE_NPROCS", "1")
+    monkeypatch.setenv("MLCHARGE_MPI_CMD", "")
+    monkeypatch.chdir(tmp_path)
+    cif = tmp_path / "Si.cif"
+    _si().to(filename=str(cif))
+    submit_structures([cif], flow="ml-bands", project=tmp_path / "p", progress=False,
+                      flow_options={"protocol": FAST_QE, "nprocs": 1})
+    handle = EmbeddedLaunchPad(tmp_path / "p")
+    summary = run_embedded_worker(handle, progress=False)
+    assert len(summary.completed) == 3 and not summary.fizzled
+    store = handle.job_store()
+    store.connect()
+    outputs = {d["name"]: d["output"] for d in store.query({}, properties=["name", "output"])}
+    assert outputs["qe ml static"]["ml_density_used"] in (True, False)
+    assert outputs["qe ml static"]["converged"] is True
+    bands = outputs["qe bands"]
+    assert bands["calculation"] == "bands"
+    # the bands ran on the ML static's converged density (the reference resolved)
+    assert bands["start_source"].startswith(outputs["qe ml static"]["dir_name"])
+    assert 0.3 < bands["band_gap_eV"] < 1.0  # Si, PBE: ~0.6 eV
