@@ -121,8 +121,12 @@ def test_store_dedupes_reruns(records):
                                              "@class": "SavingsDocument"}
         store.update({"uuid": f"u{i}", "index": 1, "output": doc, "metadata": {}})
     newer = records[0].model_copy(update={"structure": "a-rerun"}).model_dump(mode="json")
+    newer["@class"] = "SavingsDocument"
     store.update({"uuid": "u0", "index": 2, "output": newer, "metadata": {}})
     store.update({"uuid": "other", "index": 1, "output": {"energy": 1.0}, "metadata": {}})
+    # an ML static's output has scf_iterations too: not a savings document
+    store.update({"uuid": "mls", "index": 1, "name": "qe ml static", "metadata": {},
+                  "output": {"scf_iterations": 5, "engine": "qe", "@class": "MLStaticDocument"}})
     loaded = load_records_from_store(store, progress=False)
     assert sorted(r.structure for r in loaded) == ["a-rerun", "b", "c", "d"]
 

@@ -14,6 +14,7 @@ import base64
 import csv
 import html
 import json
+import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,8 +27,10 @@ from mlcharge_workflows.savings.schemas import SavingsDocument, SavingsRecord
 if TYPE_CHECKING:
     from jobflow import JobStore
 
-#: Store query that finds savings documents among all job outputs.
-SAVINGS_QUERY = {"output.scf_iterations": {"$exists": True}, "output.engine": {"$exists": True}}
+#: Store query that finds savings documents among all job outputs: the outputs of the
+#: comparison flows' "savings document" jobs (QE and VASP), or any output serialised as one.
+SAVINGS_QUERY = {"$or": [{"name": "savings document"},
+                         {"output.@class": {"$in": ["SavingsDocument", "SavingsRecord"]}}]}
 REPORT_SUFFIXES = (".html", ".png", ".csv", ".json")
 
 
@@ -47,7 +50,16 @@ def load_records_from_store(store: JobStore, progress: bool = True) -> list[Savi
         index = int(doc.get("index") or 1)
         if doc["uuid"] not in latest or index > latest[doc["uuid"]][0]:
             latest[doc["uuid"]] = (index, doc["output"])
-    return [_to_document(out) for _, out in latest.values()]
+    records, bad = [], []
+    for uuid, (_, out) in latest.items():
+        try:
+            records.append(_to_document(out))
+        except Exception as exc:  # noqa: BLE001 - a foreign document must not stop the report
+            bad.append(f"{uuid}: {str(exc).splitlines()[0]}")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable savings document(s): {bad[:3]}",
+                      stacklevel=2)
+    return records
 
 
 def _to_document(data: dict[str, Any]) -> SavingsDocument:
