@@ -101,7 +101,8 @@ def submit(
 
 
 def worker(
-    project: Optional[Path] = typer.Option(None, "--project", "-p", help=_PROJECT_HELP),
+    project: Optional[Path] = typer.Option(None, "--project", "-p", help=_PROJECT_HELP + " With "
+                                           "--launchpad: the folder under which launches run."),
     launchpad: Optional[Path] = typer.Option(None, "--launchpad", "-l", help=_LAUNCHPAD_HELP),
     nlaunches: int = typer.Option(0, "--nlaunches", "-n", help="Stop after N fireworks "
                                   "(0: until nothing is left)."),
