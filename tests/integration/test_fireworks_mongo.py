@@ -66,3 +66,12 @@ def test_submit_and_work_on_mongodb(mongo, tmp_path):
     assert {d["state"] for d in lp.fireworks.find({}, {"state": 1})} == {"COMPLETED"}
     records = load_records_from_store(store, progress=False)
     assert sorted(r.structure for r in records) == sorted(str(p) for p in cifs.iterdir())
+
+
+def test_worker_refuses_an_in_memory_job_store(mongo, tmp_path, monkeypatch):
+    from jobflow import SETTINGS
+
+    lp_file, _ = mongo
+    monkeypatch.setattr(SETTINGS, "JOB_STORE", JobStore(MemoryStore()))
+    with pytest.raises(ValueError, match="in-memory store"):
+        run_worker(launchpad_file=lp_file, project=tmp_path / "runs")

@@ -343,6 +343,16 @@ def run_mongo_worker(handle: LaunchPadHandle, nlaunches: int = 0, fworker: FWork
     from fireworks.core.rocket_launcher import rapidfire
     from fireworks.fw_config import RUN_EXPIRATION_SECS
 
+    if store is None:
+        from jobflow import SETTINGS
+        from maggma.stores import MemoryStore
+
+        if isinstance(SETTINGS.JOB_STORE.docs_store, MemoryStore):
+            raise ValueError(
+                "jobflow's JOB_STORE is an in-memory store (no JOBFLOW_CONFIG_FILE or "
+                "~/.jobflow.yaml found): outputs would vanish with this worker and later jobs "
+                "could not resolve their references. Configure a shared store (MongoDB, see "
+                "docs/concepts.md) or pass --store jobflow.yaml")
     lp = handle.lp  # type: ignore[attr-defined]
     summary = WorkerSummary()
     expiration = RUN_EXPIRATION_SECS if lostrun_expiration_s is None else lostrun_expiration_s
