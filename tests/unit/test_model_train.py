@@ -112,3 +112,9 @@ def test_hash_split_is_stable():
     splits = [hash_split(i, 0, 0.1, 0.1) for i in ids]
     assert 0.07 < splits.count("test") / len(ids) < 0.13
     assert splits == [hash_split(i, 0, 0.1, 0.1) for i in ids]
+
+
+def test_train_on_val_keeps_last_epoch(dataset, tmp_path):
+    metrics = train(_config(dataset, tmp_path / "tv", epochs=3, patience=1, lr=0.0, train_on_val=True), log=lambda _: None)
+    assert metrics["epochs_run"] == 3 and metrics["n_train"] == 5 and metrics["train_on_val"]
+    assert load_weights(tmp_path / "tv" / "model.pt").metadata["epoch"] == 2

@@ -65,6 +65,11 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
     threads: int | None = Field(None, description="torch CPU threads (None: torch default).")
     resume: bool = True
+    train_on_val: bool = Field(
+        False,
+        description="Also fit the validation split (for the final model, once the epoch budget is "
+        "known): no early stopping, the last epoch is kept, the test split stays held out.",
+    )
     elements: list[str] | None = Field(None, description="Elements of the model; None: those in the data.")
     model: dict = Field(default_factory=dict, description="ModelConfig overrides.")
 
@@ -120,13 +125,14 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
     the family name: a family never straddles splits, and splits stay put as data grows.
     """
     out: dict[str, list[DensityRecord]] = {"train": [], "val": [], "test": []}
+    records, by_id = [], {}
     for root in cfg.datasets:
         ds = DensityDataset(root)
         if not ds.records_dir.exists():
             raise ValueError(f"{root} is not a dataset folder (no records/)")
         manifest_splits = (ds.manifest.get("splits") or {}) if isinstance(ds.manifest, dict) else {}
-        by_id = {rid: name for name in ("train", "val", "test") for rid in manifest_splits.get(name, [])}
-        records = []
+        for name in ("train", "val", "test"):
+            by_id.update({(str(root), rid): name for rid in manifest_splits.get(name, [])})
         for rid in ds.ids:
             try:
                 rec = ds[rid]
@@ -137,13 +143,17 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
                 continue
             rec.metadata = {**(rec.metadata or {}), "_dataset": str(root)}
             records.append(rec)
-        by_family = {family(r): by_id[r.id] for r in records if r.id in by_id}
-        for rec in records:
-            fam = family(rec)
-            split = by_id.get(rec.id) or by_family.get(fam)
-            if split is None:
-                split = by_family[fam] = hash_split(fam, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-            out[split].append(rec)
+    key = lambda r: (r.metadata["_dataset"], r.id)  # noqa: E731
+    by_family: dict[str, str] = {}
+    for rec in records:  # families listed in a manifest keep their split, in every dataset
+        if key(rec) in by_id:
+            by_family.setdefault(family(rec), by_id[key(rec)])
+    for rec in records:
+        fam = family(rec)
+        split = by_id.get(key(rec)) or by_family.get(fam)
+        if split is None:
+            split = by_family[fam] = hash_split(fam, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        out[split].append(rec)
     if not out["train"]:
         raise ValueError(f"no training records in {[str(d) for d in cfg.datasets]}")
     return out
@@ -393,9 +403,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                 samples[name].append(prepare_sample(model, rec, cfg.q_core))
             except ValueError as exc:
                 log(f"skipping {rec.id}: {exc}")
+    fit = samples["train"] + (samples["val"] if cfg.train_on_val else [])
     budget = 1.5e9  # bytes of cached phases
     cache_ok = {}
-    for s in samples["train"]:
+    for s in fit:
         need = len(s.core) * len(s.cell.species) * 8 * 2
         cache_ok[s.id] = need <= budget
         budget -= need if cache_ok[s.id] else 0
@@ -415,10 +426,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(samples["train"]))
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(fit))
         losses = []
         for start in range(0, len(order), cfg.batch_size):
-            batch = [samples["train"][i] for i in order[start : start + cfg.batch_size]]
+            batch = [fit[i] for i in order[start : start + cfg.batch_size]]
             coeffs = model.orbital_coefficients([s.cell for s in batch])
             rng = np.random.default_rng([cfg.seed, epoch, start])
             loss = sum(
@@ -433,9 +444,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         model.eval()
         val = [quick_nmape(model, s) for s in samples["val"]] or [float(np.mean(losses))]
         val_nmape = float(np.mean(val))
-        sched.step(val_nmape)
+        sched.step(float(np.mean(losses)) if cfg.train_on_val else val_nmape)
         improved = val_nmape < state["best_val"] - 1e-6
-        if improved:
+        if cfg.train_on_val:  # the validation split is fitted: keep the last epoch
+            state["best_val"], state["bad_epochs"] = min(val_nmape, state["best_val"]), 0
+            save_model(model, best_path, {"epoch": epoch, "val_nmape_in_training_set": val_nmape})
+        elif improved:
             state["best_val"], state["bad_epochs"] = val_nmape, 0
             save_model(model, best_path, {"epoch": epoch, "val_nmape": val_nmape})
         else:
@@ -472,8 +486,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "epochs_run": state["epoch"],
         "stop_reason": stop_reason,
         "test": test,
-        "n_train": len(samples["train"]),
+        "n_train": len(fit),
         "n_val": len(samples["val"]),
+        "train_on_val": cfg.train_on_val,
         "n_test": len(splits["test"]),
         "elements": elements,
         "train_config": json.loads(cfg.model_dump_json()),
