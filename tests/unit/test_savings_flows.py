@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from jobflow import OnMissing
 from pymatgen.core import Lattice, Structure
@@ -145,6 +147,8 @@ def test_vasp_engine_delegates_to_the_vasp_comparison_flow(si) -> None:
         (["--model", "/nonexistent/weights.pt"], "does not exist"),
         (["--protocol", '{"ecutwfc_ry": "many"}'], "invalid QE protocol override"),
         (["--protocol", "[1, 2]"], "mapping of QEProtocol fields"),
+        (["--protocol", json.dumps({"ecutwfc_ry": 30, "no_such_field": "x" * 300})],
+         "invalid QE protocol override"),  # long inline JSON is not mistaken for a path
         (["--jobs", "0"], "must be >= 1"),
     ],
 )

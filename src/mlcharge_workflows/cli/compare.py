@@ -98,6 +98,12 @@ def run_compare(
 
         from mlcharge_workflows.engines.qe.sets import QEProtocol
 
+        unknown = sorted(set(protocol) - set(QEProtocol.model_fields))
+        if unknown:
+            raise ValueError(
+                f"invalid QE protocol override: unknown field(s) {unknown}; "
+                f"known: {', '.join(QEProtocol.model_fields)}"
+            )
         try:
             QEProtocol(**protocol)
         except (ValidationError, TypeError) as exc:
@@ -160,9 +166,12 @@ def _read_protocol(text: str | None) -> dict | None:
         return None
     import yaml
 
-    path = Path(text)
     try:
-        data = yaml.safe_load(path.read_text() if path.is_file() else text)
+        is_file = not text.lstrip().startswith("{") and Path(text).is_file()
+    except OSError:  # e.g. an inline JSON longer than a file name may be
+        is_file = False
+    try:
+        data = yaml.safe_load(Path(text).read_text() if is_file else text)
     except yaml.YAMLError as exc:
         raise ValueError(f"--protocol {text!r} is neither a file nor valid JSON/YAML: {exc}") from None
     if not isinstance(data, dict):
