@@ -204,22 +204,67 @@ def _write_and_run(
 
 
 def _place_start_density(
-    structure: Structure, directory: Path, protocol: QEProtocol, nprocs: int | None, grid: DensityGrid
+    structure: Structure,
+    directory: Path,
+    protocol: QEProtocol,
+    nprocs: int | None,
+    grid: DensityGrid,
+    dry_run: bool = True,
 ) -> tuple[float, Path]:
-    """Dry run (pw.x's exact G order and XML), then write ``grid`` in that order; keep a copy."""
+    """Write ``grid`` as pw.x's start density in pw.x's exact G order; keep a copy.
+
+    With ``dry_run`` a zero-step pw.x run writes the XML (needed by non-SCF runs) and a
+    density file whose G order is copied. Without it (SCF starts) the order is computed from
+    the cell exactly as written in the input (no second pw.x process); :func:`run_qe_scf`
+    checks afterwards that pw.x used the same order.
+    """
     from mlcharge_workflows.density.qe_file import write_qe_start_density
+    from mlcharge_workflows.density.qe_gvectors import qe_gvector_order
 
     save = _save_dir(directory)
     (save / "charge-density.dat").unlink(missing_ok=True)
-    _, dry, _ = _write_and_run(structure, directory, protocol, nprocs, "dryrun", electron_maxstep=0)
-    reference = save / "charge-density.dat"
-    if not reference.is_file():
-        raise RuntimeError(f"pw.x dry run in {directory} wrote no {reference}")
     _, ecutrho = protocol.cutoffs(structure)
-    written = write_qe_start_density(save, grid, ecutrho, reference=reference)
+    if dry_run:
+        _, dry, _ = _write_and_run(
+            structure, directory, protocol, nprocs, "dryrun", electron_maxstep=0
+        )
+        reference = save / "charge-density.dat"
+        if not reference.is_file():
+            raise RuntimeError(f"pw.x dry run in {directory} wrote no {reference}")
+        prep = float(dry.wall_time_s or 0.0)
+        written = write_qe_start_density(save, grid, ecutrho, reference=reference)
+    else:
+        t0 = time.perf_counter()
+        save.mkdir(parents=True, exist_ok=True)
+        from mlcharge_workflows.density.qe_file import grid_to_qe, write_qe_charge_density
+
+        mill = qe_gvector_order(_written_lattice(structure, protocol), ecutrho)
+        written = write_qe_charge_density(
+            save / "charge-density.dat", grid_to_qe(grid, ecutrho, mill=mill)
+        )
+        prep = time.perf_counter() - t0
     copy = directory / START_COPY
     shutil.copyfile(written, copy)
-    return float(dry.wall_time_s or 0.0), copy
+    return prep, copy
+
+
+def _written_lattice(structure: Structure, protocol: QEProtocol) -> np.ndarray:
+    """The lattice (Å) exactly as the pw.x input states it (decimal rounding included)."""
+    text = str(pw_input(structure, protocol))
+    rows = text.split("CELL_PARAMETERS", 1)[1].splitlines()[1:4]
+    return np.array([[float(x) for x in row.split()] for row in rows])
+
+
+def _same_g_order(directory: Path, start_copy: Path) -> bool:
+    """Whether the density pw.x wrote at the end lists its G vectors in the order we wrote."""
+    from mlcharge_workflows.density.qe_file import read_qe_charge_density
+
+    out = _save_dir(directory) / "charge-density.dat"
+    if not out.is_file():
+        return False
+    return bool(
+        np.array_equal(read_qe_charge_density(out).mill, read_qe_charge_density(start_copy).mill)
+    )
 
 
 def _symmetry_warning(structure: Structure, n_ops: int | None) -> list[str]:
@@ -339,7 +384,9 @@ def run_qe_scf(
     extra: dict = {}
     (directory / START_COPY).unlink(missing_ok=True)  # a stale copy would mislead
     if grid is not None:
-        prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
+        prep, copy = _place_start_density(
+            structure, directory, protocol, nprocs, grid, dry_run=False
+        )
         extra = dict(
             start_source=source,
             start_density_file=str(copy),
@@ -350,6 +397,18 @@ def run_qe_scf(
     elapsed, parsed, kpoints = _write_and_run(
         structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot=startingpot
     )
+    if grid is not None and parsed.density_read_from_file and not _same_g_order(directory, copy):
+        # pw.x ignores the Miller indices in the file: a different order would have scrambled
+        # the start. Never count such a run; redo it with pw.x's own order from a dry run.
+        warnings.warn(
+            f"computed G order differs from pw.x's in {directory}; rerunning with a dry run",
+            stacklevel=2,
+        )
+        prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
+        extra["prep_wall_time_s"] = prep + elapsed
+        elapsed, parsed, kpoints = _write_and_run(
+            structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot="file"
+        )
     if not keep_wavefunctions:
         for wfc in _save_dir(directory).glob("wfc*.dat"):
             wfc.unlink()
