@@ -5,7 +5,8 @@ Usage::
     .venv/bin/python benchmarks/model_scf.py DATASET [--split test] [--limit 12] [--model PATH]
         [--nprocs 1] [--workdir /tmp/model_scf] [--json out.json]
 
-For each structure, three pw.x SCF runs under the same QE protocol and MPI layout:
+For each structure, three pw.x SCF runs under the same QE protocol (by default the one
+the record was made with, so the record is the exact converged density) and MPI layout:
 from atoms (pw.x's own superposition), from the model's prediction, and from the
 converged density of the record (the "oracle" restart, the ceiling of any start).
 Reports iterations, the relative reduction, and the energy differences to the atomic
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 
-def run(dataset: str, split: str, limit: int | None, model_path: str | None, nprocs: int, workdir: Path) -> dict:
+def run(dataset: str, split: str, limit: int | None, model_path: str | None, nprocs: int, workdir: Path,
+        record_protocol: bool = True) -> dict:
     from mlcharge_workflows.engines.qe.core import run_qe_scf
     from mlcharge_workflows.engines.qe.sets import QEProtocol
     from mlcharge_workflows.model import load_model, predict_density
@@ -37,7 +39,6 @@ def run(dataset: str, split: str, limit: int | None, model_path: str | None, npr
         ids = [i for i in ds.ids if hash_split(i, 0, 0.1, 0.1) == split]
     ids = ids[:limit] if limit else ids
     model = load_model(model_path)
-    protocol = QEProtocol()
     rows = []
     for rid in ids:
         rec = ds[rid]
@@ -47,7 +48,9 @@ def run(dataset: str, split: str, limit: int | None, model_path: str | None, npr
         except ValueError as exc:
             rows.append({"id": rid, "skipped": str(exc)})
             continue
-        row = {"id": rid, "formula": s.composition.reduced_formula, "n_atoms": len(s)}
+        saved = (rec.metadata or {}).get("protocol")
+        protocol = QEProtocol(**saved) if record_protocol and saved else QEProtocol()
+        row = {"id": rid, "formula": s.composition.reduced_formula, "n_atoms": len(s), "kspacing": protocol.kspacing}
         t0 = time.perf_counter()
         pred = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1])
         row["predict_s"] = time.perf_counter() - t0
@@ -88,8 +91,12 @@ def main() -> None:
     ap.add_argument("--nprocs", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/model_scf"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--default-protocol", action="store_true",
+                    help="Use QEProtocol() instead of the protocol the record was made with "
+                    "(then the record is only an approximate oracle).")
     args = ap.parse_args()
-    result = run(args.dataset, args.split, args.limit, args.model, args.nprocs, args.workdir)
+    result = run(args.dataset, args.split, args.limit, args.model, args.nprocs, args.workdir,
+                 not args.default_protocol)
     print(json.dumps(result["summary"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -43,18 +43,18 @@ def silicon(n_atoms: int, seed: int = 0):
     return base
 
 
-def time_model(structure, repeats: int) -> dict:
+def time_model(structure, repeats: int, threads: int | None = None) -> dict:
     from mlcharge_workflows.model import default_grid, load_model, predict_density
 
     t0 = time.perf_counter()
     model = load_model()
     load_s = time.perf_counter() - t0
     shape = default_grid(structure, model)
-    predict_density(structure, shape, model)  # warm-up
+    predict_density(structure, shape, model, threads=threads)  # warm-up
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        grid = predict_density(structure, shape, model)
+        grid = predict_density(structure, shape, model, threads=threads)
         times.append(time.perf_counter() - t)
     return {"shape": list(shape), "points": int(np.prod(shape)), "load_s": load_s,
             "best_s": min(times), "median_s": float(np.median(times)), "electrons": grid.n_electrons}
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--probe-chunks", type=int, default=2)
     ap.add_argument("--full-probe", action="store_true")
     ap.add_argument("--no-probe", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (model default: 1).")
     ap.add_argument("--memory", type=int, default=None, help="Only measure peak memory for this many atoms.")
     args = ap.parse_args()
     import torch
@@ -130,8 +130,9 @@ def main() -> None:
         print(json.dumps(memory(args.memory), indent=1))
         return
     s = silicon(args.atoms)
-    ours = time_model(s, args.repeats)
-    result = {"structure": f"Si{len(s)} (rattled diamond)", "threads": torch.get_num_threads(), "model": ours}
+    ours = time_model(s, args.repeats, args.threads)
+    result = {"structure": f"Si{len(s)} (rattled diamond)", "threads": args.threads or 1,
+              "load_average": [round(x, 2) for x in __import__("os").getloadavg()], "model": ours}
     if not args.no_probe:
         probe = time_probe(s, tuple(ours["shape"]), args.chunk, args.probe_chunks, args.full_probe)
         result["probe_network"] = probe

@@ -162,3 +162,12 @@ def test_shipped_weights_load_offline():
         warnings.simplefilter("error")
         grid = predict_density(si2(), model=model)
     assert grid.n_electrons == pytest.approx(8.0, abs=1e-9)
+
+
+def test_threads_are_restored_and_checked(model, monkeypatch):
+    before = torch.get_num_threads()
+    predict_density(sic_structure(), (12, 12, 12), model, threads=1)
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("MLCHARGE_MODEL_THREADS", "0")
+    with pytest.raises(ValueError, match="MLCHARGE_MODEL_THREADS"):
+        predict_density(sic_structure(), (12, 12, 12), model)

@@ -7,8 +7,10 @@ clipped at zero and renormalised to the electron count.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,36 @@ if TYPE_CHECKING:
 
 _cache: dict[str, DensityModel] = {}
 _lock = threading.Lock()
+
+
+def _default_threads() -> int:
+    """torch threads for a prediction: ``MLCHARGE_MODEL_THREADS``, else 1.
+
+    One thread is the default on purpose: next to running pw.x processes (the normal case
+    on a worker) two torch threads were 8x slower than one on the 2-core test machine,
+    because OpenMP threads spin while waiting for a core (docs/benchmarks.md).
+    """
+    value = os.environ.get("MLCHARGE_MODEL_THREADS", "1")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"MLCHARGE_MODEL_THREADS must be an integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"MLCHARGE_MODEL_THREADS must be >= 1, got {n}")
+    return n
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    previous = torch.get_num_threads()
+    n = _default_threads() if n is None else int(n)
+    if n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != previous:
+            torch.set_num_threads(previous)
 
 
 def load_model(path: str | Path | None = None) -> DensityModel:
@@ -128,6 +160,7 @@ def predict_density(
     *,
     ecutrho_ry: float | None = None,
     clip: bool = True,
+    threads: int | None = None,
 ) -> DensityGrid:
     """Predicted valence density (and magnetisation for magnetic cells) on a real-space grid.
 
@@ -144,13 +177,16 @@ def predict_density(
     clip
         Clip negative densities to zero and renormalise to the electron count (the clipped
         charge is recorded in ``metadata['clipped_electrons']``); ``|m|`` is clipped to rho.
+    threads
+        torch threads for this call (default ``MLCHARGE_MODEL_THREADS`` or 1).
     """
     t0 = time.perf_counter()
     model = model or load_model()
     shape = tuple(int(n) for n in (shape or default_grid(structure, model, ecutrho_ry)))
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"grid shape must be three positive integers, got {shape}")
-    mill, tot, mag, nelec = predict_fourier(structure, shape, model)
+    with _torch_threads(threads):
+        mill, tot, mag, nelec = predict_fourier(structure, shape, model)
     total = _to_grid(tot, mill, shape)
     magnetization = None if mag is None else _to_grid(mag, mill, shape)
     clipped = 0.0
