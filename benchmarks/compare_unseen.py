@@ -190,8 +190,8 @@ def section(summary: dict, records: list[dict], meta: dict) -> str:
         )
     lines += [
         "",
-        "Savings are per structure, then the median. The wall time of the ML arm includes the "
-        "zero-step pw.x run that writes the density in pw.x's G order; `predict` excludes the "
+        "Savings are per structure, then the median. The wall time of the ML arm includes "
+        "placing the density in pw.x's G order; `predict` excludes the "
         "one-off model loading (in `details.model_load_s`). Wall times were taken on a machine "
         "shared with other jobs, so the CPU-time saving (pw.x's own CPU seconds, inference CPU "
         "included) is the steadier measure of cost. Record format: [compare.md](compare.md).",
