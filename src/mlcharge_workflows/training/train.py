@@ -489,6 +489,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "n_train": len(fit),
         "n_val": len(samples["val"]),
         "train_on_val": cfg.train_on_val,
+        "record_ids": {name: sorted(f"{Path(r.metadata['_dataset']).name}/{r.id}" for r in recs)
+                       for name, recs in splits.items()},
         "n_test": len(splits["test"]),
         "elements": elements,
         "train_config": json.loads(cfg.model_dump_json()),
