@@ -319,7 +319,9 @@ class MLQENonSCFMaker(Maker):
     nbnd: int | None = None
     skip_without_prediction: bool = False
 
-    @job(output_schema=QETaskDocument)
+    # No output_schema: jobflow would reject the documented None of a skipped run
+    # ("Expected output of type QETaskDocument but got no output").
+    @job
     def make(self, structure: Structure, prediction: Any) -> QETaskDocument | None:
         """Run in the job's folder from a :class:`PredictionDocument`."""
         from mlcharge_workflows.engines.qe.core import run_qe_nscf

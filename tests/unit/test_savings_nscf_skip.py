@@ -1,0 +1,30 @@
+"""A non-SCF run on a prediction that fell back is skipped, not an error, in comparisons."""
+
+from __future__ import annotations
+
+import pytest
+from jobflow import run_locally
+from pymatgen.core import Lattice, Structure
+
+from mlcharge_workflows.savings.jobs import MLQENonSCFMaker
+
+
+def _fallback_prediction() -> dict:
+    return {"dir_name": ".", "path": None, "formula": "Al", "n_atoms": 1,
+            "fallback": "unsupported_elements: Al"}
+
+
+def test_skipped_nscf_job_completes_with_no_output(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    al = Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])
+    job = MLQENonSCFMaker(skip_without_prediction=True).make(al, _fallback_prediction())
+    responses = run_locally(job, ensure_success=True, create_folders=True)
+    assert responses[job.uuid][1].output is None
+
+
+def test_nscf_without_prediction_is_an_error_outside_comparisons(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    al = Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])
+    job = MLQENonSCFMaker().make(al, _fallback_prediction())
+    with pytest.raises(RuntimeError):
+        run_locally(job, ensure_success=True, create_folders=True)
