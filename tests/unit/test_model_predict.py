@@ -35,15 +35,20 @@ def si2() -> Structure:
 @pytest.mark.parametrize("shape", [(20, 20, 20), (18, 25, 31)])
 def test_exact_normalisation_and_non_negative(model, shape):
     s = sic_structure()
-    grid = predict_density(s, shape, model)
+    grid = predict_density(s, shape, model, spin="model")
     assert isinstance(grid, DensityGrid) and grid.shape == shape
     assert grid.n_electrons == pytest.approx(18.0, abs=1e-10)
-    assert grid.total.min() >= 0.0
+    assert grid.total.min() > 0.0  # floor: half the atomic superposition, which is positive
     assert grid.metadata["clipped_electrons"] >= 0.0
     # the unclipped prediction is also normalised exactly (G = 0 fixed)
-    raw = predict_density(s, shape, model, clip=False)
+    raw = predict_density(s, shape, model, clip=False, spin="model")
     assert raw.n_electrons == pytest.approx(18.0, abs=1e-9)
-    np.testing.assert_allclose(raw.total.min() < 0, grid.metadata["clipped_electrons"] > 0)
+    assert raw.total.min() < 0 and grid.metadata["clipped_electrons"] > 0  # this random model dips
+    zero_floor = predict_density(s, shape, model, floor=0.0, spin="model")
+    assert zero_floor.total.min() == 0.0
+    assert zero_floor.metadata["clipped_electrons"] == pytest.approx(
+        np.maximum(-raw.total, 0).mean() * s.volume, rel=1e-9
+    )
 
 
 def test_default_grid_is_qe_fft_grid(model):
@@ -58,14 +63,18 @@ def test_grids_agree_where_they_overlap(model):
     """Resolution-free: a fine and a coarse grid give the same coefficients at low G."""
     s = sic_structure()
     mill = np.array([[1, 0, 0], [0, 2, -1], [1, 1, 1], [-2, 1, 0]])
-    fine = predict_density(s, (40, 40, 40), model, clip=False).fourier(mill)[0]
-    coarse = predict_density(s, (24, 27, 30), model, clip=False).fourier(mill)[0]
+    fine = predict_density(s, (40, 40, 40), model, clip=False, spin="model").fourier(mill)[0]
+    coarse = predict_density(s, (24, 27, 30), model, clip=False, spin="model").fourier(mill)[0]
     np.testing.assert_allclose(fine, coarse, atol=1e-6)
 
 
 def test_magnetisation_for_magnetic_elements(model):
-    grid = predict_density(sic_structure(), (20, 20, 20), model)
-    assert grid.magnetization is not None
+    grid = predict_density(sic_structure(), (20, 20, 20), model, spin="model")
+    assert grid.magnetization is not None and grid.metadata["spin_start"] == "model"
+    atomic = predict_density(sic_structure(), (20, 20, 20), model)
+    assert atomic.metadata["spin_start"] == "atomic" and not np.allclose(atomic.total, grid.total)
+    with pytest.raises(ValueError, match="spin start"):
+        predict_density(sic_structure(), (20, 20, 20), model, spin="ferro")
     assert np.all(np.abs(grid.magnetization) <= grid.total + 1e-12)
     assert predict_density(si2(), (16, 16, 16), model.__class__(model.config, model.table).eval()).magnetization is None
 
@@ -73,8 +82,8 @@ def test_magnetisation_for_magnetic_elements(model):
 def test_magmom_flip_is_time_reversal(model):
     """Flipping every starting moment flips the magnetisation and keeps the total, exactly."""
     s = sic_structure()
-    up = predict_density(s.copy(site_properties={"magmom": [0, 0, 2.0]}), (20, 20, 20), model)
-    down = predict_density(s.copy(site_properties={"magmom": [0, 0, -2.0]}), (20, 20, 20), model)
+    up = predict_density(s.copy(site_properties={"magmom": [0, 0, 2.0]}), (20, 20, 20), model, spin="model")
+    down = predict_density(s.copy(site_properties={"magmom": [0, 0, -2.0]}), (20, 20, 20), model, spin="model")
     np.testing.assert_allclose(down.magnetization, -up.magnetization, atol=1e-6)
     np.testing.assert_allclose(down.total, up.total, atol=1e-6)
     assert abs(up.total_magnetization) > 1e-3
@@ -83,7 +92,7 @@ def test_magmom_flip_is_time_reversal(model):
 def test_qe_coefficients_exact_g0(model):
     s = sic_structure()
     mill = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 3, -2], [4, 4, 4]])
-    tot, mag = predict_qe_coefficients(s, mill, model)
+    tot, mag = predict_qe_coefficients(s, mill, model, spin="model")
     assert tot[0].real * s.lattice.volume == pytest.approx(18.0, abs=1e-9)
     np.testing.assert_allclose(tot[1], np.conj(tot[2]), atol=1e-12)
     assert mag is not None and mag.shape == tot.shape
@@ -114,15 +123,15 @@ def test_non_finite_output_raises(model):
     with torch.no_grad():
         broken.output_scale.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="non-finite"):
-        predict_density(sic_structure(), (12, 12, 12), broken)
+        predict_density(sic_structure(), (12, 12, 12), broken, spin="model")
 
 
 def test_weights_roundtrip_and_bad_files(model, tmp_path):
     path = save_model(model, tmp_path / "m.pt", {"version": "test"})
     loaded = load_weights(path)
     s = sic_structure()
-    a = predict_density(s, (16, 16, 16), model).total
-    b = predict_density(s, (16, 16, 16), loaded).total
+    a = predict_density(s, (16, 16, 16), model, spin="model").total
+    b = predict_density(s, (16, 16, 16), loaded, spin="model").total
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert loaded.metadata["version"] == "test"
 

@@ -278,10 +278,12 @@ class DensityModel(torch.nn.Module):
         coeffs: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: bool = False,
         rows: np.ndarray | None = None,
+        sad_out: list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Coefficients (e/Å³, complex tensors) of total and magnetisation density at ``cell.mill``.
 
-        SAD plus orbitals, species by species. ``rows`` restricts the evaluation to those G
+        SAD plus orbitals, species by species. A list passed as ``sad_out`` receives the
+        SAD alone, ``[total, magnetisation or None]`` (sharing the phases, nearly free). ``rows`` restricts the evaluation to those G
         vectors (indices into ``cell.mill``); ``cache`` keeps their phases in the cell
         (training on fixed rows). The ``G = 0`` term of the total is ``n_electrons / V``.
         """
@@ -292,7 +294,7 @@ class DensityModel(torch.nn.Module):
         dev, dtype = self.log_alpha.device, self.log_alpha.dtype
         alphas = (self.alphas(False), self.alphas(True))
         qmax = self.species_qmax()
-        tot = mag = None
+        tot = mag = sad_tot = sad_mag = None
         for s in np.unique(cell.species):
             sel = np.flatnonzero(cell.species == s)
             sel_t = torch.as_tensor(sel, device=dev)
@@ -317,14 +319,28 @@ class DensityModel(torch.nn.Module):
                         weights,
                     )
                 )
+            n_main = len(terms)
+            if sad_out is not None and form is not None:
+                terms.append(SpeciesTerm(self.layout, sad_form=form))
+                if cell.spin:
+                    terms.append(SpeciesTerm(self.mag_layout, sad_form=form, sad_weights=terms[1].sad_weights))
             outs = species_fourier(cell.geom, sel, terms, rows, cache_key=int(s) if cache else None)
             tot = outs[0] if tot is None else tot + outs[0]
             if cell.spin:
                 mag = outs[1] if mag is None else mag + outs[1]
+            if sad_out is not None and form is not None:
+                extra = outs[n_main:] + [None]
+                sad_tot = extra[0] if sad_tot is None else sad_tot + extra[0]
+                if cell.spin:
+                    sad_mag = extra[1] if sad_mag is None else sad_mag + extra[1]
         sl = slice(None) if rows is None else rows
         zero = np.flatnonzero((cell.mill[sl] == 0).all(axis=1))
         if zero.size:
             fix = torch.zeros_like(tot)
             fix[zero[0]] = 1.0
             tot = tot * (1 - fix) + fix * (cell.n_electrons / cell.volume)
+            if sad_tot is not None:
+                sad_tot = sad_tot * (1 - fix) + fix * (cell.n_electrons / cell.volume)
+        if sad_out is not None:
+            sad_out[:] = [sad_tot, sad_mag]
         return tot, mag

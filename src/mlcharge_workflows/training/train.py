@@ -327,7 +327,7 @@ def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
     for rec in records:
         true = rec.to_grid()
         t0 = time.perf_counter()
-        pred = predict_density(rec.structure, rec.grid_shape, model)
+        pred = predict_density(rec.structure, rec.grid_shape, model, spin="model")
         row = {
             "id": rec.id,
             "dataset": (rec.metadata or {}).get("_dataset"),
