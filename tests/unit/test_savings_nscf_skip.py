@@ -28,3 +28,17 @@ def test_nscf_without_prediction_is_an_error_outside_comparisons(tmp_path, monke
     job = MLQENonSCFMaker().make(al, _fallback_prediction())
     with pytest.raises(RuntimeError):
         run_locally(job, ensure_success=True, create_folders=True)
+
+
+def test_magnetic_cell_with_atomic_spin_start_is_a_recorded_fallback(tmp_path, monkeypatch) -> None:
+    """The shipped model returns pw.x's own atomic start for magnetic cells: never counted as ML."""
+    from mlcharge_workflows.savings.jobs import QEPredictDensityMaker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLCHARGE_MODEL_SPIN", raising=False)
+    ni = Structure(Lattice([[0, 1.76, 1.76], [1.76, 0, 1.76], [1.76, 1.76, 0]]), ["Ni"], [[0, 0, 0]])
+    job = QEPredictDensityMaker().make(ni)
+    responses = run_locally(job, ensure_success=True, create_folders=True)
+    doc = responses[job.uuid][1].output
+    assert doc.fallback.startswith("atomic_spin_start")
+    assert doc.path is None

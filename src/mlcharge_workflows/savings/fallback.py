@@ -30,6 +30,9 @@ from typing import Any, Callable
 #: fallback reason prefixes (the part before ':' in the record's "fallback" field)
 UNSUPPORTED = "unsupported_elements"
 PREDICTION_FAILED = "prediction_failed"
+#: The model handed back the atomic superposition (magnetic cells, ``spin_start="atomic"``):
+#: such a start is pw.x's own, so the ML arm runs from atoms and is not counted as ML.
+ATOMIC_SPIN_START = "atomic_spin_start"
 NOT_CONVERGED = "not_converged"
 MAGNETIZATION = "magnetization_mismatch"
 ENERGY = "energy_mismatch"

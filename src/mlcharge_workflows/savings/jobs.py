@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from mlcharge_workflows.engines.qe.schemas import QETaskDocument
 from mlcharge_workflows.engines.qe.sets import OUTDIR, PREFIX, QEProtocol
 from mlcharge_workflows.savings.fallback import (
+    ATOMIC_SPIN_START,
     PREDICTION_FAILED,
     UNSUPPORTED,
     FallbackPolicy,
@@ -199,6 +200,12 @@ class QEPredictDensityMaker(Maker):
             grid = predict_grid(structure, shape, self.model_path, self.protocol)
         except ValueError as exc:
             return PredictionDocument(**base, fallback=f"{PREDICTION_FAILED}: {exc}")
+        if grid.metadata.get("spin_start") == "atomic":
+            return PredictionDocument(
+                **base,
+                fallback=f"{ATOMIC_SPIN_START}: the model returns the atomic superposition for "
+                "magnetic cells (MLCHARGE_MODEL_SPIN=model uses its learned rho and m)",
+            )
         n_pred = grid.n_electrons
         grid = grid.normalized(n_valence_electrons(structure))
         out = write_qe_start_density(cwd / PREDICTED_FILE.rsplit("/", 1)[0], grid, ecutrho)
