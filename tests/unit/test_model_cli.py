@@ -57,6 +57,8 @@ def test_predict_bad_input(tmp_path, si_file):
     assert res.exit_code == 1 and "does not exist" in res.output
     res = runner.invoke(app, ["predict", str(si_file), "--engine", "abinit", "-o", str(tmp_path / "x")])
     assert res.exit_code == 1 and "not supported" in res.output
+    res = runner.invoke(app, ["predict", str(si_file), "--spin", "up", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "spin start" in res.output
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\0" * 100)
     res = runner.invoke(app, ["predict", str(si_file), "--model", str(bad), "-o", str(tmp_path / "x")])
@@ -96,3 +98,15 @@ def test_pw_reads_predicted_density(si_file, tmp_path, monkeypatch):
     res = runner.invoke(app, ["scf", str(si_file), "--start", str(out), "--workdir", str(tmp_path / "run"), "--nprocs", "1"])
     assert res.exit_code == 0, res.output
     assert "density read     yes" in res.output and "converged        yes" in res.output
+
+
+def test_predict_magnetic_cell_spin_options(tmp_path):
+    a = 3.52
+    ni = tmp_path / "Ni.cif"
+    Structure(Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]]), ["Ni"], [[0, 0, 0]]).to(filename=str(ni))
+    for spin in ("atomic", "model"):
+        res = runner.invoke(app, ["predict", str(ni), "--spin", spin, "-o", str(tmp_path / spin)])
+        assert res.exit_code == 0, res.output
+        assert f"spin start       {spin}" in res.output and "magnetisation" in res.output
+        qcd = read_qe_charge_density(tmp_path / spin / "pwscf.save" / "charge-density.dat")
+        assert qcd.nspin == 2 and qcd.n_electrons == pytest.approx(10.0, abs=1e-6)

@@ -70,6 +70,9 @@ def predict(
         None, "--ecutrho", help="QE ecutrho (Ry); default: the QE protocol's cutoff for the structure."
     ),
     model_path: Optional[Path] = typer.Option(None, "--model", help="Weights file (default: shipped)."),
+    spin: Optional[str] = typer.Option(
+        None, "--spin", help="Magnetic cells: 'atomic' (pw.x's start, default) or 'model' (learned rho and m)."
+    ),
 ) -> None:
     """Predict the density of STRUCTURE and write it as a start for QE or VASP.
 
@@ -90,7 +93,7 @@ def predict(
 
             shape = vasp_fine_grid(struct, encut, prec)
             t1 = time.perf_counter()
-            grid = predict_density(struct, shape, model)
+            grid = predict_density(struct, shape, model, spin=spin)
             t_pred = time.perf_counter() - t1
             target = output if "CHGCAR" in output.name and not output.is_dir() else output / "CHGCAR"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +104,7 @@ def predict(
 
             ecut = ecutrho if ecutrho is not None else QEProtocol().cutoffs(struct)[1]
             t1 = time.perf_counter()
-            grid = predict_density(struct, model=model, ecutrho_ry=ecut)
+            grid = predict_density(struct, model=model, ecutrho_ry=ecut, spin=spin)
             t_pred = time.perf_counter() - t1
             written = write_qe_start_density(
                 output / f"{PREFIX}.save", grid, ecut, expected_electrons=grid.metadata["n_electrons"]
@@ -114,7 +117,9 @@ def predict(
     typer.echo(f"electrons        {grid.n_electrons:.6f} (valence {grid.metadata['n_electrons']:g})")
     if grid.magnetization is not None:
         typer.echo(f"magnetisation    {grid.total_magnetization:.4f} μB/cell")
-    typer.echo(f"clipped charge   {grid.metadata['clipped_electrons']:.2e} e (negative density set to 0, renormalised)")
+    typer.echo(f"floor charge     {grid.metadata['clipped_electrons']:.2e} e (density kept >= half the atomic superposition)")
+    if grid.metadata.get("spin_start"):
+        typer.echo(f"spin start       {grid.metadata['spin_start']}")
     typer.echo(f"prediction time  {t_pred:.3f} s (total {time.perf_counter() - t0:.3f} s)")
     typer.echo(f"written          {written}")
 
