@@ -278,3 +278,91 @@ def test_ml_nscf_uniform_skips_scf(mock_vasp, tmp_path):
     assert entry["chgcar"].n_electrons == pytest.approx(8.0)
     tasks = [r[1].output for r in out.values() if hasattr(r[1].output, "additional_json")]
     assert tasks[0].additional_json["ml_start"]["status"] == "nscf"
+
+
+def test_ml_static_distrusted_result_is_kept_and_rerun_from_atoms(mock_vasp, tmp_path):
+    """A converged ML start at another energy than the reference: kept, rerun from atoms."""
+    from mlcharge_workflows.engines.vasp.flows import vasp_savings_document
+
+    set_refs, seen = mock_vasp
+    refs = {"ml static": "ml_static", "ml static rerun from atoms": "baseline_static"}
+    set_refs(refs, _kwargs(refs))
+    gen = static_gen()
+    structure = sic()
+    predict = MLDensityMaker(input_set_generator=gen, predictor="sad").make(structure)
+    # the reference says -28.11 eV; the ML-started run lands at -27.11 eV
+    static = MLStaticMaker(input_set_generator=gen, density_maker=None).make(
+        structure, ml_density=predict.output,
+        reference={"energy_eV": -28.11090125, "total_magnetization": 0.0},
+    )
+    store = _store()
+    out = _run(Flow([predict, static]), tmp_path, store)
+    # the distrusted ML run stays in the store (index 1), the rerun replaces it (index 2)
+    rejected, rerun = out[static.uuid][1].output, out[static.uuid][2].output
+    rec1 = rejected.additional_json["ml_start"]
+    assert rec1["status"] == "rejected" and rec1["fallback"].startswith("energy_mismatch")
+    assert Path(str(rejected.dir_name).split(":", 1)[-1]).is_dir()
+    assert seen["ml static"]["incar"]["ICHARG"] == 1
+    assert seen["ml static rerun from atoms"]["incar"]["ICHARG"] == 2
+    assert "chgcar" not in seen["ml static rerun from atoms"]
+    rec2 = rerun.additional_json["ml_start"]
+    assert rec2["status"] == "abandoned" and rec2["fallback"] == rec1["fallback"]
+    assert [a["scf_iterations"] for a in rerun.additional_json["scf_attempts"]] == [11, 17]
+    assert rerun.additional_json["rejected_ml_run"]["energy_eV"] == pytest.approx(-27.11090125)
+    assert store.docs_store.count({"uuid": static.uuid}) == 2
+
+    pred_doc = out[predict.uuid][1].output
+    doc = vasp_savings_document.original(
+        "SiC", structure, baseline=rerun, prediction=pred_doc, ml=rerun
+    )
+    assert doc.ml_density_used is False and doc.fallback.startswith("energy_mismatch")
+    assert doc.scf_iterations.ml == 28  # every iteration the arm paid for
+    assert [a.start for a in doc.details.ml_attempts] == ["ml", "atomic"]
+    assert doc.details.ml_attempts[0].rejected.startswith("energy_mismatch")
+
+
+def test_ml_static_accepts_a_result_matching_the_reference(mock_vasp, tmp_path):
+    set_refs, _ = mock_vasp
+    set_refs({"ml static": "ml_static"}, _kwargs(["ml static"]))
+    gen = static_gen()
+    predict = MLDensityMaker(input_set_generator=gen, predictor="sad").make(sic())
+    static = MLStaticMaker(input_set_generator=gen, density_maker=None).make(
+        sic(), ml_density=predict.output,
+        reference={"energy_eV": -27.11090125 + 1e-4, "total_magnetization": 0.0},
+    )
+    out = _run(Flow([predict, static]), tmp_path)
+    assert set(out[static.uuid]) == {1}
+    assert out[static.uuid][1].output.additional_json["ml_start"]["status"] == "active"
+
+
+def test_atomic_spin_start_is_a_fallback_not_an_ml_start(mock_vasp, tmp_path):
+    """The model hands back the atomic superposition for magnetic cells (spin='atomic'):
+    no CHGCAR is placed, and the ML static runs from atoms and records why."""
+    from pymatgen.core import Lattice, Structure
+
+    from mlcharge_workflows.engines.vasp.jobs import MLDensityDocument
+
+    if not _model_weights_shipped():
+        pytest.skip("no shipped model weights")
+    ni = Structure(Lattice.cubic(3.52), ["Ni"] * 4,
+                   [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    gen = StaticSetGenerator(user_incar_settings={"ENCUT": ENCUT, "ISPIN": 2})
+    job = MLDensityMaker(input_set_generator=gen, spin="atomic").make(ni)
+    out = _run(job, tmp_path / "ni")
+    doc = out[job.uuid][1].output
+    assert doc.fallback.startswith("atomic_spin_start") and doc.path is None
+    assert doc.spin_start == "atomic" and doc.total_magnetization > 1.0
+    assert not (Path(doc.dir_name) / "CHGCAR").exists()
+
+    # an ML static given such a document runs from atoms (SiC stands in for the mock)
+    set_refs, seen = mock_vasp
+    set_refs({"ml static": "baseline_static"}, _kwargs(["ml static"]))
+    fake = MLDensityDocument(dir_name=str(tmp_path), predictor="model", fallback=doc.fallback,
+                             spin_start="atomic")
+    static = MLStaticMaker(input_set_generator=static_gen(), density_maker=None).make(
+        sic(), ml_density=fake)
+    out = _run(static, tmp_path / "sic")
+    task = out[static.uuid][1].output
+    rec = task.additional_json["ml_start"]
+    assert rec["status"] == "abandoned" and rec["fallback"].startswith("atomic_spin_start")
+    assert seen["ml static"]["incar"]["ICHARG"] == 2 and "chgcar" not in seen["ml static"]

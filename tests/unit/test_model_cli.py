@@ -108,5 +108,7 @@ def test_predict_magnetic_cell_spin_options(tmp_path):
         res = runner.invoke(app, ["predict", str(ni), "--spin", spin, "-o", str(tmp_path / spin)])
         assert res.exit_code == 0, res.output
         assert f"spin start       {spin}" in res.output and "magnetisation" in res.output
+        # the atomic superposition is flagged as a fallback, never passed off as a prediction
+        assert ("fallback         atomic_spin_start" in res.output) == (spin == "atomic")
         qcd = read_qe_charge_density(tmp_path / spin / "pwscf.save" / "charge-density.dat")
         assert qcd.nspin == 2 and qcd.n_electrons == pytest.approx(10.0, abs=1e-6)

@@ -120,6 +120,12 @@ def predict(
     typer.echo(f"floor charge     {grid.metadata['clipped_electrons']:.2e} e (density kept >= half the atomic superposition)")
     if grid.metadata.get("spin_start"):
         typer.echo(f"spin start       {grid.metadata['spin_start']}")
+    if grid.metadata.get("spin_start") == "atomic":
+        typer.echo(
+            "fallback         atomic_spin_start: magnetic cell, so this is the atomic superposition "
+            "with starting moments (the engine's own atomic start), NOT a model prediction; "
+            "--spin model writes the learned rho and m",
+        )
     typer.echo(f"prediction time  {t_pred:.3f} s (total {time.perf_counter() - t0:.3f} s)")
     typer.echo(f"written          {written}")
 

@@ -39,7 +39,12 @@ from mlcharge_workflows.savings.jobs import (
     _get,
     default_nbnd,
 )
-from mlcharge_workflows.savings.schemas import SavingsDetails, SavingsDocument, error_record
+from mlcharge_workflows.savings.schemas import (
+    SavingsDetails,
+    SavingsDocument,
+    error_record,
+    missing_arms,
+)
 
 if TYPE_CHECKING:
     from jobflow import JobStore
@@ -65,18 +70,10 @@ def savings_document(
     nprocs: int | None = None,
 ) -> SavingsDocument:
     """Assemble the savings document from the arms' outputs (None: the arm did not finish)."""
-    requested = requested or {}
-    missing = [
-        name
-        for name, out in (
-            ("baseline", baseline), ("predict", prediction), ("ml", ml), ("oracle", oracle),
-            ("nscf_scf", nscf_scf), ("nscf_ml", nscf_ml), ("nscf_atomic", nscf_atomic),
-        )
-        if out is None and requested.get(name, False)
-    ]
-    # the ML non-SCF run is skipped on purpose when there is no prediction (fallback)
-    if "nscf_ml" in missing and _get(prediction, "path") is None and _get(prediction, "fallback"):
-        missing.remove("nscf_ml")
+    arms = {"baseline": baseline, "predict": prediction, "ml": ml, "oracle": oracle,
+            "nscf_scf": nscf_scf, "nscf_ml": nscf_ml, "nscf_atomic": nscf_atomic}
+    skipped = _get(prediction, "path") is None and bool(_get(prediction, "fallback"))
+    missing = missing_arms(arms, requested or {}, prediction_skipped=skipped)
     if ml is not None and _get(ml, "task") is None and _get(ml, "energy_eV") is None:
         missing.append("ml (no run converged)")
     fallback = _get(ml, "fallback") or _get(prediction, "fallback")

@@ -180,3 +180,17 @@ class SavingsDocument(SavingsRecord):
 def error_record(structure: str, engine: str, error: str, **fields: Any) -> SavingsDocument:
     """A document for a structure whose comparison failed; ``fields`` keeps what is known."""
     return SavingsDocument(structure=structure, engine=engine, error=error, **fields)
+
+
+def missing_arms(
+    arms: dict[str, Any], requested: dict[str, bool], prediction_skipped: bool = False
+) -> list[str]:
+    """Requested arms that produced no output (None), in the order of ``arms``.
+
+    With ``prediction_skipped`` (no predicted density: failure or fallback) the ML
+    non-SCF arm is skipped on purpose and not reported as missing.
+    """
+    missing = [name for name, out in arms.items() if out is None and requested.get(name, False)]
+    if prediction_skipped and "nscf_ml" in missing:
+        missing.remove("nscf_ml")
+    return missing

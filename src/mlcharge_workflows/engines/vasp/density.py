@@ -52,14 +52,14 @@ __all__ = [
 ]
 
 
-def _model_predictor(model_path: str | Path | None) -> Predictor:
+def _model_predictor(model_path: str | Path | None, spin: str | None = None) -> Predictor:
     from mlcharge_workflows.model import load_model, predict_density  # torch: lazily, here
 
     model = load_model(model_path) if model_path else load_model()
     version = _model_version(model)
 
     def predict(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
-        grid = predict_density(structure, shape=shape, model=model)
+        grid = predict_density(structure, shape=shape, model=model, spin=spin)
         grid.metadata["model_version"] = grid.metadata.get("model_version") or version
         return grid
 
@@ -93,12 +93,20 @@ def _sad_predictor(structure: Structure, shape: tuple[int, int, int]) -> Density
     return grid
 
 
-def resolve_predictor(spec: str | Predictor = "model", model_path: str | Path | None = None):
-    """``f(structure, shape) -> DensityGrid`` for a predictor spec (see module docstring)."""
+def resolve_predictor(
+    spec: str | Predictor = "model",
+    model_path: str | Path | None = None,
+    spin: str | None = None,
+):
+    """``f(structure, shape) -> DensityGrid`` for a predictor spec (see module docstring).
+
+    ``spin`` (``"atomic"`` or ``"model"``) is the shipped model's start for magnetic cells
+    (see :func:`mlcharge_workflows.model.predict_density`); other predictors ignore it.
+    """
     if callable(spec):
         return spec
     if spec == "model":
-        return _model_predictor(model_path)
+        return _model_predictor(model_path, spin)
     if spec == "sad":
         return _sad_predictor
     if isinstance(spec, str) and ":" in spec:
@@ -163,6 +171,7 @@ def write_predicted_chgcar(
     model_path: str | Path | None = None,
     zval: dict[str, float] | None = None,
     prev_dir: str | Path | None = None,
+    spin: str | None = None,
 ) -> tuple[DensityGrid, dict[str, Any]]:
     """Predict the density for the inputs ``generator`` writes and save it as a CHGCAR.
 
@@ -177,7 +186,7 @@ def write_predicted_chgcar(
     vis = input_set(generator, structure, prev_dir)
     struct = vis["POSCAR"].structure
     shape = input_fine_grid(vis)
-    predict = resolve_predictor(predictor, model_path)
+    predict = resolve_predictor(predictor, model_path, spin)
     t1 = time.perf_counter()
     grid = predict(struct, shape)
     t2 = time.perf_counter()
@@ -200,6 +209,8 @@ def write_predicted_chgcar(
         structure=struct,
         predictor=predictor_name(predictor),
         model_version=grid.metadata.get("model_version"),
+        spin_start=grid.metadata.get("spin_start"),
+        total_magnetization=grid.total_magnetization if grid.magnetization is not None else None,
         incar={k: incar.get(k) for k in ("ENCUT", "PREC", "ISPIN", "NGXF", "NGYF", "NGZF")},
         potcar_symbols=potcar_symbols(vis),
         timings={"setup_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0},

@@ -3,15 +3,18 @@
 Per structure (:class:`VaspComparisonMaker`)::
 
     baseline static (ICHARG=2) ─┬─> [oracle static: ICHARG=1 from its CHGCAR] ┐
-                                └─> [NSCF on the converged density]          │
-    ml density ─┬─> ml static (ICHARG=1, fallback handler)                  ├─> savings document
+                                ├─> [NSCF on the converged density]          │
+                                └──────────┐ (reference energy, moment)      │
+    ml density ─┬─> ml static (ICHARG=1, fallback handler, check) ──────────├─> savings document
                 └─> [NSCF on the predicted density]                          │
     [NSCF from atoms, ICHARG=12] ────────────────────────────────────────────┘
 
 All SCF arms share one input set generator, the pinned fine grid and ``ISTART = 0``;
 all NSCF arms share one non-SCF generator and mode. The savings document follows
 :mod:`mlcharge_workflows.savings.schemas` (``engine = "vasp"``); SCF iterations count
-every attempt an arm paid for (custodian reruns included).
+every attempt an arm paid for (custodian reruns included). The ML static is checked
+against the baseline (``FallbackPolicy``: magnetic state, energy per atom); a distrusted
+result is kept in the store and the arm is rerun from atoms (recorded in ``fallback``).
 
 >>> from pymatgen.core import Lattice, Structure
 >>> si = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
@@ -36,7 +39,13 @@ from mlcharge_workflows.engines.vasp.jobs import (
     MLNonSCFMaker,
     MLStaticMaker,
 )
-from mlcharge_workflows.savings.schemas import ArmAttempt, SavingsDetails, SavingsDocument
+from mlcharge_workflows.savings.fallback import FallbackPolicy
+from mlcharge_workflows.savings.schemas import (
+    ArmAttempt,
+    SavingsDetails,
+    SavingsDocument,
+    missing_arms,
+)
 
 if TYPE_CHECKING:
     from atomate2.vasp.sets.base import VaspInputGenerator
@@ -101,7 +110,9 @@ def _ml_attempts(task: Any) -> list[ArmAttempt]:
     """One entry per SCF attempt of the ML arm, with the start each attempt used."""
     record = _get(task, "additional_json", "ml_start") or {}
     events = record.get("events") or []
-    out, start = [], "ml" if record.get("density", {}).get("error") is None else "atomic"
+    density = record.get("density") or {}
+    from_atoms = record.get("start") == "atomic" or density.get("error") or density.get("fallback")
+    out, start = [], "atomic" if from_atoms else "ml"
     for i, attempt in enumerate(_attempts(task)):
         if i > 0:
             start = "ml" if events[i - 1].get("action") == "restored" else "atomic"
@@ -143,14 +154,12 @@ def vasp_savings_document(
     requested: dict[str, bool] | None = None,
 ) -> SavingsDocument:
     """Savings document of one structure from the arms' outputs (None: arm did not finish)."""
-    requested = requested or {}
     arms = {"baseline": baseline, "predict": prediction, "ml": ml, "oracle": oracle,
             "nscf_scf": nscf_scf, "nscf_ml": nscf_ml, "nscf_atomic": nscf_atomic}
-    missing = [k for k, v in arms.items() if v is None and requested.get(k, False)]
-    if "nscf_ml" in missing and _get(prediction, "error"):
-        missing.remove("nscf_ml")  # no predicted density to run on: skipped on purpose
+    skipped = bool(_get(prediction, "error") or _get(prediction, "fallback"))
+    missing = missing_arms(arms, requested or {}, prediction_skipped=skipped)
     record = _get(ml, "additional_json", "ml_start") or {}
-    fallback = record.get("fallback") or (
+    fallback = record.get("fallback") or _get(prediction, "fallback") or (
         f"prediction failed: {_get(prediction, 'error')}" if _get(prediction, "error") else None
     )
     base_calc = _calc(baseline)
@@ -210,6 +219,12 @@ class VaspComparisonMaker(Maker):
         Passed to :class:`~mlcharge_workflows.engines.vasp.jobs.MLDensityMaker`.
     predict_manager_config
         ``manager_config`` of the prediction job, e.g. ``{"_fworker": "gpu"}``.
+    spin
+        Start for magnetic cells (see :class:`MLDensityMaker`): with the default
+        ``"atomic"`` the ML arm of a magnetic cell runs from atoms and records
+        ``fallback = "atomic_spin_start: ..."``.
+    fallback_policy
+        Tolerances for trusting the ML static against the baseline.
     """
 
     name: str = "vasp comparison"
@@ -223,6 +238,8 @@ class VaspComparisonMaker(Maker):
     zval: dict[str, float] | None = None
     max_ml_restarts: int = 1
     predict_manager_config: dict = field(default_factory=dict)
+    spin: str | None = None
+    fallback_policy: FallbackPolicy = field(default_factory=FallbackPolicy)
 
     def make(self, structure: Structure, label: str | None = None) -> Flow:
         """The comparison flow; its output is the :class:`SavingsDocument`."""
@@ -231,14 +248,14 @@ class VaspComparisonMaker(Maker):
         baseline = BaselineStaticMaker(input_set_generator=gen).make(structure)
         predict = MLDensityMaker(
             input_set_generator=gen, predictor=self.predictor, model_path=self.model_path,
-            zval=self.zval, allow_failure=True,
+            zval=self.zval, allow_failure=True, spin=self.spin,
         ).make(structure)
         if self.predict_manager_config:
             predict.update_config({"manager_config": dict(self.predict_manager_config)})
         ml = MLStaticMaker(
             input_set_generator=gen, density_maker=None, max_ml_restarts=self.max_ml_restarts,
-            zval=self.zval,
-        ).make(structure, ml_density=predict.output)
+            zval=self.zval, fallback_policy=self.fallback_policy,
+        ).make(structure, ml_density=predict.output, reference=baseline.output)
         jobs = [baseline, predict, ml]
         outputs: dict[str, Any] = {}
         if self.oracle:

@@ -38,12 +38,18 @@ from mlcharge_workflows.engines.vasp.density import (
     write_predicted_chgcar,
 )
 from mlcharge_workflows.engines.vasp.handlers import (
+    ACTIVE_STATUSES,
     ML_CHGCAR,
     MLStartFallbackHandler,
     new_ml_start_record,
     write_ml_start_record,
 )
 from mlcharge_workflows.engines.vasp.parse import count_attempts
+from mlcharge_workflows.savings.fallback import (
+    ATOMIC_SPIN_START,
+    FallbackPolicy,
+    RunSummary,
+)
 from mlcharge_workflows.engines.vasp.sets import (
     ATOMIC_NSCF_INCAR,
     BASELINE_START_INCAR,
@@ -63,6 +69,7 @@ __all__ = [
     "BaselineStaticMaker",
     "MLDensityDocument",
     "MLDensityMaker",
+    "MLFallbackStaticMaker",
     "MLNonSCFMaker",
     "MLStaticMaker",
 ]
@@ -75,6 +82,15 @@ class MLDensityDocument(BaseModel):
 
     path: str | None = Field(None, description="Absolute path of the predicted CHGCAR.")
     error: str | None = Field(None, description="Why no density was predicted.")
+    fallback: str | None = Field(
+        None,
+        description="Why the prediction is not used as an ML start (e.g. 'atomic_spin_start': "
+        "the model returned the atomic superposition for a magnetic cell); no CHGCAR is kept.",
+    )
+    spin_start: str | None = Field(
+        None, description="Magnetic cells: 'atomic' (superposition) or 'model' (learned rho, m)."
+    )
+    total_magnetization: float | None = Field(None, description="Predicted moment (μB/cell).")
     dir_name: str
     structure: Structure | None = Field(None, description="POSCAR structure of the input set.")
     formula: str | None = None
@@ -120,6 +136,12 @@ class MLDensityMaker(Maker):
         Return a document with ``error`` set (no CHGCAR) instead of failing the job when
         the prediction fails (e.g. an element the model does not know); an ML static
         given that document runs from atoms and records why.
+    spin
+        Start for magnetic cells with the shipped model: ``"atomic"`` (default, or
+        ``MLCHARGE_MODEL_SPIN``) makes the model hand back the starting-moment atomic
+        superposition, which is not an ML start: the document gets ``fallback =
+        "atomic_spin_start: ..."``, no CHGCAR is kept and an ML static given it runs
+        from atoms (``ICHARG = 2``) and says so; ``"model"`` uses the learned rho and m.
     """
 
     name: str = "ml density"
@@ -129,6 +151,7 @@ class MLDensityMaker(Maker):
     zval: dict[str, float] | None = None
     store_density: bool = False
     allow_failure: bool = False
+    spin: str | None = None
 
     @job(data="density", output_schema=MLDensityDocument)
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> MLDensityDocument:
@@ -143,6 +166,7 @@ class MLDensityMaker(Maker):
                 model_path=self.model_path,
                 zval=self.zval,
                 prev_dir=prev_dir,
+                spin=self.spin,
             )
         except Exception as err:
             if not self.allow_failure:
@@ -156,6 +180,18 @@ class MLDensityMaker(Maker):
                 timings={"total_s": time.perf_counter() - t0},
             )
         struct = info["structure"]
+        if info.get("spin_start") == "atomic":
+            Path("CHGCAR").unlink(missing_ok=True)  # not an ML start: never placed by mistake
+            info.pop("path", None)
+            return MLDensityDocument(
+                dir_name=str(Path.cwd()),
+                formula=struct.composition.reduced_formula,
+                n_atoms=len(struct),
+                fallback=f"{ATOMIC_SPIN_START}: the model returns the atomic superposition for "
+                "magnetic cells (spin='model' or MLCHARGE_MODEL_SPIN=model uses its learned "
+                "rho and m)",
+                **info,
+            )
         density = None
         if self.store_density:
             density = {"shape": list(grid.shape), "units": "e/Å^3", "total": grid.total}
@@ -173,12 +209,13 @@ class MLDensityMaker(Maker):
 def _density_path(ml_density: Any) -> str | None:
     """CHGCAR path (or run folder) from a path, an MLDensityDocument or its dict.
 
-    None for a document of a failed prediction (``error`` set).
+    None for a document of a failed prediction (``error`` set) or of a prediction that
+    is not an ML start (``fallback`` set).
     """
     if isinstance(ml_density, MLDensityDocument):
         ml_density = ml_density.model_dump()
     if isinstance(ml_density, dict):
-        if ml_density.get("error"):
+        if ml_density.get("error") or ml_density.get("fallback"):
             return None
         for key in ("path", "dir_name"):
             if ml_density.get(key):
@@ -246,12 +283,19 @@ class MLStaticMaker(StaticMaker):
         Reruns from ``CHGCAR.ml`` after a failed SCF before falling back to atoms.
     zval
         Per-element valence overriding the POTCAR table (electron-count normalisation).
+    fallback_policy
+        When a converged ML-started run is distrusted: a different magnetic state or
+        energy than ``reference`` (the same static from atoms), or, without a reference,
+        a different magnetic state than the predicted density's. A distrusted run is kept
+        in the store and rerun from atoms by :class:`MLFallbackStaticMaker`, which
+        replaces this job (its output is the rerun, with the rejected attempt recorded).
     """
 
     name: str = "ml static"
     density_maker: MLDensityMaker | None = field(default_factory=MLDensityMaker)
     max_ml_restarts: int = 1
     zval: dict[str, float] | None = None
+    fallback_policy: FallbackPolicy = field(default_factory=FallbackPolicy)
 
     @vasp_job
     def make(
@@ -259,12 +303,18 @@ class MLStaticMaker(StaticMaker):
         structure: Structure,
         prev_dir: str | Path | None = None,
         ml_density: Any = None,
+        reference: Any = None,
     ) -> Response:
-        """Run the static from ``ml_density`` (CHGCAR path, run folder or MLDensityDocument)."""
+        """Run the static from ``ml_density`` (CHGCAR path, run folder or MLDensityDocument).
+
+        ``reference``: the same static run from atoms (a TaskDoc, or a dict with
+        ``energy_eV`` and ``total_magnetization``), against which the ML-started result
+        is checked (see ``fallback_policy``).
+        """
         if ml_density is None:
-            return _predict_then(self, structure, prev_dir)
+            return _predict_then(self, structure, prev_dir, reference=reference)
         source = _density_path(ml_density)
-        if source is None:  # the prediction failed: run from atoms, say why
+        if source is None:  # no ML start: run from atoms, say why
             return self._from_atoms(structure, prev_dir, ml_density)
         gen = with_incar(self.input_set_generator, ML_START_INCAR)
         vis = input_set(gen, structure, prev_dir)
@@ -284,19 +334,103 @@ class MLStaticMaker(StaticMaker):
         maker.run_vasp_kwargs["handlers"] = [*handlers, fallback]
         response = super(MLStaticMaker, maker).make.original(maker, structure, prev_dir)
         _gzip_ml_copy()
-        return _annotate(response)
+        response = _annotate(response)
+        return self._check_result(response, structure, prev_dir, ml_density, reference)
+
+    def _check_result(
+        self, response: Response, structure: Structure, prev_dir: Any, ml_density: Any,
+        reference: Any,
+    ) -> Response:
+        """Accept the ML-started result, or keep it and replace this job by a rerun from atoms."""
+        doc = response.output
+        extra = dict(getattr(doc, "additional_json", None) or {})
+        record = extra.get("ml_start") or {}
+        if doc is None or record.get("status") not in ACTIVE_STATUSES:
+            return response  # the handler already abandoned the ML start (run from atoms)
+        ref_energy, ref_mag = _reference_values(reference)
+        reason = self.fallback_policy.check(
+            RunSummary(
+                converged=_task_successful(doc),
+                scf_iterations=sum(a["scf_iterations"] for a in extra.get("scf_attempts", [])),
+                energy_eV=_nested(doc, "output", "energy"),
+                total_magnetization=_task_magnetization(doc),
+            ),
+            n_atoms=len(structure),
+            reference_energy_eV=ref_energy,
+            reference_magnetization=ref_mag,
+            predicted_magnetization=_nested(ml_density, "total_magnetization"),
+        )
+        if reason is None:
+            return response
+        record = dict(record)
+        record["events"] = [*record.get("events", []), {
+            "attempt": len(record.get("events", [])) + 1, "action": "rejected", "reason": reason,
+        }]
+        record.update(status="rejected", fallback=reason)
+        write_ml_start_record(record)
+        extra["ml_start"] = record
+        doc.additional_json = extra
+        rerun_maker = _copy_maker(
+            MLFallbackStaticMaker(name=f"{self.name} rerun from atoms"),
+            self.input_set_generator,
+        )
+        for attr in ("run_vasp_kwargs", "task_document_kwargs", "write_input_set_kwargs"):
+            getattr(rerun_maker, attr).update(getattr(self, attr))
+        rejected = {
+            "record": record,
+            "scf_attempts": extra.get("scf_attempts", []),
+            "dir_name": doc.dir_name,
+            "energy_eV": _nested(doc, "output", "energy"),
+            "total_magnetization": _task_magnetization(doc),
+        }
+        rerun = rerun_maker.make(structure, prev_dir=prev_dir, rejected=rejected)
+        return Response(output=doc, replace=rerun)
 
     def _from_atoms(self, structure: Structure, prev_dir: Any, ml_density: Any) -> Response:
         gen = with_incar(self.input_set_generator, BASELINE_START_INCAR)
         shape = input_fine_grid(input_set(gen, structure, prev_dir))
-        record = new_ml_start_record(_prediction_info(ml_density), 0)
-        reason = f"prediction failed: {record['density']['error']}"
-        record.update(status="abandoned", fallback=reason)
+        info = _prediction_info(ml_density)
+        record = new_ml_start_record(info, 0)
+        reason = info.get("fallback") or f"prediction failed: {info.get('error')}"
+        record.update(status="abandoned", fallback=reason, start="atomic")
         write_ml_start_record(record)
         for stale in ("CHGCAR", "WAVECAR"):
             Path(stale).unlink(missing_ok=True)
         maker = _copy_maker(self, with_incar(gen, grid_incar(shape)))
         return _annotate(super(MLStaticMaker, maker).make.original(maker, structure, prev_dir))
+
+
+def _nested(obj: Any, *path: str) -> Any:
+    """Nested attribute-or-key access; None when anything on the way is missing."""
+    for name in path:
+        if obj is None:
+            return None
+        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    return obj
+
+
+def _task_successful(task: Any) -> bool | None:
+    state = _nested(task, "state")
+    return None if state is None else str(getattr(state, "value", state)).lower() == "successful"
+
+
+def _task_magnetization(task: Any) -> float | None:
+    calcs = _nested(task, "calcs_reversed")
+    mag = _nested(calcs[0] if calcs else None, "output", "outcar", "total_magnetization")
+    return None if mag is None else float(mag)
+
+
+def _reference_values(reference: Any) -> tuple[float | None, float | None]:
+    """(energy in eV, total magnetisation in μB/cell) of a reference TaskDoc or dict."""
+    if reference is None:
+        return None, None
+    if isinstance(reference, dict) and ("energy_eV" in reference or "total_magnetization" in reference):
+        energy, mag = reference.get("energy_eV"), reference.get("total_magnetization")
+    else:
+        energy, mag = _nested(reference, "output", "energy"), _task_magnetization(reference)
+        if _task_successful(reference) is False:
+            return None, None  # an unconverged baseline is no reference
+    return (None if energy is None else float(energy)), (None if mag is None else float(mag))
 
 
 def _prediction_info(ml_density: Any) -> dict[str, Any]:
@@ -305,7 +439,8 @@ def _prediction_info(ml_density: Any) -> dict[str, Any]:
         ml_density = ml_density.model_dump()
     if not isinstance(ml_density, dict):
         return {}
-    keys = ("predictor", "model_version", "timings", "valence_mismatch", "error", "dir_name")
+    keys = ("predictor", "model_version", "timings", "valence_mismatch", "error", "fallback",
+            "spin_start", "total_magnetization", "dir_name")
     return {k: ml_density.get(k) for k in keys}
 
 
@@ -334,6 +469,39 @@ class BaselineStaticMaker(StaticMaker):
         maker = _copy_maker(self, with_incar(gen, grid_incar(shape)))
         response = super(BaselineStaticMaker, maker).make.original(maker, structure, prev_dir)
         return _annotate(response)
+
+
+@dataclass
+class MLFallbackStaticMaker(BaselineStaticMaker):
+    """The rerun from atoms that replaces a distrusted ML-started static.
+
+    Its task document carries the ML start record (``status = "abandoned"``, the
+    reason in ``fallback``), every SCF attempt paid for (the rejected ML run's first)
+    and the rejected run's folder, energy and moment in ``rejected_ml_run``.
+    """
+
+    name: str = "ml static rerun from atoms"
+
+    @vasp_job
+    def make(
+        self, structure: Structure, prev_dir: str | Path | None = None,
+        rejected: dict[str, Any] | None = None,
+    ) -> Response:
+        """Run the static from atoms and record the rejected ML attempt."""
+        rejected = dict(rejected or {})
+        record = dict(rejected.pop("record", None) or new_ml_start_record({}, 0))
+        record.update(status="abandoned", rerun_from_atoms=True)
+        write_ml_start_record(record)
+        response = BaselineStaticMaker.make.original(self, structure, prev_dir)
+        doc = response.output
+        if doc is not None:
+            extra = dict(doc.additional_json or {})
+            extra["ml_start"] = record
+            extra["scf_attempts"] = [*rejected.pop("scf_attempts", []),
+                                     *extra.get("scf_attempts", [])]
+            extra["rejected_ml_run"] = rejected
+            doc.additional_json = extra
+        return response
 
 
 def _nscf_maker(maker: NonSCFMaker, structure: Structure, prev_dir: Any, mode: str, start: dict):
