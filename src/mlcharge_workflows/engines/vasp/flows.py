@@ -32,6 +32,7 @@ from atomate2.vasp.sets.core import NonSCFSetGenerator, StaticSetGenerator
 from jobflow import Flow, Maker, OnMissing, job
 
 from mlcharge_workflows.engines.vasp.handlers import ACTIVE_STATUSES
+from mlcharge_workflows.engines.vasp.parse import task_field, task_magnetization, task_successful
 from mlcharge_workflows.engines.vasp.jobs import (
     AtomicNonSCFMaker,
     BaselineStaticMaker,
@@ -58,22 +59,13 @@ PROTOCOL_KEYS = ("ENCUT", "PREC", "EDIFF", "NELM", "ALGO", "ISPIN", "ISMEAR", "S
                  "METAGGA", "LASPH", "NGXF", "NGYF", "NGZF", "ISTART")
 
 
-def _get(obj: Any, *path: str) -> Any:
-    """Nested attribute-or-key access; None when anything on the way is missing."""
-    for name in path:
-        if obj is None:
-            return None
-        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-    return obj
-
-
 def _calc(task: Any) -> Any:
-    calcs = _get(task, "calcs_reversed")
+    calcs = task_field(task, "calcs_reversed")
     return calcs[0] if calcs else None
 
 
 def _attempts(task: Any) -> list[dict]:
-    return list(_get(task, "additional_json", "scf_attempts") or [])
+    return list(task_field(task, "additional_json", "scf_attempts") or [])
 
 
 def _total_scf(task: Any) -> int | None:
@@ -82,7 +74,7 @@ def _total_scf(task: Any) -> int | None:
     attempts = _attempts(task)
     if attempts:
         return int(sum(a["scf_iterations"] for a in attempts))
-    steps = _get(_calc(task), "output", "num_electronic_steps")
+    steps = task_field(_calc(task), "output", "num_electronic_steps")
     return int(steps[0]) if steps else None
 
 
@@ -93,22 +85,12 @@ def _wall(task: Any) -> float | None:
     walls = [a.get("wall_s") for a in _attempts(task)]
     if walls and all(w is not None for w in walls):
         return float(sum(walls))
-    return _get(task, "run_stats", "overall", "elapsed_time")
-
-
-def _magnetization(task: Any) -> float | None:
-    mag = _get(_calc(task), "output", "outcar", "total_magnetization")
-    return None if mag is None else float(mag)
-
-
-def _converged(task: Any) -> bool | None:
-    state = _get(task, "state")
-    return None if state is None else str(getattr(state, "value", state)).lower() == "successful"
+    return task_field(task, "run_stats", "overall", "elapsed_time")
 
 
 def _ml_attempts(task: Any) -> list[ArmAttempt]:
     """One entry per SCF attempt of the ML arm, with the start each attempt used."""
-    record = _get(task, "additional_json", "ml_start") or {}
+    record = task_field(task, "additional_json", "ml_start") or {}
     events = record.get("events") or []
     density = record.get("density") or {}
     from_atoms = record.get("start") == "atomic" or density.get("error") or density.get("fallback")
@@ -120,12 +102,12 @@ def _ml_attempts(task: Any) -> list[ArmAttempt]:
         out.append(ArmAttempt(
             start=start,
             scf_iterations=attempt["scf_iterations"],
-            energy_eV=_get(task, "output", "energy") if last else None,
-            converged=_converged(task) if last else False,
-            total_magnetization=_magnetization(task) if last else None,
+            energy_eV=task_field(task, "output", "energy") if last else None,
+            converged=task_successful(task) if last else False,
+            total_magnetization=task_magnetization(task) if last else None,
             wall_s=attempt.get("wall_s"),
             density_read_from_file=(start == "ml"),
-            dir_name=_get(task, "dir_name"),
+            dir_name=task_field(task, "dir_name"),
             rejected=None if last else (events[i].get("reason") if i < len(events) else None),
         ))
     return out
@@ -135,8 +117,8 @@ def _ml_density_used(task: Any) -> bool | None:
     """True only if the accepted run started from the placed CHGCAR (ICHARG=1 as VASP echoed)."""
     if task is None:
         return None
-    record = _get(task, "additional_json", "ml_start") or {}
-    icharg = _get(_calc(task), "input", "parameters", "ICHARG")
+    record = task_field(task, "additional_json", "ml_start") or {}
+    icharg = task_field(_calc(task), "input", "parameters", "ICHARG")
     return record.get("status") in ACTIVE_STATUSES and icharg is not None and int(icharg) == 1
 
 
@@ -156,27 +138,27 @@ def vasp_savings_document(
     """Savings document of one structure from the arms' outputs (None: arm did not finish)."""
     arms = {"baseline": baseline, "predict": prediction, "ml": ml, "oracle": oracle,
             "nscf_scf": nscf_scf, "nscf_ml": nscf_ml, "nscf_atomic": nscf_atomic}
-    skipped = bool(_get(prediction, "error") or _get(prediction, "fallback"))
+    skipped = bool(task_field(prediction, "error") or task_field(prediction, "fallback"))
     missing = missing_arms(arms, requested or {}, prediction_skipped=skipped)
-    record = _get(ml, "additional_json", "ml_start") or {}
-    fallback = record.get("fallback") or _get(prediction, "fallback") or (
-        f"prediction failed: {_get(prediction, 'error')}" if _get(prediction, "error") else None
+    record = task_field(ml, "additional_json", "ml_start") or {}
+    fallback = record.get("fallback") or task_field(prediction, "fallback") or (
+        f"prediction failed: {task_field(prediction, 'error')}" if task_field(prediction, "error") else None
     )
     base_calc = _calc(baseline)
-    params = _get(base_calc, "input", "parameters") or {}
+    params = task_field(base_calc, "input", "parameters") or {}
     details = SavingsDetails(
-        converged={k: _converged(arms[k]) for k in ("baseline", "ml", "oracle")},
-        total_magnetization={k: _magnetization(arms[k]) for k in ("baseline", "ml", "oracle")},
+        converged={k: task_successful(arms[k]) for k in ("baseline", "ml", "oracle")},
+        total_magnetization={k: task_magnetization(arms[k]) for k in ("baseline", "ml", "oracle")},
         ml_attempts=_ml_attempts(ml) if ml is not None else [],
-        model_version=_get(prediction, "model_version"),
+        model_version=task_field(prediction, "model_version"),
         nelmdl=params.get("NELMDL"),
         protocol={k: params.get(k) for k in PROTOCOL_KEYS if k in params} or None,
-        dir_names={k: _get(v, "dir_name") for k, v in arms.items()},
+        dir_names={k: task_field(v, "dir_name") for k, v in arms.items()},
         input_structure=structure.as_dict(),
-        predictor=_get(prediction, "predictor"),
-        nelect={"potcar": _get(prediction, "nelect"),
-                "predicted": _get(prediction, "n_electrons_predicted")},
-        valence_mismatch=_get(prediction, "valence_mismatch") or {},
+        predictor=task_field(prediction, "predictor"),
+        nelect={"potcar": task_field(prediction, "nelect"),
+                "predicted": task_field(prediction, "n_electrons_predicted")},
+        valence_mismatch=task_field(prediction, "valence_mismatch") or {},
         wall_s_oracle=_wall(oracle),
     )
     return SavingsDocument(
@@ -186,15 +168,15 @@ def vasp_savings_document(
         engine="vasp",
         scf_iterations={"baseline": _total_scf(baseline), "ml": _total_scf(ml),
                         "oracle": _total_scf(oracle)},
-        energy_eV={"baseline": _get(baseline, "output", "energy"),
-                   "ml": _get(ml, "output", "energy")},
+        energy_eV={"baseline": task_field(baseline, "output", "energy"),
+                   "ml": task_field(ml, "output", "energy")},
         wall_s={"baseline": _wall(baseline), "ml": _wall(ml),
-                "predict": _get(prediction, "timings", "total_s")},
+                "predict": task_field(prediction, "timings", "total_s")},
         ml_density_used=_ml_density_used(ml),
         fallback=fallback,
-        band_gap_eV={"scf": _get(nscf_scf, "output", "bandgap"),
-                     "nscf_ml": _get(nscf_ml, "output", "bandgap"),
-                     "nscf_atomic": _get(nscf_atomic, "output", "bandgap")},
+        band_gap_eV={"scf": task_field(nscf_scf, "output", "bandgap"),
+                     "nscf_ml": task_field(nscf_ml, "output", "bandgap"),
+                     "nscf_atomic": task_field(nscf_atomic, "output", "bandgap")},
         error=("arm(s) did not finish: " + ", ".join(missing)) if missing else None,
         details=details,
     )

@@ -44,7 +44,12 @@ from mlcharge_workflows.engines.vasp.handlers import (
     new_ml_start_record,
     write_ml_start_record,
 )
-from mlcharge_workflows.engines.vasp.parse import count_attempts
+from mlcharge_workflows.engines.vasp.parse import (
+    count_attempts,
+    task_field,
+    task_magnetization,
+    task_successful,
+)
 from mlcharge_workflows.savings.fallback import (
     ATOMIC_SPIN_START,
     FallbackPolicy,
@@ -350,15 +355,15 @@ class MLStaticMaker(StaticMaker):
         ref_energy, ref_mag = _reference_values(reference)
         reason = self.fallback_policy.check(
             RunSummary(
-                converged=_task_successful(doc),
+                converged=task_successful(doc),
                 scf_iterations=sum(a["scf_iterations"] for a in extra.get("scf_attempts", [])),
-                energy_eV=_nested(doc, "output", "energy"),
-                total_magnetization=_task_magnetization(doc),
+                energy_eV=task_field(doc, "output", "energy"),
+                total_magnetization=task_magnetization(doc),
             ),
             n_atoms=len(structure),
             reference_energy_eV=ref_energy,
             reference_magnetization=ref_mag,
-            predicted_magnetization=_nested(ml_density, "total_magnetization"),
+            predicted_magnetization=task_field(ml_density, "total_magnetization"),
         )
         if reason is None:
             return response
@@ -380,8 +385,8 @@ class MLStaticMaker(StaticMaker):
             "record": record,
             "scf_attempts": extra.get("scf_attempts", []),
             "dir_name": doc.dir_name,
-            "energy_eV": _nested(doc, "output", "energy"),
-            "total_magnetization": _task_magnetization(doc),
+            "energy_eV": task_field(doc, "output", "energy"),
+            "total_magnetization": task_magnetization(doc),
         }
         rerun = rerun_maker.make(structure, prev_dir=prev_dir, rejected=rejected)
         return Response(output=doc, replace=rerun)
@@ -400,26 +405,6 @@ class MLStaticMaker(StaticMaker):
         return _annotate(super(MLStaticMaker, maker).make.original(maker, structure, prev_dir))
 
 
-def _nested(obj: Any, *path: str) -> Any:
-    """Nested attribute-or-key access; None when anything on the way is missing."""
-    for name in path:
-        if obj is None:
-            return None
-        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-    return obj
-
-
-def _task_successful(task: Any) -> bool | None:
-    state = _nested(task, "state")
-    return None if state is None else str(getattr(state, "value", state)).lower() == "successful"
-
-
-def _task_magnetization(task: Any) -> float | None:
-    calcs = _nested(task, "calcs_reversed")
-    mag = _nested(calcs[0] if calcs else None, "output", "outcar", "total_magnetization")
-    return None if mag is None else float(mag)
-
-
 def _reference_values(reference: Any) -> tuple[float | None, float | None]:
     """(energy in eV, total magnetisation in μB/cell) of a reference TaskDoc or dict."""
     if reference is None:
@@ -427,8 +412,8 @@ def _reference_values(reference: Any) -> tuple[float | None, float | None]:
     if isinstance(reference, dict) and ("energy_eV" in reference or "total_magnetization" in reference):
         energy, mag = reference.get("energy_eV"), reference.get("total_magnetization")
     else:
-        energy, mag = _nested(reference, "output", "energy"), _task_magnetization(reference)
-        if _task_successful(reference) is False:
+        energy, mag = task_field(reference, "output", "energy"), task_magnetization(reference)
+        if task_successful(reference) is False:
             return None, None  # an unconverged baseline is no reference
     return (None if energy is None else float(energy)), (None if mag is None else float(mag))
 

@@ -31,6 +31,9 @@ from monty.io import zopen
 from monty.os.path import zpath
 
 __all__ = [
+    "task_field",
+    "task_magnetization",
+    "task_successful",
     "VaspScfSummary",
     "count_attempts",
     "is_backed_up",
@@ -303,3 +306,25 @@ def is_backed_up(directory: str | Path) -> bool:
         if data is not None and name in members:
             return _digest(data) == _digest(members[name])
     return False
+
+
+def task_field(obj: Any, *path: str) -> Any:
+    """Nested attribute-or-key access; None when anything on the way is missing."""
+    for name in path:
+        if obj is None:
+            return None
+        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    return obj
+
+
+def task_successful(task: Any) -> bool | None:
+    """True if an atomate2 TaskDoc's state is successful (None when it has no state)."""
+    state = task_field(task, "state")
+    return None if state is None else str(getattr(state, "value", state)).lower() == "successful"
+
+
+def task_magnetization(task: Any) -> float | None:
+    """Total magnetisation (μB/cell) of the last calculation's OUTCAR, or None."""
+    calcs = task_field(task, "calcs_reversed")
+    mag = task_field(calcs[0] if calcs else None, "output", "outcar", "total_magnetization")
+    return None if mag is None else float(mag)
