@@ -41,3 +41,32 @@ def test_bad_nprocs_and_missing_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="pw.in"):
         run_pw(tmp_path, nprocs=1)
 
+
+
+def test_pw_environment_malloc_defaults(monkeypatch):
+    from mlcharge_workflows.engines.qe.run import PW_MALLOC_ENV, pw_environment
+
+    env = pw_environment({"PATH": "/usr/bin", "MALLOC_TOP_PAD_": "123"})
+    assert env["PATH"] == "/usr/bin" and env["MALLOC_TOP_PAD_"] == "123"  # the user's value wins
+    assert env["MALLOC_MMAP_THRESHOLD_"] == PW_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    off = pw_environment({"MLCHARGE_PW_MALLOC": "0"})
+    assert not set(PW_MALLOC_ENV) & set(off)
+
+
+def test_run_pw_passes_the_environment(monkeypatch, tmp_path):
+    import subprocess
+
+    from mlcharge_workflows.engines.qe import run as run_mod
+
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen.update(kwargs)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(run_mod.subprocess, "run", fake_run)
+    monkeypatch.setenv("MLCHARGE_MPI_CMD", "")
+    monkeypatch.setenv("MLCHARGE_PW_CMD", "python3")  # any executable: subprocess is faked
+    (tmp_path / "pw.in").write_text("&control\n/\n")
+    run_mod.run_pw(tmp_path)
+    assert seen["env"]["MALLOC_TRIM_THRESHOLD_"] == run_mod.PW_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -19,6 +20,29 @@ def _tail(path: Path, n_lines: int = 25) -> str:
         return ""
     lines = path.read_text(errors="replace").splitlines()
     return "\n".join(lines[-n_lines:])
+
+
+#: glibc malloc settings for pw.x (each applies unless already set in the environment).
+#: pw.x allocates and frees its large work arrays every iteration; by default glibc serves
+#: them with fresh mmap()s, so every page is faulted in and zeroed again by the kernel.
+#: Measured on this 2-core VM (l12-Fe3Ni, 4 atoms, nspin 2, 19 iterations, pw.x 6.7 alone):
+#: 2.0 M minor page faults, 17.8 s user + 7.0 s system, 25.2 s wall by default; with these
+#: settings 38 k faults, 16.9 s user + 0.35 s system, 17.5 s wall. Results are unchanged.
+PW_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),  # glibc's largest allowed threshold
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+    "MALLOC_TOP_PAD_": str(256 * 1024 * 1024),
+}
+
+
+def pw_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a pw.x run: ``base`` (default ``os.environ``) plus :data:`PW_MALLOC_ENV`
+    for the keys it does not set (``MLCHARGE_PW_MALLOC=0`` leaves the environment alone)."""
+    env = dict(os.environ if base is None else base)
+    if env.get("MLCHARGE_PW_MALLOC", "1") != "0":
+        for key, value in PW_MALLOC_ENV.items():
+            env.setdefault(key, value)
+    return env
 
 
 def pw_command(nprocs: int | None = None, input_file: str = "pw.in") -> list[str]:
@@ -86,7 +110,8 @@ def run_pw(
     try:
         with open(out_path, "w") as out:
             proc = subprocess.run(
-                cmd, cwd=directory, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+                cmd, cwd=directory, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                env=pw_environment(),
             )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(
