@@ -59,7 +59,7 @@ def test_si_round_trip_restarts_in_one_or_two_iterations(si_scf, tmp_path):
     assert grid.n_electrons == pytest.approx(8.0, abs=1e-8)
     doc = run_qe_scf(SI, tmp_path / "restart", start=grid, protocol=SI_LIGHT, nprocs=1)
     assert doc.density_read_from_file and doc.density_initialised and doc.start == "file"
-    assert doc.scf_iterations <= 2
+    assert doc.scf_iterations <= 2 and doc.g_order_source == "computed"
     assert abs(doc.energy_eV - si_scf.energy_eV) / RY_TO_EV < 1e-6
     # the file given to pw.x (kept) equals pw.x's own converged file: the round trip is exact
     ours = read_qe_charge_density(doc.start_density_file)
@@ -174,3 +174,21 @@ def test_every_registry_pseudopotential_loads_in_pw_x(tmp_path):
     out = parse_pw_output(tmp_path / "pw.out")
     assert out.job_done and out.errors == []
     assert out.n_electrons == sum(get_pseudo(el).z_valence for el in elements)
+
+
+def test_nearly_tied_g_shells_take_pw_x_order_from_a_dry_run(tmp_path):
+    """c/a = 1/sqrt(2) written to 10 decimals: |G|^2 shells nearly tie at QE's 1e-8, so the
+    G order comes from a dry run up front (no post-run mismatch and redo)."""
+    import warnings
+
+    a = 3.5406274155
+    sic = Structure(Lattice.tetragonal(a, a / np.sqrt(2)), ["Si", "C"],
+                    [[0, 0, 0], [0.5, 0.5, 0.5]])
+    protocol = QEProtocol(kspacing=0.6)
+    atomic = run_qe_scf(sic, tmp_path / "atomic", protocol=protocol, nprocs=1)
+    grid = read_converged_density(atomic.dir_name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="computed G order differs")
+        doc = run_qe_scf(sic, tmp_path / "restart", start=grid, protocol=protocol, nprocs=1)
+    assert doc.g_order_source == "dry run" and doc.density_read_from_file
+    assert doc.scf_iterations <= 2 and doc.prep_wall_time_s > 0

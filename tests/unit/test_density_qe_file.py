@@ -204,3 +204,13 @@ def test_corrupt_xml_beside_density_raises(tmp_path):
     (out.parent / "data-file-schema.xml").write_text("<qes:espresso><output><atomic_str")
     with pytest.raises(ValueError, match="unreadable QE XML"):
         read_qe_density(out)
+
+
+def test_gvector_order_ambiguity_flags_nearly_tied_shells():
+    from mlcharge_workflows.density.qe_gvectors import qe_gvector_order_is_ambiguous
+
+    # the cell on which the computed order differed from pw.x's at 6,212 of 23,393 G vectors
+    feh = np.array([[0, 3.5406274155, 0], [0, 0, 3.5406274155], [2.5036016551, 0, 0]])
+    assert qe_gvector_order_is_ambiguous(feh, 350.0)
+    si = np.array([[0, 2.715, 2.715], [2.715, 0, 2.715], [2.715, 2.715, 0]])
+    assert not qe_gvector_order_is_ambiguous(si, 350.0)

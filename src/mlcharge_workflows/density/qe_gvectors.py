@@ -91,6 +91,26 @@ def qe_gvector_order(
     return _cached_order(lattice.tobytes(), float(ecutrho_ry), bool(gamma_only)).copy()
 
 
+def qe_gvector_order_is_ambiguous(
+    lattice_matrix_angstrom: np.ndarray, ecutrho_ry: float, gamma_only: bool = False,
+    band: tuple[float, float] = (0.5, 2.0),
+) -> bool:
+    """Whether :func:`qe_gvector_order` may differ from pw.x's order for this cell.
+
+    ``hpsort_eps`` ties |G|² values closer than 1e-8 (tpiba²). Two shells whose |G|² differ
+    by about that much (between ``band[0]`` and ``band[1]`` times 1e-8) are tied or not
+    depending on the last bits of the arithmetic, which differ between numpy and pw.x.
+    This happens when a lattice is special up to the decimals written in the input (e.g. a
+    c/a of 1/√2 rounded to 10 digits: 74 such pairs on a 3-atom tetragonal cell whose
+    computed order differed from pw.x's at 6,212 of 23,393 G vectors); generic cells have
+    none. Callers then take pw.x's own order from a dry run.
+    """
+    lattice = np.asarray(lattice_matrix_angstrom, dtype=float).reshape(3, 3)
+    _, tt, _, _ = _sphere(lattice, float(ecutrho_ry), bool(gamma_only))
+    gaps = np.diff(np.sort(np.where(tt > EPS8, tt, 0.0)))
+    return bool(np.any((gaps > band[0] * EPS8) & (gaps < band[1] * EPS8)))
+
+
 @lru_cache(maxsize=8)
 def _cached_order(lattice_bytes: bytes, ecutrho_ry: float, gamma_only: bool) -> np.ndarray:
     lattice = np.frombuffer(lattice_bytes, dtype=float).reshape(3, 3)

@@ -384,10 +384,17 @@ def run_qe_scf(
     extra: dict = {}
     (directory / START_COPY).unlink(missing_ok=True)  # a stale copy would mislead
     if grid is not None:
-        prep, copy = _place_start_density(
-            structure, directory, protocol, nprocs, grid, dry_run=False
+        from mlcharge_workflows.density.qe_gvectors import qe_gvector_order_is_ambiguous
+
+        # a cell whose |G|² shells nearly tie at QE's 1e-8 takes pw.x's own order up front
+        ambiguous = qe_gvector_order_is_ambiguous(
+            _written_lattice(structure, protocol), protocol.cutoffs(structure)[1]
         )
-        extra = dict(
+        prep, copy = _place_start_density(
+            structure, directory, protocol, nprocs, grid, dry_run=ambiguous
+        )
+        extra["g_order_source"] = "dry run" if ambiguous else "computed"
+        extra.update(
             start_source=source,
             start_density_file=str(copy),
             start_n_electrons=grid.metadata.get("start_n_electrons"),
@@ -406,6 +413,7 @@ def run_qe_scf(
         )
         prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
         extra["prep_wall_time_s"] = prep + elapsed
+        extra["g_order_source"] = "dry run after mismatch"
         elapsed, parsed, kpoints = _write_and_run(
             structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot="file"
         )

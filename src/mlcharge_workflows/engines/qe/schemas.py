@@ -53,6 +53,11 @@ class QETaskDocument(BaseModel):
     prep_wall_time_s: float | None = Field(
         None, description="Wall time of the zero-step dry run that fixed the G order, if any."
     )
+    g_order_source: str | None = Field(
+        None,
+        description="G order of a start density: 'computed' from the cell, 'dry run' (pw.x's "
+        "own, for cells whose |G|² shells nearly tie at QE's 1e-8) or 'dry run after mismatch'.",
+    )
     scf_accuracy_Ry: list[float] = Field(default_factory=list)
     n_electrons: float | None = None
     nspin: int = 1
