@@ -23,8 +23,10 @@ class MLChargeSettings(BaseSettings):
 
     pw_cmd: str = Field("pw.x", description="Quantum ESPRESSO pw.x executable.")
     mpi_cmd: str = Field(
-        "mpirun --allow-run-as-root -np {nprocs}",
-        description="MPI launcher template; '{nprocs}' is replaced. Empty string: run serially.",
+        "mpirun --allow-run-as-root --bind-to none -np {nprocs}",
+        description="MPI launcher template; '{nprocs}' is replaced. Empty string: run serially. "
+        "'--bind-to none' matters: Open MPI pins the ranks of every separate mpirun to the "
+        "same first cores, so concurrent pw.x runs (workers, --jobs) would share one core.",
     )
     qe_nprocs: int = Field(2, description="MPI processes for one pw.x run.")
     pseudo_dir: Path = Field(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mlcharge_workflows.engines.qe.run import pw_command, run_pw
@@ -12,9 +14,26 @@ def test_default_command_uses_mpi_and_nprocs(monkeypatch):
     monkeypatch.delenv("MLCHARGE_MPI_CMD", raising=False)
     monkeypatch.setenv("MLCHARGE_QE_NPROCS", "3")
     cmd = pw_command()
-    assert cmd[:4] == ["mpirun", "--allow-run-as-root", "-np", "3"]
+    assert cmd[:6] == ["mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "3"]
     assert cmd[-3:] == ["pw.x", "-in", "pw.in"]
-    assert pw_command(nprocs=1)[3] == "1"
+    assert pw_command(nprocs=1)[5] == "1"
+
+
+def test_default_mpirun_does_not_pin_ranks(monkeypatch, tmp_path):
+    """Open MPI binds each mpirun's ranks to the first cores: two concurrent single-rank
+    pw.x runs then shared core 0 (measured: both at ~50% CPU, the other core idle)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mpirun") is None or not hasattr(os, "sched_getaffinity"):
+        pytest.skip("needs Open MPI's mpirun and sched_getaffinity")
+    script = tmp_path / "affinity.sh"
+    script.write_text("#!/bin/sh\npython3 -c 'import os; print(sorted(os.sched_getaffinity(0)))'\n")
+    script.chmod(0o755)
+    monkeypatch.delenv("MLCHARGE_MPI_CMD", raising=False)
+    monkeypatch.setenv("MLCHARGE_PW_CMD", str(script))
+    out = subprocess.run(pw_command(nprocs=1), capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(sorted(os.sched_getaffinity(0))), out.stdout + out.stderr
 
 
 def test_serial_when_mpi_cmd_empty(monkeypatch):
