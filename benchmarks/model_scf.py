@@ -37,8 +37,13 @@ def run(dataset: str, split: str, limit: int | None, model_path: str | None, npr
         from mlcharge_workflows.training.train import hash_split
 
         ids = [i for i in ds.ids if hash_split(i, 0, 0.1, 0.1) == split]
-    ids = ids[:limit] if limit else ids
     model = load_model(model_path)
+    # never a record the model was trained or validated on (a dataset's splits can be
+    # rebuilt by `data finalize` as it grows; the weights keep the ids they were fitted on)
+    fitted = {i.split("/", 1)[-1] for k in ("train", "val")
+              for i in (model.metadata.get("training", {}).get("record_ids", {}).get(k) or [])}
+    ids = [i for i in ids if i not in fitted]
+    ids = ids[:limit] if limit else ids
     rows = []
     for rid in ids:
         rec = ds[rid]
