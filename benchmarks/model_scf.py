@@ -42,14 +42,13 @@ def run(dataset: str, split: str, limit: int | None, model_path: str | None, npr
     # rebuilt by `data finalize` as it grows; the weights keep the ids they were fitted on)
     fitted = {i.split("/", 1)[-1] for k in ("train", "val")
               for i in (model.metadata.get("training", {}).get("record_ids", {}).get(k) or [])}
-    def family(record_id: str) -> str:
-        from pymatgen.core import Composition
+    import sys
 
-        parts = record_id.split("-")
-        try:
-            return Composition(parts[-3] if len(parts) >= 4 else record_id).chemical_system
-        except Exception:  # noqa: BLE001 - an id that names no formula
-            return record_id
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare_unseen import _family_of_id  # the same id -> chemical system rule
+
+    def family(record_id: str) -> str:
+        return _family_of_id(record_id) or record_id
 
     fitted_families = {family(i) for i in fitted}
     ids = [i for i in ids if i not in fitted and family(i) not in fitted_families]

@@ -105,17 +105,23 @@ def qe_gvector_order_is_ambiguous(
     computed order differed from pw.x's at 6,212 of 23,393 G vectors); generic cells have
     none. Callers then take pw.x's own order from a dry run.
     """
-    lattice = np.asarray(lattice_matrix_angstrom, dtype=float).reshape(3, 3)
-    _, tt, _, _ = _sphere(lattice, float(ecutrho_ry), bool(gamma_only))
-    gaps = np.diff(np.sort(np.where(tt > EPS8, tt, 0.0)))
+    lattice = np.ascontiguousarray(lattice_matrix_angstrom, dtype=float).reshape(3, 3)
+    _, g2 = _cached_sphere(lattice.tobytes(), float(ecutrho_ry), bool(gamma_only))
+    gaps = np.diff(np.sort(g2))
     return bool(np.any((gaps > band[0] * EPS8) & (gaps < band[1] * EPS8)))
 
 
 @lru_cache(maxsize=8)
-def _cached_order(lattice_bytes: bytes, ecutrho_ry: float, gamma_only: bool) -> np.ndarray:
+def _cached_sphere(lattice_bytes: bytes, ecutrho_ry: float, gamma_only: bool):
+    """Miller indices and |G|² (zeroed below 1e-8) of a cell's sphere, built once per cell."""
     lattice = np.frombuffer(lattice_bytes, dtype=float).reshape(3, 3)
     mill, tt, _, _ = _sphere(lattice, ecutrho_ry, gamma_only)
-    g2 = np.where(tt > EPS8, tt, 0.0)
+    return mill, np.where(tt > EPS8, tt, 0.0)
+
+
+@lru_cache(maxsize=8)
+def _cached_order(lattice_bytes: bytes, ecutrho_ry: float, gamma_only: bool) -> np.ndarray:
+    mill, g2 = _cached_sphere(lattice_bytes, ecutrho_ry, gamma_only)
     return mill[_hpsort_eps_order(g2)]
 
 

@@ -210,6 +210,7 @@ def _place_start_density(
     nprocs: int | None,
     grid: DensityGrid,
     dry_run: bool = True,
+    lattice: np.ndarray | None = None,
 ) -> tuple[float, Path]:
     """Write ``grid`` as pw.x's start density in pw.x's exact G order; keep a copy.
 
@@ -238,7 +239,9 @@ def _place_start_density(
         save.mkdir(parents=True, exist_ok=True)
         from mlcharge_workflows.density.qe_file import grid_to_qe, write_qe_charge_density
 
-        mill = qe_gvector_order(_written_lattice(structure, protocol), ecutrho)
+        if lattice is None:
+            lattice = _written_lattice(structure, protocol)
+        mill = qe_gvector_order(lattice, ecutrho)
         written = write_qe_charge_density(
             save / "charge-density.dat", grid_to_qe(grid, ecutrho, mill=mill)
         )
@@ -387,11 +390,10 @@ def run_qe_scf(
         from mlcharge_workflows.density.qe_gvectors import qe_gvector_order_is_ambiguous
 
         # a cell whose |G|² shells nearly tie at QE's 1e-8 takes pw.x's own order up front
-        ambiguous = qe_gvector_order_is_ambiguous(
-            _written_lattice(structure, protocol), protocol.cutoffs(structure)[1]
-        )
+        lattice = _written_lattice(structure, protocol)
+        ambiguous = qe_gvector_order_is_ambiguous(lattice, protocol.cutoffs(structure)[1])
         prep, copy = _place_start_density(
-            structure, directory, protocol, nprocs, grid, dry_run=ambiguous
+            structure, directory, protocol, nprocs, grid, dry_run=ambiguous, lattice=lattice
         )
         extra["g_order_source"] = "dry run" if ambiguous else "computed"
         extra.update(
