@@ -21,16 +21,9 @@ import numpy as np
 
 def hartree_and_l1(delta: np.ndarray, true: np.ndarray, lattice: np.ndarray) -> tuple[float, float]:
     """(Hartree metric, NMAPE %) of a density error ``delta`` (e/Å³ on a periodic grid)."""
-    volume = abs(np.linalg.det(lattice))
-    c = np.fft.fftn(delta) / delta.size
-    recip = 2 * np.pi * np.linalg.inv(lattice).T
-    freqs = [np.fft.fftfreq(n, 1 / n) for n in delta.shape]
-    mill = np.stack(np.meshgrid(*freqs, indexing="ij"), -1).reshape(-1, 3)
-    q2 = ((mill @ recip) ** 2).sum(1)
-    power = np.abs(c.reshape(-1)) ** 2
-    nz = q2 > 1e-12
-    hartree = float(4 * np.pi * volume * (power[nz] / q2[nz]).sum())
-    return hartree, float(100 * np.abs(delta).sum() / np.abs(true).sum())
+    from mlcharge_workflows.training.metrics import hartree_metric
+
+    return hartree_metric(delta, lattice), float(100 * np.abs(delta).sum() / np.abs(true).sum())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,3 +118,45 @@ def test_train_on_val_keeps_last_epoch(dataset, tmp_path):
     metrics = train(_config(dataset, tmp_path / "tv", epochs=3, patience=1, lr=0.0, train_on_val=True), log=lambda _: None)
     assert metrics["epochs_run"] == 3 and metrics["n_train"] == 5 and metrics["train_on_val"]
     assert load_weights(tmp_path / "tv" / "model.pt").metadata["epoch"] == 2
+
+
+def test_hartree_metric_of_a_plane_wave():
+    from mlcharge_workflows.training.metrics import hartree_metric
+
+    a, n, amp = 4.0, 16, 0.03
+    lattice = np.eye(3) * a
+    x = np.arange(n) / n
+    delta = amp * np.cos(2 * np.pi * 2 * x)[:, None, None] * np.ones((n, n, n))
+    g = 2 * np.pi * 2 / a
+    assert hartree_metric(delta, lattice) == pytest.approx(2 * np.pi * a**3 * amp**2 / g**2, rel=1e-10)
+    assert hartree_metric(np.full((n, n, n), 0.1), lattice) == pytest.approx(0.0, abs=1e-20)
+
+
+def test_hartree_loss_equals_the_metric_on_the_grid(dataset, tmp_path):
+    """The training term (G half-sphere, Parseval weights) is the Hartree metric / N of the grid error."""
+    from mlcharge_workflows.training.metrics import hartree_metric
+    from mlcharge_workflows.training.train import _errors, half_to_grid, prepare_sample
+
+    rec = DensityDataset(dataset)["rec1"]
+    table, ecut = build_table(["C", "Si"], [], tmp_path)
+    torch.manual_seed(5)
+    model = DensityModel(ModelConfig(elements=["C", "Si"], ecutrho_ry={"C": 60.0, "Si": 60.0}, **SMALL), table).double()
+    s = prepare_sample(model, rec, q_core=1e3)
+    assert len(s.rest) == 0
+    g2, hartree = _errors(model, s, None, _config(dataset, tmp_path), s.core, False, True)
+    with torch.no_grad():
+        tot, _ = model.fourier(s.cell)
+        delta = (half_to_grid(tot, s.cell.mill, s.grid_shape) - half_to_grid(s.target, s.cell.mill, s.grid_shape)).numpy()
+    expected = hartree_metric(delta, rec.structure.lattice.matrix) / s.cell.n_electrons
+    assert float(hartree.detach()) == pytest.approx(expected, rel=1e-6) and expected > 0
+    assert float(g2.detach()) == pytest.approx((delta**2).sum() * s.cell.volume / delta.size / s.cell.n_electrons, rel=1e-6)
+
+
+def test_train_with_hartree_loss_reports_the_ratio(dataset, tmp_path):
+    metrics = train(_config(dataset, tmp_path / "h", epochs=2, loss_g2=0.0, loss_hartree=1.0), log=lambda _: None)
+    row = metrics["test"]["records"][0]
+    assert row["hartree"] > 0 and row["sad_hartree"] > 0
+    assert row["hartree_ratio"] == pytest.approx(row["hartree"] / row["sad_hartree"])
+    assert metrics["test"]["hartree_ratio"]["count"] == 1
+    with pytest.raises(ValueError, match="loss_hartree"):
+        _config(dataset, tmp_path, loss_hartree=-1.0)

@@ -20,6 +20,26 @@ def nmape(pred: np.ndarray, true: np.ndarray) -> float:
     return float(100.0 * np.abs(pred - true).sum() / denom)
 
 
+def hartree_metric(delta: np.ndarray, lattice: np.ndarray) -> float:
+    """Hartree metric ``4π V Σ_{G≠0} |Δρ(G)|² / G²`` (e²/Å) of a density error on a periodic grid.
+
+    ``delta`` in e/Å³ on the cell's grid, ``lattice`` rows in Å. Twice the Hartree energy of the
+    error: the quantity pw.x's "estimated scf accuracy" measures, so the one its SCF reduces
+    iteration by iteration (NMAPE weighs all wavelengths alike).
+    """
+    delta = np.asarray(delta, dtype=float)
+    lattice = np.asarray(lattice, dtype=float)
+    volume = abs(np.linalg.det(lattice))
+    c = np.fft.fftn(delta) / delta.size
+    recip = 2 * np.pi * np.linalg.inv(lattice).T
+    freqs = [np.fft.fftfreq(n, 1 / n) for n in delta.shape]
+    mill = np.stack(np.meshgrid(*freqs, indexing="ij"), -1).reshape(-1, 3)
+    q2 = ((mill @ recip) ** 2).sum(1)
+    power = np.abs(c.reshape(-1)) ** 2
+    nz = q2 > 1e-12
+    return float(4 * np.pi * volume * (power[nz] / q2[nz]).sum())
+
+
 def magnetization_error(pred: np.ndarray, true: np.ndarray, volume: float) -> float:
     """Integral of ``|m_pred - m_true|`` over the cell (μB); grids of the same shape."""
     pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)

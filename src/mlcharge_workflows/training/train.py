@@ -5,6 +5,9 @@ Loss per structure (weights in the config), with ``N`` the electron count:
 * ``loss_g2``: ``V * sum_G |c_pred - c_true|² / N`` over the record's G sphere, which by
   Parseval is ``∫ |rho_pred - rho_true|² dr / N`` (``m3 >= 0`` half, doubled weights);
 * ``loss_r1``: ``sum |rho_pred - rho_true| / sum |rho_true|`` on the engine's grid (NMAPE/100);
+* ``loss_hartree``: ``4π V * sum_{G≠0, |G| <= q_core} w |c_pred - c_true|² / |G|² / N``, the
+  Hartree energy of the error (what pw.x's "estimated scf accuracy" measures, and what the
+  first SCF iterations must remove); the magnetisation has no Hartree term;
 * magnetisation terms alike, scaled by ``magnetization_weight``.
 
 Splits come from the dataset manifest when it has them, else from a hash of each record's
@@ -32,7 +35,7 @@ from mlcharge_workflows.model.core import Cell, DensityModel, ModelConfig
 from mlcharge_workflows.model.io import save_model
 from mlcharge_workflows.model.predict import predict_density
 from mlcharge_workflows.training.dataset import DensityDataset, DensityRecord
-from mlcharge_workflows.training.metrics import nmape, summarize
+from mlcharge_workflows.training.metrics import hartree_metric, nmape, summarize
 
 
 class TrainConfig(BaseModel):
@@ -51,6 +54,9 @@ class TrainConfig(BaseModel):
     patience: int = Field(40, ge=1, description="Early stopping: epochs without validation gain.")
     loss_g2: float = 1.0
     loss_r1: float = 0.0
+    loss_hartree: float = Field(
+        0.0, ge=0.0, description="Weight of the Hartree (1/G²-weighted) error term over |G| <= q_core."
+    )
     q_core: float = Field(
         10.0, description="|G| (Å⁻¹) below which every G enters the G-space loss at every step."
     )
@@ -264,15 +270,21 @@ def half_to_grid(coeffs: torch.Tensor, mill: np.ndarray, shape: tuple[int, int, 
     return torch.fft.irfftn(f, s=shape) * float(np.prod(shape))
 
 
-def _g2(model, s: Sample, coeffs, cfg: TrainConfig, rows: np.ndarray, factor: float, cache: bool):
-    """``factor * V * sum_rows w |c_pred - c_true|² / N`` (magnetisation included)."""
+def _errors(model, s: Sample, coeffs, cfg: TrainConfig, rows: np.ndarray, cache: bool, hartree: bool):
+    """``(V sum_rows w |Δc|² / N`` with the magnetisation, ``4π V sum_rows,G≠0 w |Δc|²/|G|² / N``)."""
     tot, mag = model.fourier(s.cell, coeffs, cache=cache, rows=rows)
     rows_t = torch.as_tensor(rows, device=s.weight.device)
     w = s.weight[rows_t]
-    err = (w * (tot - s.target[rows_t]).abs() ** 2).sum()
+    d2 = (tot - s.target[rows_t]).abs() ** 2
+    err = (w * d2).sum()
     if mag is not None and s.target_mag is not None:
         err = err + cfg.magnetization_weight * (w * (mag - s.target_mag[rows_t]).abs() ** 2).sum()
-    return factor * s.cell.volume * err / s.cell.n_electrons
+    scale = s.cell.volume / s.cell.n_electrons
+    if not hartree:
+        return scale * err, None
+    q = torch.as_tensor(s.cell.geom.q_np[rows], dtype=w.dtype, device=w.device)
+    inv_q2 = torch.where(q > 1e-8, 1.0 / q.clamp_min(1e-8) ** 2, torch.zeros_like(q))
+    return scale * err, 4 * math.pi * scale * (w * inv_q2 * d2).sum()
 
 
 def sample_loss(
@@ -280,15 +292,20 @@ def sample_loss(
 ) -> torch.Tensor:
     """The configured loss of one sample.
 
-    The G-space term takes every G with ``|G| <= q_core`` (where nearly all the correction
-    lives) and ``n_extra`` random others, reweighted so the estimate stays unbiased.
+    The G-space terms take every G with ``|G| <= q_core`` (where nearly all the correction
+    lives); the L2 term adds ``n_extra`` random others, reweighted so the estimate stays
+    unbiased. The Hartree term stays on the core rows (its 1/G² weight makes the rest negligible).
     """
     loss = torch.zeros((), dtype=s.weight.dtype, device=s.weight.device)
-    if cfg.loss_g2:
-        loss = loss + cfg.loss_g2 * _g2(model, s, coeffs, cfg, s.core, 1.0, cache)
-        if len(s.rest) and cfg.n_extra:
-            pick = np.sort(rng.choice(s.rest, size=min(cfg.n_extra, len(s.rest)), replace=False))
-            loss = loss + cfg.loss_g2 * _g2(model, s, coeffs, cfg, pick, len(s.rest) / len(pick), False)
+    if cfg.loss_g2 or cfg.loss_hartree:
+        g2, hartree = _errors(model, s, coeffs, cfg, s.core, cache, bool(cfg.loss_hartree))
+        loss = loss + cfg.loss_g2 * g2
+        if hartree is not None:
+            loss = loss + cfg.loss_hartree * hartree
+    if cfg.loss_g2 and len(s.rest) and cfg.n_extra:
+        pick = np.sort(rng.choice(s.rest, size=min(cfg.n_extra, len(s.rest)), replace=False))
+        g2, _ = _errors(model, s, coeffs, cfg, pick, False, False)
+        loss = loss + cfg.loss_g2 * g2 * (len(s.rest) / len(pick))
     if cfg.loss_r1:
         tot, _ = model.fourier(s.cell, coeffs)
         rho = half_to_grid(tot, s.cell.mill, s.grid_shape)
@@ -306,19 +323,22 @@ def quick_nmape(model: DensityModel, s: Sample) -> float:
     return nmape(rho, s.true_grid.double().cpu().numpy())
 
 
-def sad_nmape(model: DensityModel, rec: DensityRecord) -> float:
-    """NMAPE (%) of the model's atomic superposition alone (the baseline it corrects)."""
+def sad_grid(model: DensityModel, rec: DensityRecord) -> np.ndarray:
+    """The model's atomic superposition alone (the baseline it corrects) on the record's grid."""
     from mlcharge_workflows.model.atomic import sad_coefficients
 
     cell = model.prepare(rec.structure, spin=False)
     tot, _ = sad_coefficients(model.table, cell.species, cell.frac, cell.lattice, rec.mill)
     zero = np.flatnonzero((rec.mill == 0).all(axis=1))
     tot[zero] = cell.n_electrons / cell.volume
-    pred = rec.to_grid()
     from mlcharge_workflows.density.grid import grid_from_coefficients
 
-    rho = grid_from_coefficients(tot, rec.mill, rec.grid_shape)
-    return nmape(rho, pred.total)
+    return grid_from_coefficients(tot, rec.mill, rec.grid_shape)
+
+
+def sad_nmape(model: DensityModel, rec: DensityRecord) -> float:
+    """NMAPE (%) of the model's atomic superposition alone."""
+    return nmape(sad_grid(model, rec), rec.to_grid().total)
 
 
 def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
@@ -328,16 +348,22 @@ def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
         true = rec.to_grid()
         t0 = time.perf_counter()
         pred = predict_density(rec.structure, rec.grid_shape, model, spin="model")
+        seconds = time.perf_counter() - t0
+        sad = sad_grid(model, rec)
+        lattice = rec.structure.lattice.matrix
         row = {
             "id": rec.id,
             "dataset": (rec.metadata or {}).get("_dataset"),
             "formula": rec.structure.composition.reduced_formula,
             "n_atoms": len(rec.structure),
             "nmape": nmape(pred.total, true.total),
-            "sad_nmape": sad_nmape(model, rec),
+            "sad_nmape": nmape(sad, true.total),
+            "hartree": hartree_metric(pred.total - true.total, lattice),
+            "sad_hartree": hartree_metric(sad - true.total, lattice),
             "clipped_electrons": pred.metadata["clipped_electrons"],
-            "seconds": time.perf_counter() - t0,
+            "seconds": seconds,
         }
+        row["hartree_ratio"] = row["hartree"] / row["sad_hartree"] if row["sad_hartree"] > 0 else None
         if true.magnetization is not None:
             m = pred.magnetization if pred.magnetization is not None else np.zeros(true.shape)
             row["magnetization_true"] = true.total_magnetization
@@ -354,6 +380,7 @@ def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
     return {
         "nmape": summarize([r["nmape"] for r in rows]),
         "sad_nmape": summarize([r["sad_nmape"] for r in rows]),
+        "hartree_ratio": summarize([r["hartree_ratio"] for r in rows if r["hartree_ratio"] is not None]),
         "magnetization_nmape": summarize([r["magnetization_nmape"] for r in rows if "magnetization_nmape" in r]),
         "by_dataset": by_dataset,
         "records": rows,
