@@ -16,7 +16,7 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -186,16 +186,16 @@ def compare(
     nscf: bool = typer.Option(
         False, "--nscf", help="Band gaps from NSCF on the ML, atomic and converged densities."
     ),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model weights (default: shipped)."),
+    model: Path | None = typer.Option(None, "--model", help="Model weights (default: shipped)."),
     workdir: Path = typer.Option(Path("mlcharge_compare"), "--workdir", help="Run folders."),
-    store: Optional[Path] = typer.Option(
+    store: Path | None = typer.Option(
         None, "--store", help="File-backed jobflow store folder (default: MLCHARGE_PROJECT_DIR)."
     ),
     output: Path = typer.Option(..., "--output", "-o", help="JSON file for the list of records."),
     jobs: int = typer.Option(2, "--jobs", "-j", help="Structures compared at a time."),
     nprocs: int = typer.Option(1, "--nprocs", help="MPI processes per DFT run (all arms alike)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    protocol: Optional[str] = typer.Option(
+    protocol: str | None = typer.Option(
         None, "--protocol",
         help="QE protocol overrides: a JSON/YAML file or inline JSON, e.g. '{\"ecutwfc_ry\": 25}'.",
     ),

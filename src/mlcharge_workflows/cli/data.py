@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -71,24 +70,24 @@ def generate(
     nprocs: int = typer.Option(1, "--nprocs", help="MPI processes per pw.x run."),
     workers: int = typer.Option(2, "--workers", help="pw.x runs at the same time."),
     max_atoms: int = typer.Option(16, "--max-atoms", help="Largest cell generated."),
-    elements: Optional[str] = typer.Option(None, "--elements", help="Comma-separated elements "
+    elements: str | None = typer.Option(None, "--elements", help="Comma-separated elements "
                                            "(default: every element the QE engine supports)."),
     small_fraction: float = typer.Option(0.6, "--small-fraction",
                                          help="Fraction of primitive cells of <= 4 atoms."),
     store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the "
                                      "stored coefficients; 0 keeps pw.x's whole sphere."),
-    protocol: Optional[Path] = typer.Option(None, "--protocol", help="YAML/JSON of QEProtocol "
+    protocol: Path | None = typer.Option(None, "--protocol", help="YAML/JSON of QEProtocol "
                                             "fields (default: the package's fixed protocol)."),
-    kspacing: Optional[float] = typer.Option(None, "--kspacing", help="Override the protocol's "
+    kspacing: float | None = typer.Option(None, "--kspacing", help="Override the protocol's "
                                              "k-point spacing (Å⁻¹)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
                                             "many seconds (listed as a failure)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run recorded failures again."),
     fireworks: bool = typer.Option(False, "--fireworks", help="Submit to a FireWorks LaunchPad "
                                    "instead of running locally (then `mlcharge worker`)."),
-    launchpad: Optional[Path] = typer.Option(None, "--launchpad", help="With --fireworks: "
+    launchpad: Path | None = typer.Option(None, "--launchpad", help="With --fireworks: "
                                              "my_launchpad.yaml (default: embedded project)."),
-    project: Optional[Path] = typer.Option(None, "--project", help="With --fireworks: embedded "
+    project: Path | None = typer.Option(None, "--project", help="With --fireworks: embedded "
                                            "project folder (default MLCHARGE_PROJECT_DIR)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
@@ -144,7 +143,7 @@ def ingest(
 @data_app.command("finalize")
 def finalize(
     directory: Path = typer.Argument(..., help="Dataset folder."),
-    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the family "
+    split_seed: int | None = typer.Option(None, "--split-seed", help="Seed of the family "
                                              "split (default: the one recorded)."),
 ) -> None:
     """Rebuild a dataset's manifest (records, failures, splits, counts) from its files."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,9 +15,9 @@ ENGINES = ("qe", "vasp")
 
 def train(
     config: Path = typer.Argument(..., help="YAML training config (see docs/model-card.md)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Override the config's output folder."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Override the time budget."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Override the config's output folder."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Override the time budget."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from output/checkpoint.pt."),
 ) -> None:
     """Train the density model on datasets from ``data generate`` / ``data ingest``.
@@ -66,11 +65,11 @@ def predict(
     ),
     encut: float = typer.Option(520.0, "--encut", help="VASP ENCUT (eV) that fixes the fine grid."),
     prec: str = typer.Option("Accurate", "--prec", help="VASP PREC (Normal, Accurate, ...)."),
-    ecutrho: Optional[float] = typer.Option(
+    ecutrho: float | None = typer.Option(
         None, "--ecutrho", help="QE ecutrho (Ry); default: the QE protocol's cutoff for the structure."
     ),
-    model_path: Optional[Path] = typer.Option(None, "--model", help="Weights file (default: shipped)."),
-    spin: Optional[str] = typer.Option(
+    model_path: Path | None = typer.Option(None, "--model", help="Weights file (default: shipped)."),
+    spin: str | None = typer.Option(
         None, "--spin", help="Magnetic cells: 'atomic' (pw.x's start, default) or 'model' (learned rho and m)."
     ),
 ) -> None:

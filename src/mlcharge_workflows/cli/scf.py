@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -71,12 +70,12 @@ def scf(
         help="'atomic', or a density: a run folder of mlcharge, a QE outdir or .save folder, "
         "a charge-density.dat, or a CHGCAR for the same cell and species order.",
     ),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON."),
-    nprocs: Optional[int] = typer.Option(None, "--nprocs", help="MPI processes (default MLCHARGE_QE_NPROCS)."),
-    workdir: Optional[Path] = typer.Option(
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON."),
+    nprocs: int | None = typer.Option(None, "--nprocs", help="MPI processes (default MLCHARGE_QE_NPROCS)."),
+    workdir: Path | None = typer.Option(
         None, "--workdir", help="Run folder (default mlcharge_scf/<formula>-<start>-<time>)."
     ),
-    protocol: Optional[Path] = typer.Option(
+    protocol: Path | None = typer.Option(
         None, "--protocol", help="YAML/JSON file of QEProtocol fields overriding the defaults."
     ),
 ) -> None:

@@ -8,7 +8,6 @@ database and a montydb jobflow store that submitter, workers and report share.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -49,17 +48,17 @@ def submit(
     structures: list[Path] = typer.Argument(..., help="Structure files or folders of them."),
     engine: str = typer.Option("qe", "--engine", help="DFT engine: qe or vasp."),
     flow: str = typer.Option("compare", "--flow", help="compare, ml-static or ml-bands."),
-    launchpad: Optional[Path] = typer.Option(None, "--launchpad", "-l", help=_LAUNCHPAD_HELP),
-    project: Optional[Path] = typer.Option(None, "--project", "-p", help=_PROJECT_HELP),
+    launchpad: Path | None = typer.Option(None, "--launchpad", "-l", help=_LAUNCHPAD_HELP),
+    project: Path | None = typer.Option(None, "--project", "-p", help=_PROJECT_HELP),
     oracle: bool = typer.Option(False, "--oracle", help="compare: also restart from the "
                                 "converged density (the ceiling)."),
     nscf: bool = typer.Option(False, "--nscf", help="compare: NSCF band gaps from the ML, "
                               "atomic and converged densities."),
-    nprocs: Optional[int] = typer.Option(None, "--nprocs", help="MPI processes per DFT run."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Model weights (default: shipped)."),
-    protocol: Optional[Path] = typer.Option(None, "--protocol", help="QE: YAML/JSON file of "
+    nprocs: int | None = typer.Option(None, "--nprocs", help="MPI processes per DFT run."),
+    model: Path | None = typer.Option(None, "--model", help="Model weights (default: shipped)."),
+    protocol: Path | None = typer.Option(None, "--protocol", help="QE: YAML/JSON file of "
                                             "QEProtocol fields (cutoffs, kspacing, ...)."),
-    ml_fworker: Optional[str] = typer.Option(None, "--ml-fworker", help="FireWorks worker name "
+    ml_fworker: str | None = typer.Option(None, "--ml-fworker", help="FireWorks worker name "
                                              "that must run the density prediction (e.g. gpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
@@ -101,16 +100,16 @@ def submit(
 
 
 def worker(
-    project: Optional[Path] = typer.Option(None, "--project", "-p", help=_PROJECT_HELP + " With "
+    project: Path | None = typer.Option(None, "--project", "-p", help=_PROJECT_HELP + " With "
                                            "--launchpad: the folder under which launches run."),
-    launchpad: Optional[Path] = typer.Option(None, "--launchpad", "-l", help=_LAUNCHPAD_HELP),
+    launchpad: Path | None = typer.Option(None, "--launchpad", "-l", help=_LAUNCHPAD_HELP),
     nlaunches: int = typer.Option(0, "--nlaunches", "-n", help="Stop after N fireworks "
                                   "(0: until nothing is left)."),
-    fworker: Optional[Path] = typer.Option(None, "--fworker", help="FireWorks my_fworker.yaml "
+    fworker: Path | None = typer.Option(None, "--fworker", help="FireWorks my_fworker.yaml "
                                            "(name/category/query, e.g. a GPU worker)."),
-    store: Optional[Path] = typer.Option(None, "--store", help="With --launchpad: jobflow store "
+    store: Path | None = typer.Option(None, "--store", help="With --launchpad: jobflow store "
                                          "config file (default: jobflow's JOB_STORE)."),
-    lostrun_expiration: Optional[int] = typer.Option(
+    lostrun_expiration: int | None = typer.Option(
         None, "--lostrun-expiration", help="With --launchpad: seconds without a ping after which "
         "a RUNNING firework counts as lost and is rerun (default: FireWorks' 4 h)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
@@ -143,9 +142,9 @@ def worker(
 
 
 def report(
-    store: Optional[Path] = typer.Option(None, "--store", "-s", help="Project folder or jobflow "
+    store: Path | None = typer.Option(None, "--store", "-s", help="Project folder or jobflow "
                                          "store config file (default: MLCHARGE_PROJECT_DIR)."),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="Records file of `mlcharge "
+    json_file: Path | None = typer.Option(None, "--json", help="Records file of `mlcharge "
                                              "compare` instead of a store."),
     output: list[Path] = typer.Option([], "--output", "-o", help="report.html, .png, .csv or "
                                       ".json (repeat for several)."),

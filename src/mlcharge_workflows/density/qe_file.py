@@ -27,7 +27,11 @@ import numpy as np
 from mlcharge_workflows.density.grid import DensityGrid, grid_from_coefficients
 from mlcharge_workflows.density.qe_gvectors import (
     QE_BOHR_TO_ANGSTROM as BOHR_TO_ANGSTROM,
+)
+from mlcharge_workflows.density.qe_gvectors import (
     QE_PER_BOHR3_TO_PER_ANGSTROM3 as PER_BOHR3_TO_PER_ANGSTROM3,
+)
+from mlcharge_workflows.density.qe_gvectors import (
     fft_grid_for_miller,
     qe_fft_fact,
     qe_fft_grid,
@@ -83,7 +87,7 @@ class QEChargeDensity:
     @property
     def ngm(self) -> int:
         """Number of G vectors."""
-        return int(len(self.mill))
+        return len(self.mill)
 
     @property
     def cell_bohr(self) -> np.ndarray:
@@ -376,18 +380,18 @@ def write_qe_start_density(
 
 __all__ = [
     "QEChargeDensity",
-    "grid_to_qe",
-    "qe_to_grid",
-    "read_qe_density",
-    "read_qe_xml",
-    "write_qe_start_density",
     "fft_grid_for_miller",
+    "grid_to_qe",
     "qe_fft_fact",
     "qe_fft_grid",
     "qe_gvector_order",
     "qe_reciprocal_bohr",
+    "qe_to_grid",
     "read_paw_txt",
     "read_qe_charge_density",
+    "read_qe_density",
+    "read_qe_xml",
     "write_paw_txt",
     "write_qe_charge_density",
+    "write_qe_start_density",
 ]

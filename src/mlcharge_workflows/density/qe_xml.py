@@ -42,7 +42,7 @@ def _species_elements(sec: ET.Element, path: Path) -> dict[str, str]:
         if element is None and pseudo and upf.is_file():
             text = upf.read_text(errors="replace")
             match = re.search(r'element\s*=\s*"\s*([A-Za-z]+)', text) or re.search(
-                r"^\s*([A-Za-z]{1,2})\s+Element", text, re.M
+                r"^\s*([A-Za-z]{1,2})\s+Element", text, re.MULTILINE
             )
             element = _symbol_in(match.group(1)) if match else None
         element = element or _symbol_in(pseudo.split(".")[0].split("_")[0])

@@ -79,7 +79,7 @@ class UPFAtomicDensity:
 
 
 def _upf_block(text: str, tag: str, path: Path) -> np.ndarray:
-    match = re.search(rf"<{tag}(?=[\s>])[^>]*>(.*?)</{tag}\s*>", text, re.S)
+    match = re.search(rf"<{tag}(?=[\s>])[^>]*>(.*?)</{tag}\s*>", text, re.DOTALL)
     if match is None:
         raise ValueError(f"{path}: no <{tag}> section: not a usable UPF file")
     try:
@@ -94,7 +94,7 @@ def read_upf_atomic_density(path: str | Path) -> UPFAtomicDensity:
     if not path.is_file():
         raise FileNotFoundError(f"pseudopotential not found: {path}")
     text = path.read_text(errors="replace")
-    header = re.search(r"<PP_HEADER(.*?)(?:/>|</PP_HEADER>)", text, re.S)
+    header = re.search(r"<PP_HEADER(.*?)(?:/>|</PP_HEADER>)", text, re.DOTALL)
     if header is None:
         raise ValueError(f"{path}: no <PP_HEADER>: not a UPF file")
     head = header.group(1)
@@ -102,7 +102,7 @@ def read_upf_atomic_density(path: str | Path) -> UPFAtomicDensity:
         r"([-+0-9.EeDd]+)\s+Z valence", head
     )
     em = re.search(r'element\s*=\s*"\s*([A-Za-z]+)\s*"', head) or re.search(
-        r"^\s*([A-Za-z]{1,2})\s+Element", head, re.M
+        r"^\s*([A-Za-z]{1,2})\s+Element", head, re.MULTILINE
     )
     if zm is None or em is None:
         raise ValueError(f"{path}: PP_HEADER lacks element or z_valence")

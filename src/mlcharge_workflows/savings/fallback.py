@@ -24,8 +24,9 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 #: fallback reason prefixes (the part before ':' in the record's "fallback" field)
 UNSUPPORTED = "unsupported_elements"

@@ -34,9 +34,21 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 __all__ = [
-    "ENGINES", "FLOWS", "LaunchPadConfigError", "ProjectPaths", "SubmitResult", "WorkerSummary",
-    "build_flow", "collect_structures", "load_job_store", "open_launchpad", "project_job_store",
-    "project_paths", "run_worker", "submit_structures", "EmbeddedLaunchPad",
+    "ENGINES",
+    "FLOWS",
+    "EmbeddedLaunchPad",
+    "LaunchPadConfigError",
+    "ProjectPaths",
+    "SubmitResult",
+    "WorkerSummary",
+    "build_flow",
+    "collect_structures",
+    "load_job_store",
+    "open_launchpad",
+    "project_job_store",
+    "project_paths",
+    "run_worker",
+    "submit_structures",
 ]
 
 FLOWS = ("compare", "ml-static", "ml-bands")

@@ -180,7 +180,7 @@ def _patch_offline_rocket() -> None:
       offline mode (worker liveness is the worker's flock; the Rocket's final ping, from
       the main thread, still writes the launch folder's ``FW_ping.json``).
     """
-    import fireworks.core.rocket as rocket
+    from fireworks.core import rocket
     from monty.io import zopen
 
     if getattr(rocket.zopen, "_mlcharge_shim", False):

@@ -24,8 +24,8 @@ from mlcharge_workflows.training.storage import (
     code_provenance,
     command_line,
     finalize_manifest,
-    now,
     inscribed_ecut_ry,
+    now,
     stored_coefficients,
     write_json_atomic,
 )
@@ -73,7 +73,7 @@ _OUTCAR = {
     "nelm": re.compile(r"NELM\s*=\s*(\d+)"),
     "iteration": re.compile(r"Iteration\s+(\d+)\(\s*(\d+)\)"),
     "energy": re.compile(r"energy\(sigma->0\)\s*=\s*([-0-9.Ee+]+)"),
-    "version": re.compile(r"^\s*(vasp\.\S+)", re.M),
+    "version": re.compile(r"^\s*(vasp\.\S+)", re.MULTILINE),
 }
 
 

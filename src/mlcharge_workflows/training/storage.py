@@ -92,7 +92,7 @@ def stored_coefficients(
         "store_ecut_ry": None if ecut is None else round(ecut, 6),
         "stored": "grid box without Nyquist planes" if ecut is None else "G sphere",
         "full_ecut_ry": round(float(full_ecut_ry), 6),
-        "n_coefficients": int(len(mill)),
+        "n_coefficients": len(mill),
         "truncation_nmape_total_percent": nmape(back, grid.total),
         "truncation_nmape_magnetization_percent": None,
     }

@@ -65,7 +65,7 @@ def _time_s(text: str) -> float:
 
 
 def _last(pattern: str, text: str) -> re.Match | None:
-    found = list(re.finditer(pattern, text, re.M))
+    found = list(re.finditer(pattern, text, re.MULTILINE))
     return found[-1] if found else None
 
 
@@ -90,7 +90,7 @@ def parse_pw_output(path_or_text: str | Path) -> PwOutput:
     if m := _last(r"convergence has been achieved in\s+(\d+)\s+iterations", text):
         out.converged, out.scf_iterations = True, int(m.group(1))
     out.not_converged = "convergence NOT achieved" in text
-    out.n_iterations_printed = len(re.findall(r"^\s*iteration #\s*\d+", text, re.M))
+    out.n_iterations_printed = len(re.findall(r"^\s*iteration #\s*\d+", text, re.MULTILINE))
     if m := _last(rf"^!\s+total energy\s+=\s+({_FLOAT})\s+Ry", text):
         out.energy_eV = _float(m.group(1)) * RY_TO_EV
     out.scf_accuracy_Ry = [
@@ -128,7 +128,7 @@ def parse_pw_output(path_or_text: str | Path) -> PwOutput:
         out.calculation = "non-scf"
     out.errors = [
         " ".join(block.split())
-        for block in re.findall(r"%{20,}\n(.*?)\n\s*%{20,}", text, re.S)
+        for block in re.findall(r"%{20,}\n(.*?)\n\s*%{20,}", text, re.DOTALL)
     ]
     return out
 

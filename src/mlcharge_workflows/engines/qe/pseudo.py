@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -116,7 +116,7 @@ def read_upf_header(path: str | Path) -> dict:
     """Element, kind (NC/US/PAW), z_valence, functional and spin-orbit flag of a UPF v1/v2 file."""
     path = Path(path)
     text = _open_text(path)
-    m = re.search(r"<PP_HEADER(.*?)(/>|</PP_HEADER>)", text, re.S)
+    m = re.search(r"<PP_HEADER(.*?)(/>|</PP_HEADER>)", text, re.DOTALL)
     if m is None:
         raise ValueError(f"{path}: no <PP_HEADER> found, not a UPF file")
     head = m.group(1)
@@ -247,7 +247,7 @@ def supported_elements() -> list[str]:
     return list(_REGISTRY)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _get_pseudo(element: str, pseudo_dir: Path) -> PseudoInfo:
     filename, where, ecutwfc, ecutrho = _REGISTRY[element]
     source = _locate(filename, where, pseudo_dir)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import replace
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from monty.io import zopen

@@ -32,7 +32,6 @@ from atomate2.vasp.sets.core import NonSCFSetGenerator, StaticSetGenerator
 from jobflow import Flow, Maker, OnMissing, job
 
 from mlcharge_workflows.engines.vasp.handlers import ACTIVE_STATUSES
-from mlcharge_workflows.engines.vasp.parse import task_field, task_magnetization, task_successful
 from mlcharge_workflows.engines.vasp.jobs import (
     AtomicNonSCFMaker,
     BaselineStaticMaker,
@@ -40,6 +39,7 @@ from mlcharge_workflows.engines.vasp.jobs import (
     MLNonSCFMaker,
     MLStaticMaker,
 )
+from mlcharge_workflows.engines.vasp.parse import task_field, task_magnetization, task_successful
 from mlcharge_workflows.savings.fallback import FallbackPolicy
 from mlcharge_workflows.savings.schemas import (
     ArmAttempt,

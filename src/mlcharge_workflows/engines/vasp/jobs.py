@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atomate2.vasp.jobs.core import NonSCFMaker, StaticMaker
 from atomate2.vasp.jobs.base import vasp_job
+from atomate2.vasp.jobs.core import NonSCFMaker, StaticMaker
 from atomate2.vasp.sets.core import StaticSetGenerator
 from jobflow import CURRENT_JOB, Flow, Maker, Response, job
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,11 +50,6 @@ from mlcharge_workflows.engines.vasp.parse import (
     task_magnetization,
     task_successful,
 )
-from mlcharge_workflows.savings.fallback import (
-    ATOMIC_SPIN_START,
-    FallbackPolicy,
-    RunSummary,
-)
 from mlcharge_workflows.engines.vasp.sets import (
     ATOMIC_NSCF_INCAR,
     BASELINE_START_INCAR,
@@ -64,6 +59,11 @@ from mlcharge_workflows.engines.vasp.sets import (
     input_fine_grid,
     input_set,
     with_incar,
+)
+from mlcharge_workflows.savings.fallback import (
+    ATOMIC_SPIN_START,
+    FallbackPolicy,
+    RunSummary,
 )
 
 if TYPE_CHECKING:

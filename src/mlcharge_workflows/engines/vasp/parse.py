@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tempfile
 import tarfile
+import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -31,15 +31,15 @@ from monty.io import zopen
 from monty.os.path import zpath
 
 __all__ = [
-    "task_field",
-    "task_magnetization",
-    "task_successful",
     "VaspScfSummary",
     "count_attempts",
     "is_backed_up",
     "parse_vasp_scf",
     "scf_steps_from_oszicar",
     "scf_steps_from_vasprun",
+    "task_field",
+    "task_magnetization",
+    "task_successful",
     "wall_time_from_outcar",
 ]
 

@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from pymatgen.io.vasp.sets import VaspInputSet
 
 __all__ = [
-    "BASELINE_START_INCAR",
-    "ML_START_INCAR",
-    "ML_NSCF_INCAR",
     "ATOMIC_NSCF_INCAR",
+    "BASELINE_START_INCAR",
+    "ML_NSCF_INCAR",
+    "ML_START_INCAR",
     "expected_nelect",
     "grid_incar",
     "input_fine_grid",
