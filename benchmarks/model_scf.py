@@ -2,29 +2,76 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/model_scf.py DATASET [--split test] [--limit 12] [--model PATH]
-        [--nprocs 1] [--workdir /tmp/model_scf] [--json out.json]
+    .venv/bin/python benchmarks/model_scf.py DATASET [--split test] [--limit 12]
+        [--model [LABEL=]PATH ...] [--spin atomic|model|both] [--stratify N] [--jobs 2]
+        [--conv-thr-per-atom RY] [--nprocs 1] [--workdir /tmp/model_scf] [--json out.json]
 
-For each structure, three pw.x SCF runs under the same QE protocol (by default the one
-the record was made with, so the record is the exact converged density) and MPI layout:
-from atoms (pw.x's own superposition), from the model's prediction, and from the
-converged density of the record (the "oracle" restart, the ceiling of any start).
-Reports iterations, the relative reduction, and the energy differences to the atomic
-start (which must stay within the convergence threshold).
+For each structure, pw.x SCF runs under the same QE protocol (by default the one the record
+was made with, so the record is the exact converged density) and MPI layout: from atoms
+(pw.x's own superposition), from each model's prediction ("arms": every ``--model`` times
+every ``--spin`` mode; the spin mode only matters for magnetic cells), and from the
+converged density of the record (the "oracle" restart, the ceiling of any start). Reports
+iterations, the relative reduction, and the energy differences to the atomic start (which
+must stay within the convergence threshold). All arms run in the same process, side by side.
+
+``--stratify N`` takes up to N magnetic and N non-magnetic structures, one family after
+another (round robin over the families in id order), instead of the first ``--limit`` ids.
+Records or families any of the models was trained or validated on are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+RY_TO_EV = 13.605691930242388
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def run(dataset: str, split: str, limit: int | None, model_path: str | None, nprocs: int, workdir: Path,
-        record_protocol: bool = True) -> dict:
+
+def _family(record_id: str) -> str:
+    from compare_unseen import _family_of_id  # the same id -> chemical system rule
+
+    return _family_of_id(record_id) or record_id
+
+
+def _fitted(model) -> set[str]:
+    ids = model.metadata.get("training", {}).get("record_ids", {})
+    return {i.split("/", 1)[-1] for k in ("train", "val") for i in (ids.get(k) or [])}
+
+
+def pick_ids(ds, ids: list[str], stratify: int | None, limit: int | None) -> list[str]:
+    """The first ``limit`` ids, or up to ``stratify`` magnetic and non-magnetic ones, families in turn."""
+    if not stratify:
+        return ids[:limit] if limit else ids
+    picked = []
+    for magnetic in (False, True):
+        by_family: dict[str, list[str]] = {}
+        for rid in ids:
+            if _is_magnetic(ds, rid) == magnetic:
+                by_family.setdefault(_family(rid), []).append(rid)
+        queues = [list(v) for _, v in sorted(by_family.items())]
+        chosen: list[str] = []
+        while len(chosen) < stratify and any(queues):
+            for q in queues:
+                if q and len(chosen) < stratify:
+                    chosen.append(q.pop(0))
+        picked += chosen
+    return picked
+
+
+def _is_magnetic(ds, rid: str) -> bool:
+    return ds[rid].magnetization is not None
+
+
+def run(dataset: str, split: str, limit: int | None, models: dict[str, str | None], nprocs: int,
+        workdir: Path, record_protocol: bool = True, spins: tuple[str, ...] = ("atomic",),
+        stratify: int | None = None, jobs: int = 1, conv_thr_per_atom: float | None = None) -> dict:
     from mlcharge_workflows.engines.qe.core import run_qe_scf
     from mlcharge_workflows.engines.qe.sets import QEProtocol
     from mlcharge_workflows.model import load_model, predict_density
@@ -37,63 +84,111 @@ def run(dataset: str, split: str, limit: int | None, model_path: str | None, npr
         from mlcharge_workflows.training.train import hash_split
 
         ids = [i for i in ds.ids if hash_split(i, 0, 0.1, 0.1) == split]
-    model = load_model(model_path)
-    # never a record the model was trained or validated on (a dataset's splits can be
-    # rebuilt by `data finalize` as it grows; the weights keep the ids they were fitted on)
-    fitted = {i.split("/", 1)[-1] for k in ("train", "val")
-              for i in (model.metadata.get("training", {}).get("record_ids", {}).get(k) or [])}
-    import sys
+    loaded = {label: load_model(path) for label, path in models.items()}
+    # never a record (or family) any model was trained or validated on (a dataset's splits can
+    # be rebuilt by `data finalize` as it grows; the weights keep the ids they were fitted on)
+    fitted = set().union(*(_fitted(m) for m in loaded.values()))
+    fitted_families = {_family(i) for i in fitted}
+    ids = [i for i in ids if i not in fitted and _family(i) not in fitted_families]
+    ids = pick_ids(ds, ids, stratify, limit)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from compare_unseen import _family_of_id  # the same id -> chemical system rule
-
-    def family(record_id: str) -> str:
-        return _family_of_id(record_id) or record_id
-
-    fitted_families = {family(i) for i in fitted}
-    ids = [i for i in ids if i not in fitted and family(i) not in fitted_families]
-    ids = ids[:limit] if limit else ids
-    rows = []
-    for rid in ids:
+    def one(rid: str) -> dict:
         rec = ds[rid]
         s = rec.structure
-        try:
-            model.species_of(s)
-        except ValueError as exc:
-            rows.append({"id": rid, "skipped": str(exc)})
-            continue
+        for m in loaded.values():
+            try:
+                m.species_of(s)
+            except ValueError as exc:
+                return {"id": rid, "skipped": str(exc)}
         saved = (rec.metadata or {}).get("protocol")
         protocol = QEProtocol(**saved) if record_protocol and saved else QEProtocol()
-        row = {"id": rid, "formula": s.composition.reduced_formula, "n_atoms": len(s), "kspacing": protocol.kspacing}
-        t0 = time.perf_counter()
-        pred = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1])
-        row["predict_s"] = time.perf_counter() - t0
-        starts = {"atomic": "atomic", "model": pred, "oracle": rec.to_grid()}
+        if conv_thr_per_atom:
+            protocol = protocol.model_copy(update={"conv_thr_per_atom": conv_thr_per_atom})
+        magnetic = rec.magnetization is not None
+        row = {"id": rid, "formula": s.composition.reduced_formula, "n_atoms": len(s), "magnetic": magnetic,
+               "kspacing": protocol.kspacing, "conv_thr_eV": protocol.conv_thr(s) * RY_TO_EV, "arms": {}}
+        starts: dict[str, object] = {"atomic": "atomic", "oracle": rec.to_grid()}
+        alias: dict[str, str] = {}  # arm -> the run it shares (non-magnetic cells: one per model)
+        for label, model in loaded.items():
+            for spin in spins:
+                arm = label if len(spins) == 1 else f"{label}+{spin}spin"
+                if not magnetic and spin != spins[0]:
+                    alias[arm] = label if len(spins) == 1 else f"{label}+{spins[0]}spin"
+                    continue
+                t0 = time.perf_counter()
+                pred = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1], spin=spin, threads=1)
+                row["arms"][arm] = {"predict_s": time.perf_counter() - t0,
+                                    "spin_start": pred.metadata.get("spin_start")}
+                starts[arm] = pred
         for name, start in starts.items():
-            doc = run_qe_scf(s, workdir / rid / name, start=start, protocol=protocol, nprocs=nprocs,
-                             expect_density_read=name != "atomic")
-            row[f"{name}_iterations"] = doc.scf_iterations
-            row[f"{name}_energy_eV"] = doc.energy_eV
-            row[f"{name}_wall_s"] = doc.wall_time_s
-            row[f"{name}_converged"] = doc.converged
-        row["conv_thr_eV"] = protocol.conv_thr(s) * 13.605691930242388
-        for name in ("model", "oracle"):
-            row[f"{name}_reduction"] = 1 - row[f"{name}_iterations"] / row["atomic_iterations"]
-            row[f"{name}_dE_eV"] = row[f"{name}_energy_eV"] - row["atomic_energy_eV"]
-        rows.append(row)
+            doc = run_qe_scf(s, workdir / rid / name.replace("+", "_"), start=start, protocol=protocol,
+                             nprocs=nprocs, expect_density_read=name != "atomic")
+            out = {"iterations": doc.scf_iterations, "energy_eV": doc.energy_eV,
+                   "wall_s": doc.wall_time_s, "converged": doc.converged}
+            if name in ("atomic", "oracle"):
+                row[name] = out
+            else:
+                row["arms"][name].update(out)
+        for arm, same in alias.items():
+            row["arms"][arm] = row["arms"][same]
+        n0 = row["atomic"]["iterations"]
+        for out in [row["oracle"], *row["arms"].values()]:
+            out["reduction"] = 1 - out["iterations"] / n0
+            out["dE_eV"] = out["energy_eV"] - row["atomic"]["energy_eV"]
         print(json.dumps(row), flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        rows = list(pool.map(one, ids))
     done = [r for r in rows if "skipped" not in r]
+
+    def med(values):
+        return float(np.median(values)) if values else None
+
+    arms = sorted({a for r in done for a in r["arms"]})
     summary = {
-        "dataset": dataset,
-        "split": split,
-        "structures": len(done),
-        "skipped": len(rows) - len(done),
-        "median_model_reduction": float(np.median([r["model_reduction"] for r in done])) if done else None,
-        "median_oracle_reduction": float(np.median([r["oracle_reduction"] for r in done])) if done else None,
-        "median_atomic_iterations": float(np.median([r["atomic_iterations"] for r in done])) if done else None,
-        "max_abs_model_dE_eV": float(max(abs(r["model_dE_eV"]) for r in done)) if done else None,
+        "dataset": dataset, "split": split, "structures": len(done), "skipped": len(rows) - len(done),
+        "magnetic": sum(r["magnetic"] for r in done),
+        "conv_thr_per_atom_ry": conv_thr_per_atom or "record protocol",
+        "median_atomic_iterations": med([r["atomic"]["iterations"] for r in done]),
+        "median_oracle_reduction": med([r["oracle"]["reduction"] for r in done]),
+        "arms": {},
     }
+    for arm in arms:
+        sel = [r for r in done if arm in r["arms"]]
+        red = [r["arms"][arm]["reduction"] for r in sel]
+        dE = [abs(r["arms"][arm]["dE_eV"]) for r in sel]
+        summary["arms"][arm] = {
+            "structures": len(sel),
+            "median_reduction": med(red),
+            "median_reduction_nonmagnetic": med([x for x, r in zip(red, sel) if not r["magnetic"]]),
+            "median_reduction_magnetic": med([x for x, r in zip(red, sel) if r["magnetic"]]),
+            "mean_reduction": float(np.mean(red)) if red else None,
+            "max_abs_dE_eV": max(dE) if dE else None,
+            "all_within_conv_thr": all(
+                d <= r["conv_thr_eV"] for d, r in zip(dE, sel)
+            ),
+        }
     return {"summary": summary, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    """Per-structure table: iterations from atoms / each arm / oracle."""
+    done = [r for r in result["rows"] if "skipped" not in r]
+    arms = list(result["summary"]["arms"])
+    head = "| structure | atoms | mag | atoms | " + " | ".join(arms) + " | oracle |"
+    lines = [head, "|" + "---|" * (5 + len(arms))]
+    for r in done:
+        cells = []
+        for arm in arms:
+            out = r["arms"].get(arm)
+            cells.append(f"{out['iterations']}" if out else "")
+        lines.append(f"| {r['id']} | {r['n_atoms']} | {'yes' if r['magnetic'] else ''} | "
+                     f"{r['atomic']['iterations']} | " + " | ".join(cells) + f" | {r['oracle']['iterations']} |")
+    meds = [f"{100 * result['summary']['arms'][a]['median_reduction']:.1f}%" for a in arms]
+    lines.append("| **median saved** | | | | " + " | ".join(meds)
+                 + f" | {100 * result['summary']['median_oracle_reduction']:.1f}% |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -101,7 +196,13 @@ def main() -> None:
     ap.add_argument("dataset")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", action="append", default=None,
+                    help="[LABEL=]PATH of a weights file (repeatable; default: the shipped model)")
+    ap.add_argument("--spin", choices=["atomic", "model", "both"], default="atomic",
+                    help="magnetic cells: pw.x's atomic spin start (package default), the learned one, or both")
+    ap.add_argument("--stratify", type=int, default=None, help="up to N magnetic and N non-magnetic structures")
+    ap.add_argument("--jobs", type=int, default=1, help="structures at a time (one pw.x each)")
+    ap.add_argument("--conv-thr-per-atom", type=float, default=None, help="override the protocol's (Ry)")
     ap.add_argument("--nprocs", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/model_scf"))
     ap.add_argument("--json", type=Path, default=None)
@@ -109,9 +210,15 @@ def main() -> None:
                     help="Use QEProtocol() instead of the protocol the record was made with "
                     "(then the record is only an approximate oracle).")
     args = ap.parse_args()
-    result = run(args.dataset, args.split, args.limit, args.model, args.nprocs, args.workdir,
-                 not args.default_protocol)
+    models: dict[str, str | None] = {}
+    for spec in args.model or ["shipped"]:
+        label, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).stem, "", spec)
+        models[label] = None if path == "shipped" else path
+    spins = ("atomic", "model") if args.spin == "both" else (args.spin,)
+    result = run(args.dataset, args.split, args.limit, models, args.nprocs, args.workdir,
+                 not args.default_protocol, spins, args.stratify, args.jobs, args.conv_thr_per_atom)
     print(json.dumps(result["summary"], indent=1))
+    print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
