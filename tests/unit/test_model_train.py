@@ -160,3 +160,43 @@ def test_train_with_hartree_loss_reports_the_ratio(dataset, tmp_path):
     assert metrics["test"]["hartree_ratio"]["count"] == 1
     with pytest.raises(ValueError, match="loss_hartree"):
         _config(dataset, tmp_path, loss_hartree=-1.0)
+
+
+@pytest.fixture(scope="module")
+def magnetic_dataset(tmp_path_factory):
+    """bcc Fe records whose magmom site property holds a 'converged' moment unlike the protocol's."""
+    root = tmp_path_factory.mktemp("dsmag")
+    table, _ = build_table(["Fe"], [], root)
+    torch.manual_seed(2)
+    teacher = DensityModel(ModelConfig(elements=["Fe"], ecutrho_ry={"Fe": 60.0}, **SMALL), table)
+    ds = DensityDataset(root)
+    for i in range(4):
+        a = 2.80 + 0.03 * i
+        s = Structure(Lattice.cubic(a), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5 + 0.01 * i]])
+        s.add_site_property("magmom", [2.2, 2.2])
+        shape = (10, 10, 10)
+        mill = fft_miller(shape).reshape(-1, 3)
+        mill = mill[np.all(np.abs(mill) <= 4, axis=1)]
+        cell = teacher.prepare(s, spin=True)
+        teacher.attach_mill(cell, mill)
+        with torch.no_grad():
+            tot, mag = teacher.fourier(cell)
+        ds.add(DensityRecord(f"fe{i}", s, shape, mill, tot.numpy().astype(complex), mag.numpy().astype(complex)))
+    ds.manifest["splits"] = {"train": ["fe0", "fe1"], "val": ["fe2"], "test": ["fe3"]}
+    ds.save_manifest()
+    return root
+
+
+def test_converged_moments_are_not_model_input_by_default(magnetic_dataset, tmp_path):
+    """Structure alone: the records' magmom (converged moments) is stripped, the QE protocol's
+    starting moments become the model's defaults; record_magmom=True restores the old input."""
+    from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+    m = train(_config(magnetic_dataset, tmp_path / "a", epochs=1), log=lambda _: None)
+    model = load_weights(tmp_path / "a" / "model.pt")
+    assert model.config.starting_magnetization == {"Fe": QEProtocol().starting_magnetization["Fe"]}
+    assert "magnetization_nmape" in m["test"]["records"][0]
+    assert DensityDataset(magnetic_dataset)["fe3"].structure.site_properties["magmom"] == [2.2, 2.2]
+    train(_config(magnetic_dataset, tmp_path / "b", epochs=1, record_magmom=True), log=lambda _: None)
+    old = load_weights(tmp_path / "b" / "model.pt")
+    assert old.config.starting_magnetization["Fe"] == pytest.approx(2.2 / 8, abs=1e-3)

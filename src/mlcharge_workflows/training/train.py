@@ -76,6 +76,13 @@ class TrainConfig(BaseModel):
         description="Also fit the validation split (for the final model, once the epoch budget is "
         "known): no early stopping, the last epoch is kept, the test split stays held out.",
     )
+    record_magmom: bool = Field(
+        False,
+        description="Feed each record's converged moments (its magmom site property) to the model as "
+        "its input. Off (default): records are stripped of magmom and the model starts from the QE "
+        "protocol's per-element starting moments, as a user's run does (the converged moments would "
+        "leak the answer into magnetic cells).",
+    )
     elements: list[str] | None = Field(None, description="Elements of the model; None: those in the data.")
     model: dict = Field(default_factory=dict, description="ModelConfig overrides.")
 
@@ -414,7 +421,17 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     elements = cfg.elements or sorted({s.specie.symbol for r in all_recs for s in r.structure})
     table, ecut = build_table(elements, all_recs, out)
     overrides = dict(cfg.model)
-    overrides.setdefault("starting_magnetization", _starting_magnetization(all_recs, table))
+    if cfg.record_magmom:
+        overrides.setdefault("starting_magnetization", _starting_magnetization(all_recs, table))
+    else:
+        from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+        start = QEProtocol().starting_magnetization
+        overrides.setdefault("starting_magnetization", {el: v for el, v in start.items() if el in elements})
+        for rec in all_recs:  # structure alone: no converged moments as input, in training or test
+            if "magmom" in rec.structure.site_properties:
+                rec.structure = rec.structure.copy()
+                rec.structure.remove_site_property("magmom")
     model_cfg = ModelConfig(elements=elements, ecutrho_ry=ecut, **overrides)
     model = DensityModel(model_cfg, table).to(device)
     log(
