@@ -17,8 +17,8 @@ must stay within the convergence threshold). All arms run in the same process, s
 ``--stratify N`` takes up to N magnetic and N non-magnetic structures, one family after
 another (round robin over the families in id order), instead of the first ``--limit`` ids.
 Records or families any of the models was trained or validated on are skipped. Each
-structure is stripped of the record's ``magmom`` (its converged moments) before prediction:
-the model gets the structure alone, with its default starting moments, as in the workflows.
+structure is stripped of the record's ``magmom`` (the generator's initial moments) before
+prediction: the model gets the structure alone and uses its default starting moments.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run(dataset: str, split: str, limit: int | None, models: dict[str, str | Non
     def one(rid: str) -> dict:
         rec = ds[rid]
         s = rec.structure.copy()
-        if "magmom" in s.site_properties:  # the record's converged moments: not what a user has
+        if "magmom" in s.site_properties:  # the generator's moments: the model's defaults apply
             s.remove_site_property("magmom")
         for m in loaded.values():
             try:

@@ -164,7 +164,7 @@ def test_train_with_hartree_loss_reports_the_ratio(dataset, tmp_path):
 
 @pytest.fixture(scope="module")
 def magnetic_dataset(tmp_path_factory):
-    """bcc Fe records whose magmom site property holds a 'converged' moment unlike the protocol's."""
+    """bcc Fe records whose magmom site property (generator moments) differs from the protocol's."""
     root = tmp_path_factory.mktemp("dsmag")
     table, _ = build_table(["Fe"], [], root)
     torch.manual_seed(2)
@@ -188,8 +188,8 @@ def magnetic_dataset(tmp_path_factory):
 
 
 def test_converged_moments_are_not_model_input_by_default(magnetic_dataset, tmp_path):
-    """Structure alone: the records' magmom (converged moments) is stripped, the QE protocol's
-    starting moments become the model's defaults; record_magmom=True restores the old input."""
+    """The records' magmom (generator moments) is stripped and the QE protocol's starting moments,
+    which the workflows feed the model, become its defaults; record_magmom=True keeps the old input."""
     from mlcharge_workflows.engines.qe.sets import QEProtocol
 
     m = train(_config(magnetic_dataset, tmp_path / "a", epochs=1), log=lambda _: None)

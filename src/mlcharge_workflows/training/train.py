@@ -78,10 +78,10 @@ class TrainConfig(BaseModel):
     )
     record_magmom: bool = Field(
         False,
-        description="Feed each record's converged moments (its magmom site property) to the model as "
-        "its input. Off (default): records are stripped of magmom and the model starts from the QE "
-        "protocol's per-element starting moments, as a user's run does (the converged moments would "
-        "leak the answer into magnetic cells).",
+        description="Feed each record's magmom site property (the initial moments the generator "
+        "gave it) to the model as its input. Off (default): records are stripped of magmom and the "
+        "model learns from the QE protocol's per-element starting moments, the ones pw.x and the "
+        "workflows start from, so training and use see the same input.",
     )
     elements: list[str] | None = Field(None, description="Elements of the model; None: those in the data.")
     model: dict = Field(default_factory=dict, description="ModelConfig overrides.")
@@ -428,7 +428,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
         start = QEProtocol().starting_magnetization
         overrides.setdefault("starting_magnetization", {el: v for el, v in start.items() if el in elements})
-        for rec in all_recs:  # structure alone: no converged moments as input, in training or test
+        for rec in all_recs:  # the protocol's moments, in training and test, as in the workflows
             if "magmom" in rec.structure.site_properties:
                 rec.structure = rec.structure.copy()
                 rec.structure.remove_site_property("magmom")
