@@ -73,7 +73,8 @@ def _is_magnetic(ds, rid: str) -> bool:
 
 def run(dataset: str, split: str, limit: int | None, models: dict[str, str | None], nprocs: int,
         workdir: Path, record_protocol: bool = True, spins: tuple[str, ...] = ("atomic",),
-        stratify: int | None = None, jobs: int = 1, conv_thr_per_atom: float | None = None) -> dict:
+        stratify: int | None = None, jobs: int = 1, conv_thr_per_atom: float | None = None,
+        diago_thr_inits: list[float] | None = None) -> dict:
     from mlcharge_workflows.engines.qe.core import run_qe_scf
     from mlcharge_workflows.engines.qe.sets import QEProtocol
     from mlcharge_workflows.model import load_model, predict_density
@@ -105,14 +106,14 @@ def run(dataset: str, split: str, limit: int | None, models: dict[str, str | Non
             except ValueError as exc:
                 return {"id": rid, "skipped": str(exc)}
         saved = (rec.metadata or {}).get("protocol")
-        protocol = QEProtocol(**saved) if record_protocol and saved else QEProtocol()
+        base = QEProtocol(**saved) if record_protocol and saved else QEProtocol()
         if conv_thr_per_atom:
-            protocol = protocol.model_copy(update={"conv_thr_per_atom": conv_thr_per_atom})
+            base = base.model_copy(update={"conv_thr_per_atom": conv_thr_per_atom})
         magnetic = rec.magnetization is not None
         row = {"id": rid, "formula": s.composition.reduced_formula, "n_atoms": len(s), "magnetic": magnetic,
-               "kspacing": protocol.kspacing, "conv_thr_eV": protocol.conv_thr(s) * RY_TO_EV, "arms": {}}
-        starts: dict[str, object] = {"atomic": "atomic", "oracle": rec.to_grid()}
-        alias: dict[str, str] = {}  # arm -> the run it shares (non-magnetic cells: one per model)
+               "kspacing": base.kspacing, "conv_thr_eV": base.conv_thr(s) * RY_TO_EV, "runs": {}}
+        preds: dict[str, object] = {}
+        alias: dict[str, str] = {}  # arm -> the prediction it shares (non-magnetic cells: one per model)
         for label, model in loaded.items():
             for spin in spins:
                 arm = label if len(spins) == 1 else f"{label}+{spin}spin"
@@ -120,25 +121,26 @@ def run(dataset: str, split: str, limit: int | None, models: dict[str, str | Non
                     alias[arm] = label if len(spins) == 1 else f"{label}+{spins[0]}spin"
                     continue
                 t0 = time.perf_counter()
-                pred = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1], spin=spin, threads=1)
-                row["arms"][arm] = {"predict_s": time.perf_counter() - t0,
-                                    "spin_start": pred.metadata.get("spin_start")}
-                starts[arm] = pred
-        for name, start in starts.items():
-            doc = run_qe_scf(s, workdir / rid / name.replace("+", "_"), start=start, protocol=protocol,
-                             nprocs=nprocs, expect_density_read=name != "atomic")
-            out = {"iterations": doc.scf_iterations, "energy_eV": doc.energy_eV,
-                   "wall_s": doc.wall_time_s, "converged": doc.converged}
-            if name in ("atomic", "oracle"):
-                row[name] = out
-            else:
-                row["arms"][name].update(out)
-        for arm, same in alias.items():
-            row["arms"][arm] = row["arms"][same]
-        n0 = row["atomic"]["iterations"]
-        for out in [row["oracle"], *row["arms"].values()]:
-            out["reduction"] = 1 - out["iterations"] / n0
-            out["dE_eV"] = out["energy_eV"] - row["atomic"]["energy_eV"]
+                preds[arm] = predict_density(s, model=model, ecutrho_ry=base.cutoffs(s)[1], spin=spin, threads=1)
+                row.setdefault("predict", {})[arm] = {"seconds": time.perf_counter() - t0,
+                                                      "spin_start": preds[arm].metadata.get("spin_start")}
+        thrs = diago_thr_inits or [base.diago_thr_init]
+        for thr in thrs:
+            protocol = base.model_copy(update={"diago_thr_init": thr})
+            tag = "" if len(thrs) == 1 else f"@{thr:g}"
+            starts: dict[str, object] = {"atomic": "atomic", "oracle": rec.to_grid(), **preds}
+            for name, start in starts.items():
+                doc = run_qe_scf(s, workdir / rid / (name + tag).replace("+", "_"), start=start,
+                                 protocol=protocol, nprocs=nprocs, expect_density_read=name != "atomic")
+                row["runs"][name + tag] = {"iterations": doc.scf_iterations, "energy_eV": doc.energy_eV,
+                                           "wall_s": doc.wall_time_s, "converged": doc.converged}
+            for arm, same in alias.items():
+                row["runs"][arm + tag] = row["runs"][same + tag]
+        ref = row["runs"]["atomic" + ("" if len(thrs) == 1 else f"@{thrs[0]:g}")]
+        for out in row["runs"].values():  # against pw.x from atoms under the first threshold
+            out["reduction"] = 1 - out["iterations"] / ref["iterations"]
+            out["dE_eV"] = out["energy_eV"] - ref["energy_eV"]
+            out["wall_reduction"] = 1 - out["wall_s"] / ref["wall_s"]
         print(json.dumps(row), flush=True)
         return row
 
@@ -149,49 +151,48 @@ def run(dataset: str, split: str, limit: int | None, models: dict[str, str | Non
     def med(values):
         return float(np.median(values)) if values else None
 
-    arms = sorted({a for r in done for a in r["arms"]})
+    names = list(dict.fromkeys(n for r in done for n in r["runs"]))
+    ref_name = names[0] if names else "atomic"
     summary = {
         "dataset": dataset, "split": split, "structures": len(done), "skipped": len(rows) - len(done),
         "magnetic": sum(r["magnetic"] for r in done),
         "conv_thr_per_atom_ry": conv_thr_per_atom or "record protocol",
-        "median_atomic_iterations": med([r["atomic"]["iterations"] for r in done]),
-        "median_oracle_reduction": med([r["oracle"]["reduction"] for r in done]),
-        "arms": {},
+        "reference": ref_name,
+        "median_reference_iterations": med([r["runs"][ref_name]["iterations"] for r in done]),
+        "runs": {},
     }
-    for arm in arms:
-        sel = [r for r in done if arm in r["arms"]]
-        red = [r["arms"][arm]["reduction"] for r in sel]
-        dE = [abs(r["arms"][arm]["dE_eV"]) for r in sel]
-        summary["arms"][arm] = {
+    for name in names:
+        sel = [r for r in done if name in r["runs"]]
+        out = [r["runs"][name] for r in sel]
+        summary["runs"][name] = {
             "structures": len(sel),
-            "median_reduction": med(red),
-            "median_reduction_nonmagnetic": med([x for x, r in zip(red, sel) if not r["magnetic"]]),
-            "median_reduction_magnetic": med([x for x, r in zip(red, sel) if r["magnetic"]]),
-            "mean_reduction": float(np.mean(red)) if red else None,
-            "max_abs_dE_eV": max(dE) if dE else None,
-            "all_within_conv_thr": all(
-                d <= r["conv_thr_eV"] for d, r in zip(dE, sel)
-            ),
+            "median_iterations": med([o["iterations"] for o in out]),
+            "median_reduction": med([o["reduction"] for o in out]),
+            "median_reduction_nonmagnetic": med([o["reduction"] for o, r in zip(out, sel) if not r["magnetic"]]),
+            "median_reduction_magnetic": med([o["reduction"] for o, r in zip(out, sel) if r["magnetic"]]),
+            "median_wall_reduction": med([o["wall_reduction"] for o in out]),
+            "max_abs_dE_eV": max(abs(o["dE_eV"]) for o in out) if out else None,
+            "all_within_conv_thr": all(abs(o["dE_eV"]) <= r["conv_thr_eV"] for o, r in zip(out, sel)),
+            "all_converged": all(o["converged"] for o in out),
         }
     return {"summary": summary, "rows": rows}
 
 
 def markdown(result: dict) -> str:
-    """Per-structure table: iterations from atoms / each arm / oracle."""
+    """Per-structure table of SCF iterations, one column per run (start @ diago_thr_init)."""
     done = [r for r in result["rows"] if "skipped" not in r]
-    arms = list(result["summary"]["arms"])
-    head = "| structure | atoms | mag | atoms | " + " | ".join(arms) + " | oracle |"
-    lines = [head, "|" + "---|" * (5 + len(arms))]
+    names = list(result["summary"]["runs"])
+    lines = ["| structure | atoms | magnetic | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
     for r in done:
-        cells = []
-        for arm in arms:
-            out = r["arms"].get(arm)
-            cells.append(f"{out['iterations']}" if out else "")
-        lines.append(f"| {r['id']} | {r['n_atoms']} | {'yes' if r['magnetic'] else ''} | "
-                     f"{r['atomic']['iterations']} | " + " | ".join(cells) + f" | {r['oracle']['iterations']} |")
-    meds = [f"{100 * result['summary']['arms'][a]['median_reduction']:.1f}%" for a in arms]
-    lines.append("| **median saved** | | | | " + " | ".join(meds)
-                 + f" | {100 * result['summary']['median_oracle_reduction']:.1f}% |")
+        cells = [str(r["runs"][n]["iterations"]) if n in r["runs"] else "" for n in names]
+        lines.append(f"| {r['id']} | {r['n_atoms']} | {'yes' if r['magnetic'] else ''} | " + " | ".join(cells) + " |")
+    runs = result["summary"]["runs"]
+    for key, label in (("median_reduction", "median saved (iterations)"),
+                       ("median_reduction_nonmagnetic", "non-magnetic"),
+                       ("median_reduction_magnetic", "magnetic"),
+                       ("median_wall_reduction", "median saved (pw.x wall)")):
+        cells = [f"{100 * runs[n][key]:.1f}%" if runs[n][key] is not None else "" for n in names]
+        lines.append(f"| **{label}** | | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -207,6 +208,9 @@ def main() -> None:
     ap.add_argument("--stratify", type=int, default=None, help="up to N magnetic and N non-magnetic structures")
     ap.add_argument("--jobs", type=int, default=1, help="structures at a time (one pw.x each)")
     ap.add_argument("--conv-thr-per-atom", type=float, default=None, help="override the protocol's (Ry)")
+    ap.add_argument("--diago-thr-init", type=float, nargs="+", default=None,
+                    help="first-diagonalisation threshold(s) for every run (default: the protocol's); "
+                    "several values run every start under each, side by side")
     ap.add_argument("--nprocs", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/model_scf"))
     ap.add_argument("--json", type=Path, default=None)
@@ -220,7 +224,8 @@ def main() -> None:
         models[label] = None if path == "shipped" else path
     spins = ("atomic", "model") if args.spin == "both" else (args.spin,)
     result = run(args.dataset, args.split, args.limit, models, args.nprocs, args.workdir,
-                 not args.default_protocol, spins, args.stratify, args.jobs, args.conv_thr_per_atom)
+                 not args.default_protocol, spins, args.stratify, args.jobs, args.conv_thr_per_atom,
+                 args.diago_thr_init)
     print(json.dumps(result["summary"], indent=1))
     print(markdown(result))
     if args.json:
