@@ -200,3 +200,19 @@ def test_converged_moments_are_not_model_input_by_default(magnetic_dataset, tmp_
     train(_config(magnetic_dataset, tmp_path / "b", epochs=1, record_magmom=True), log=lambda _: None)
     old = load_weights(tmp_path / "b" / "model.pt")
     assert old.config.starting_magnetization["Fe"] == pytest.approx(2.2 / 8, abs=1e-3)
+
+
+def test_cosine_schedule_anneals_and_resumes(dataset, tmp_path):
+    full = train(_config(dataset, tmp_path / "c", epochs=5, lr_schedule="cosine", lr_min=1e-4), log=lambda _: None)
+    hist = json.loads((tmp_path / "c" / "history.json").read_text())
+    lrs = [h["lr"] for h in hist]
+    assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert full["cosine_epochs"] == 5 and "cosine schedule complete" in full["stop_reason"]
+    train(_config(dataset, tmp_path / "d", epochs=5, lr_schedule="cosine", lr_min=1e-4, max_minutes=None), log=lambda _: None)
+    np.testing.assert_allclose([h["train_loss"] for h in json.loads((tmp_path / "d" / "history.json").read_text())],
+                               [h["train_loss"] for h in hist], rtol=1e-5)
+    lines: list[str] = []
+    timed = train(_config(dataset, tmp_path / "t", epochs=50, lr_schedule="cosine", max_minutes=0.2), log=lines.append)
+    assert any("cosine schedule over" in ln for ln in lines)
+    assert 2 <= timed["cosine_epochs"] <= 50 and timed["epochs_run"] <= timed["cosine_epochs"]

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -50,6 +51,12 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="Structures per optimiser step.")
     lr: float = 5e-3
     lr_min: float = 1e-5
+    lr_schedule: Literal["plateau", "cosine"] = Field(
+        "plateau",
+        description="plateau: halve the lr when validation stalls (patience/4 epochs); cosine: anneal "
+        "from lr to lr_min over the run, i.e. over `epochs`, or with max_minutes over the number of "
+        "epochs the first epoch's time says fit (recorded, so a resumed run keeps it).",
+    )
     weight_decay: float = 0.0
     patience: int = Field(40, ge=1, description="Early stopping: epochs without validation gain.")
     loss_g2: float = 1.0
@@ -467,8 +474,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         log(f"resumed from {ckpt} at epoch {state['epoch']}")
     best_path = out / "model.pt"
     stop_reason = "epochs"
+    if cfg.lr_schedule == "cosine" and not cfg.max_minutes:
+        state.setdefault("cosine_epochs", cfg.epochs)
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
+        if cfg.lr_schedule == "cosine":
+            n_cos = state.get("cosine_epochs") or cfg.epochs
+            lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(epoch / max(n_cos - 1, 1), 1.0)))
+            for group in opt.param_groups:
+                group["lr"] = lr
         model.train()
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(fit))
         losses = []
@@ -488,7 +502,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         model.eval()
         val = [quick_nmape(model, s) for s in samples["val"]] or [float(np.mean(losses))]
         val_nmape = float(np.mean(val))
-        sched.step(float(np.mean(losses)) if cfg.train_on_val else val_nmape)
+        if cfg.lr_schedule == "plateau":
+            sched.step(float(np.mean(losses)) if cfg.train_on_val else val_nmape)
+        elif "cosine_epochs" not in state:  # first epoch of a timed run: how many fit the budget
+            fit_epochs = int(0.95 * cfg.max_minutes * 60 / max(time.perf_counter() - t0, 1e-3))
+            state["cosine_epochs"] = max(2, min(cfg.epochs, fit_epochs))
+            log(f"cosine schedule over {state['cosine_epochs']} epochs (first epoch {time.perf_counter() - t0:.1f} s)")
         improved = val_nmape < state["best_val"] - 1e-6
         if cfg.train_on_val:  # the validation split is fitted: keep the last epoch
             state["best_val"], state["bad_epochs"] = min(val_nmape, state["best_val"]), 0
@@ -514,6 +533,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             f"val_NMAPE {val_nmape:.3f}%{' *' if improved else ''}  lr {opt.param_groups[0]['lr']:.1e}  "
             f"{time.perf_counter() - t0:.1f}s"
         )
+        if cfg.lr_schedule == "cosine" and state["epoch"] >= state["cosine_epochs"]:
+            stop_reason = f"cosine schedule complete ({state['cosine_epochs']} epochs)"
+            break
         if state["bad_epochs"] >= cfg.patience:
             stop_reason = f"early stopping ({cfg.patience} epochs without improvement)"
             break
@@ -538,6 +560,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "n_test": len(splits["test"]),
         "elements": elements,
         "train_config": json.loads(cfg.model_dump_json()),
+        "cosine_epochs": state.get("cosine_epochs"),
         "minutes": (time.perf_counter() - t_start) / 60,
     }
     save_model(best, best_path, {**best.metadata, "training": {k: v for k, v in metrics.items() if k != "test"},
