@@ -68,7 +68,8 @@ def test_grids_agree_where_they_overlap(model):
     np.testing.assert_allclose(fine, coarse, atol=1e-6)
 
 
-def test_magnetisation_for_magnetic_elements(model):
+def test_magnetisation_for_magnetic_elements(model, monkeypatch):
+    monkeypatch.delenv("MLCHARGE_MODEL_SPIN", raising=False)
     grid = predict_density(sic_structure(), (20, 20, 20), model, spin="model")
     assert grid.magnetization is not None and grid.metadata["spin_start"] == "model"
     atomic = predict_density(sic_structure(), (20, 20, 20), model)
@@ -180,3 +181,20 @@ def test_threads_are_restored_and_checked(model, monkeypatch):
     monkeypatch.setenv("MLCHARGE_MODEL_THREADS", "0")
     with pytest.raises(ValueError, match="MLCHARGE_MODEL_THREADS"):
         predict_density(sic_structure(), (12, 12, 12), model)
+
+
+def test_spin_start_default_comes_from_the_weights_unless_set(model, monkeypatch):
+    """Argument > MLCHARGE_MODEL_SPIN > the weights' spin_start_default > 'atomic'."""
+    monkeypatch.delenv("MLCHARGE_MODEL_SPIN", raising=False)
+    saved = dict(model.metadata)
+    try:
+        model.metadata = {**saved, "spin_start_default": "model"}
+        assert predict_density(sic_structure(), (16, 16, 16), model).metadata["spin_start"] == "model"
+        monkeypatch.setenv("MLCHARGE_MODEL_SPIN", "atomic")
+        assert predict_density(sic_structure(), (16, 16, 16), model).metadata["spin_start"] == "atomic"
+        assert predict_density(sic_structure(), (16, 16, 16), model, spin="model").metadata["spin_start"] == "model"
+        monkeypatch.delenv("MLCHARGE_MODEL_SPIN")
+        model.metadata = {k: v for k, v in saved.items() if k != "spin_start_default"}
+        assert predict_density(sic_structure(), (16, 16, 16), model).metadata["spin_start"] == "atomic"
+    finally:
+        model.metadata = saved

@@ -31,11 +31,11 @@ def test_nscf_without_prediction_is_an_error_outside_comparisons(tmp_path, monke
 
 
 def test_magnetic_cell_with_atomic_spin_start_is_a_recorded_fallback(tmp_path, monkeypatch) -> None:
-    """The shipped model returns pw.x's own atomic start for magnetic cells: never counted as ML."""
+    """With the atomic spin start the model returns pw.x's own start for magnetic cells: never counted as ML."""
     from mlcharge_workflows.savings.jobs import QEPredictDensityMaker
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLCHARGE_MODEL_SPIN", raising=False)
+    monkeypatch.setenv("MLCHARGE_MODEL_SPIN", "atomic")
     ni = Structure(Lattice([[0, 1.76, 1.76], [1.76, 0, 1.76], [1.76, 1.76, 0]]), ["Ni"], [[0, 0, 0]])
     job = QEPredictDensityMaker().make(ni)
     responses = run_locally(job, ensure_success=True, create_folders=True)

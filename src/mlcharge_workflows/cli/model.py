@@ -70,7 +70,7 @@ def predict(
     ),
     model_path: Path | None = typer.Option(None, "--model", help="Weights file (default: shipped)."),
     spin: str | None = typer.Option(
-        None, "--spin", help="Magnetic cells: 'atomic' (pw.x's start, default) or 'model' (learned rho and m)."
+        None, "--spin", help="Magnetic cells: 'atomic' (pw.x's start) or 'model' (learned rho and m); default: MLCHARGE_MODEL_SPIN, else the weights' recorded default."
     ),
 ) -> None:
     """Predict the density of STRUCTURE and write it as a start for QE or VASP.

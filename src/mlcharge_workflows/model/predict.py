@@ -140,8 +140,12 @@ def predict_fourier(structure: Structure, shape: tuple[int, int, int], model: De
     return out
 
 
-def _spin_start(value: str | None) -> str:
-    value = value or os.environ.get("MLCHARGE_MODEL_SPIN", "atomic")
+def _spin_start(value: str | None, model: DensityModel | None = None) -> str:
+    """The spin start: the argument, else ``MLCHARGE_MODEL_SPIN``, else the weights' own
+    default (``metadata['spin_start_default']``, set when they were shipped from measurements),
+    else ``"atomic"``."""
+    meta = getattr(model, "metadata", None) or {}
+    value = value or os.environ.get("MLCHARGE_MODEL_SPIN") or meta.get("spin_start_default") or "atomic"
     if value not in ("atomic", "model"):
         raise ValueError(f"spin start must be 'atomic' or 'model', got {value!r}")
     return value
@@ -199,16 +203,16 @@ def predict_density(
         where pw.x's GGA potential is most sensitive; the floor keeps the core atomic-like.
     spin
         For a cell with a magnetisation: ``"model"`` predicts rho and m with the model;
-        ``"atomic"`` (default, or ``MLCHARGE_MODEL_SPIN``) returns the starting-moment
-        superposition of atomic densities for both, i.e. pw.x's own start. Measured: the
-        learned rho and m made magnetic SCFs slower (Fe3Ni 19 -> 49 iterations, FeCo
-        16 -> 20) and once converged to another magnetic state (docs/model-card.md).
+        ``"atomic"`` returns the starting-moment superposition of atomic densities for both,
+        i.e. pw.x's own start. None: ``MLCHARGE_MODEL_SPIN``, else the default recorded in
+        the weights (``metadata['spin_start_default']``; the shipped weights say which their
+        SCF benchmark favoured, docs/model-card.md), else ``"atomic"``.
     threads
         torch threads for this call (default ``MLCHARGE_MODEL_THREADS`` or 1).
     """
     t0 = time.perf_counter()
     model = model or load_model()
-    spin_start = _spin_start(spin)
+    spin_start = _spin_start(spin, model)
     shape = tuple(int(n) for n in (shape or default_grid(structure, model, ecutrho_ry)))
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"grid shape must be three positive integers, got {shape}")
