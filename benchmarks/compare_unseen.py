@@ -85,8 +85,16 @@ def pick_structures(
             s = ds[rid].structure
             if len(s) <= args.max_atoms and {x.specie.symbol for x in s} <= elements:
                 picked.append((rid, s))
+        if getattr(args, "stratify", False) and picked:
+            from model_scf import (
+                pick_ids,  # up to n/2 non-magnetic and n/2 magnetic, families in turn
+            )
+
+            keep = pick_ids(ds, [rid for rid, _ in picked], (args.n + 1) // 2, None)
+            picked = sorted((p for p in picked if p[0] in keep), key=lambda p: keep.index(p[0]))
         picked = picked[: args.n]
-        sources.append(f"{len(picked)} from the test split of {ds_root}")
+        sources.append(f"{len(picked)} from the test split of {ds_root}"
+                       + (" (stratified: magnetic and non-magnetic, families in turn)" if getattr(args, "stratify", False) else ""))
     if len(picked) < args.n:
         gen = StructureGenerator(seed=args.seed, elements=sorted(elements), max_atoms=args.max_atoms)
         n_gen, index = 0, 0
@@ -245,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--seed", type=int, default=20261121, help="generator seed (not a training seed)")
     p.add_argument("--max-atoms", type=int, default=6)
+    p.add_argument("--stratify", action="store_true",
+                   help="take up to n/2 non-magnetic and n/2 magnetic test structures, families in turn")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--model", default=None)
     p.add_argument("--protocol", default=None, help="JSON of QEProtocol fields (overrides)")
