@@ -128,3 +128,18 @@ def test_package_exports_resolve():
     assert qe.QEProtocol is QEProtocol
     with pytest.raises(AttributeError):
         qe.no_such_name  # noqa: B018
+
+
+def test_band_path_for_a_cell_without_a_setyawan_curtarolo_path():
+    """A rattled CdI2-type CuN2 cell (test split of the main dataset) for which pymatgen's
+    Setyawan-Curtarolo path is None: the path is built on the cell itself, not a TypeError."""
+    lattice = [[2.7065823706050343, 0.0, 0.0], [-1.3532911853025162, 2.343969090379068, 0.0],
+               [0.0, 0.0, 4.336407193925805]]
+    frac = [[0.98815170137658, 0.009126329049738665, 0.013327944484001427],
+            [0.33097566823796243, 0.6499303816904858, 0.2568424136148621],
+            [0.660935753072878, 0.3037125042233277, 0.7258786061259392]]
+    s = Structure(lattice, ["Cu", "N", "N"], frac)
+    entries = band_path(s, 8)
+    assert len(entries) >= 4 and entries[-1][3] == 1
+    assert all(np.isfinite(e[:3]).all() and e[3] >= 1 for e in entries)
+    assert any(np.allclose(e[:3], 0.0, atol=1e-9) for e in entries)  # Gamma is on the path

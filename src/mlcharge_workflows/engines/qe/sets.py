@@ -147,10 +147,16 @@ def band_path(structure: Structure, line_density: int) -> list[tuple[float, floa
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*standard primitive.*")
         kpath = HighSymmKpath(structure, path_type="setyawan_curtarolo")
-    mapping = structure.lattice.find_mapping(kpath.prim.lattice, ltol=1e-3, atol=0.5)
-    if mapping is None:  # rare: fall back to a path built on the cell itself (slower)
+    # no path for this cell (kpath None: pymatgen's symmetry finder and the lattice disagree,
+    # e.g. a rattled hexagonal cell) or no mapping onto it: build a path on the cell itself
+    mapping = None
+    if kpath.kpath is not None:
+        mapping = structure.lattice.find_mapping(kpath.prim.lattice, ltol=1e-3, atol=0.5)
+    if mapping is None:
         kpath = HighSymmKpath(structure, path_type="latimer_munro")
         rot = np.eye(3)
+        if kpath.kpath is None or not kpath.kpath.get("path"):
+            raise ValueError(f"no high-symmetry band path found for {structure.composition.reduced_formula}")
     else:
         rot = mapping[1]
     rec = kpath.rec_lattice.matrix  # fractional coords of the path refer to this basis
