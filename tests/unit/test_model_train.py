@@ -187,7 +187,7 @@ def magnetic_dataset(tmp_path_factory):
     return root
 
 
-def test_converged_moments_are_not_model_input_by_default(magnetic_dataset, tmp_path):
+def test_record_magmom_is_not_model_input_by_default(magnetic_dataset, tmp_path):
     """The records' magmom (generator moments) is stripped and the QE protocol's starting moments,
     which the workflows feed the model, become its defaults; record_magmom=True keeps the old input."""
     from mlcharge_workflows.engines.qe.sets import QEProtocol
