@@ -80,3 +80,24 @@ def test_half_sphere_storage_round_trip(tmp_path):
     assert hermitian_half(m, tot * 1j) is None
     with pytest.raises(ValueError, match="non-finite"):
         DensityRecord("bad", s, grid.shape, m, np.full(len(m), np.nan))
+
+
+def test_finalize_keeps_recorded_splits(tmp_path):
+    """`data finalize` on a grown dataset keeps each placed family's split; --resplit redeals."""
+    import shutil
+
+    from mlcharge_workflows.training.storage import finalize_manifest
+
+    root = tmp_path / "ds"
+    shutil.copytree(SAMPLE_DIR, root)
+    man = DensityDataset(root).manifest
+    fam = {i: r["family"] for i, r in man["records"].items()}
+    # pretend an earlier snapshot put every family in test (not what a fresh split gives)
+    man["splits"] = {"train": [], "val": [], "test": sorted(fam)}
+    (root / "manifest.json").write_text(__import__("json").dumps(man))
+    kept = finalize_manifest(root)
+    assert kept["splits"]["test"] == sorted(fam) and not kept["splits"]["train"]
+    assert kept["split"]["families_kept"] == len(set(fam.values()))
+    fresh = finalize_manifest(root, resplit=True)
+    assert fresh["splits"]["train"] and fresh["split"]["families_kept"] == 0
+    check_disjoint(fresh["splits"], fam)

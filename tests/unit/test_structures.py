@@ -137,6 +137,27 @@ def test_splits_deterministic_and_family_disjoint(batch):
     assert split_by_family(fam, seed=1) != s1  # the seed matters
 
 
+def test_splits_keep_the_families_already_placed(batch):
+    """A grown dataset: old families stay in their split, new ones are dealt out."""
+    fam = {g.id: g.family for g in batch}
+    families = sorted(set(fam.values()))
+    old_ids = [i for i in fam if fam[i] in families[: len(families) // 2]]
+    old = split_by_family({i: fam[i] for i in old_ids}, seed=0)
+    keep = {fam[i]: name for name, ids in old.items() for i in ids}
+    grown = split_by_family(fam, seed=0, keep=keep)
+    check_disjoint(grown, fam)
+    assert sorted(sum(grown.values(), [])) == sorted(fam)
+    for name, ids in old.items():
+        assert set(ids) <= set(grown[name])
+    # without keep, the same seed deals the grown set differently (the reason keep exists)
+    assert any(not set(ids) <= set(split_by_family(fam, seed=0)[name]) for name, ids in old.items())
+    # a kept family that moved to test takes all its structures along
+    moved = {**keep, families[-1]: "test"}
+    assert {i for i in fam if fam[i] == families[-1]} <= set(split_by_family(fam, keep=moved)["test"])
+    with pytest.raises(ValueError, match="unknown split names"):
+        split_by_family(fam, keep={families[0]: "holdout"})
+
+
 def test_split_checks():
     fam = {"a": "Fe", "b": "Fe", "c": "Ni"}
     with pytest.raises(ValueError, match="sum to 1"):

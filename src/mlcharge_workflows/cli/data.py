@@ -145,13 +145,19 @@ def finalize(
     directory: Path = typer.Argument(..., help="Dataset folder."),
     split_seed: int | None = typer.Option(None, "--split-seed", help="Seed of the family "
                                              "split (default: the one recorded)."),
+    resplit: bool = typer.Option(False, "--resplit", help="Deal every family out anew instead "
+                                 "of keeping the splits of the families already placed."),
 ) -> None:
-    """Rebuild a dataset's manifest (records, failures, splits, counts) from its files."""
+    """Rebuild a dataset's manifest (records, failures, splits, counts) from its files.
+
+    Families already in the manifest's splits keep them (new families are dealt out), so a
+    model trained on an earlier snapshot keeps a clean test split; --resplit starts over.
+    """
     from mlcharge_workflows.training.storage import finalize_manifest
 
     if not (directory / "records").is_dir() and not (directory / "manifest.json").is_file():
         _fail(f"{directory} is not a dataset folder (no records/ nor manifest.json)")
-    man = finalize_manifest(directory, split_seed)
+    man = finalize_manifest(directory, split_seed, resplit=resplit)
     typer.echo("\n".join([f"dataset          {directory.resolve()}", *_summary_lines(man)]))
 
 

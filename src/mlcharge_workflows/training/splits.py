@@ -9,6 +9,10 @@ are put in a seeded pseudo-random order (a hash of ``seed:family``, independent 
 Python's hash randomisation and of the order of the input) and each goes to the
 split furthest below its target share of structures.
 
+A growing dataset keeps its splits: families given in ``keep`` (from the previous
+manifest) stay where they were, and only new families are dealt out, so a model
+trained on an earlier snapshot still has a clean test split on the later one.
+
 Examples
 --------
 >>> from mlcharge_workflows.training.splits import split_by_family
@@ -34,6 +38,7 @@ def split_by_family(
     families: Mapping[str, str],
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 0,
+    keep: Mapping[str, str] | None = None,
 ) -> dict[str, list[str]]:
     """Split record ids into train / val / test with no family shared between splits.
 
@@ -45,6 +50,9 @@ def split_by_family(
         Target shares of structures for (train, val, test); must be >= 0 and sum to 1.
     seed
         Seed of the family order.
+    keep
+        Family key -> split name for families whose split is fixed already (e.g. the
+        previous manifest's); only the other families are assigned.
 
     Returns
     -------
@@ -63,7 +71,14 @@ def split_by_family(
         by_family[fam].append(rid)
     total = sum(len(v) for v in by_family.values())
     out: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
-    order = sorted(by_family, key=lambda f: (_order_key(seed, f), f))
+    keep = dict(keep or {})
+    bad = {f: k for f, k in keep.items() if k not in SPLIT_NAMES}
+    if bad:
+        raise ValueError(f"unknown split names for kept families: {bad} (known: {list(SPLIT_NAMES)})")
+    for fam in sorted(by_family):
+        if fam in keep:
+            out[keep[fam]].extend(by_family[fam])
+    order = sorted((f for f in by_family if f not in keep), key=lambda f: (_order_key(seed, f), f))
     for fam in order:
         # the split with the largest deficit (target count minus current count) gets the family;
         # ties (e.g. at the start) go to the split with the larger target

@@ -187,11 +187,14 @@ def finalize_manifest(
     split_seed: int | None = None,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     extra: dict | None = None,
+    resplit: bool = False,
 ) -> dict:
     """Rebuild the manifest's tables from the files: records, failures, splits, counts, size.
 
     Records are the truth (``records/*.npz``); a failure of a structure that has a record
-    since is dropped. The split is by composition family (:mod:`.splits`).
+    since is dropped. The split is by composition family (:mod:`.splits`); families the
+    previous manifest already placed keep their split (same seed, ``resplit=False``), so
+    a test split stays unseen by models trained on an earlier snapshot of the dataset.
     """
     ds = DensityDataset(root)
     man = ds.manifest
@@ -203,9 +206,18 @@ def finalize_manifest(
         except ValueError as exc:  # unreadable record: report it, do not count it
             man.setdefault("unreadable_records", {})[rid] = str(exc)
     failures = {k: v for k, v in read_failures(ds.root).items() if k not in records}
-    seed = split_seed if split_seed is not None else man.get("split", {}).get("seed", 0)
+    old_seed = man.get("split", {}).get("seed", 0)
+    seed = split_seed if split_seed is not None else old_seed
     families = {rid: r["family"] for rid, r in records.items()}
-    splits = split_by_family(families, fractions, seed)
+    keep: dict[str, str] = {}
+    if not resplit and seed == old_seed:
+        old_records = man.get("records") or {}
+        for name, ids in (man.get("splits") or {}).items():
+            for rid in ids:
+                fam = (old_records.get(rid) or {}).get("family") or families.get(rid)
+                if fam:
+                    keep.setdefault(fam, name)
+    splits = split_by_family(families, fractions, seed, keep=keep)
     check_disjoint(splits, families)
     size = sum(ds.path(r).stat().st_size for r in records)
     elements = Counter(e for r in records.values() for e in r["elements"])
@@ -218,7 +230,8 @@ def finalize_manifest(
                   for k, v in failures.items()},
         splits=splits,
         split={"by": "composition family (chemical system)", "seed": seed,
-               "fractions": list(fractions), "summary": split_summary(splits, families)},
+               "fractions": list(fractions), "summary": split_summary(splits, families),
+               "families_kept": len(set(keep) & set(families.values()))},
         summary={
             "n_records": len(records),
             "n_failures": len(failures),
