@@ -216,3 +216,36 @@ def test_cosine_schedule_anneals_and_resumes(dataset, tmp_path):
     timed = train(_config(dataset, tmp_path / "t", epochs=50, lr_schedule="cosine", max_minutes=0.2), log=lines.append)
     assert any("cosine schedule over" in ln for ln in lines)
     assert 2 <= timed["cosine_epochs"] <= 50 and timed["epochs_run"] <= timed["cosine_epochs"]
+
+
+def test_fine_tune_from_the_shipped_weights(dataset, tmp_path):
+    """init_weights: training starts from the given weights, keeps their architecture and records it."""
+    from mlcharge_workflows.model.io import DEFAULT_WEIGHTS
+
+    shipped = load_weights(DEFAULT_WEIGHTS)
+    lines: list[str] = []
+    cfg = _config(dataset, tmp_path / "ft", epochs=1, lr=1e-9, model={}, init_weights="default")
+    train(cfg, log=lines.append)
+    assert any("fine-tuning from default" in ln for ln in lines)
+    tuned = load_weights(tmp_path / "ft" / "model.pt")
+    assert tuned.config.to_dict() == shipped.config.to_dict()
+    assert tuned.metadata["init_version"] == shipped.metadata["version"]
+    for (name, a), b in zip(shipped.state_dict().items(), tuned.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=name)  # lr 1e-9: no move
+    # a real learning rate moves the weights away from the shipped ones
+    train(_config(dataset, tmp_path / "ft2", epochs=1, lr=1e-2, model={}, init_weights=str(DEFAULT_WEIGHTS)),
+          log=lambda _: None)
+    moved = load_weights(tmp_path / "ft2" / "model.pt")
+    assert any(not torch.allclose(a, b) for a, b in zip(shipped.state_dict().values(), moved.state_dict().values()))
+
+
+def test_fine_tune_refuses_overrides_and_uncovered_elements(dataset, tmp_path):
+    from mlcharge_workflows.model.io import save_model
+
+    with pytest.raises(ValueError, match="remove the `model` overrides"):
+        train(_config(dataset, tmp_path / "a", init_weights="default"), log=lambda _: None)
+    table, _ = build_table(["Si"], [], tmp_path)
+    si_only = DensityModel(ModelConfig(elements=["Si"], ecutrho_ry={"Si": 60.0}, **SMALL), table)
+    save_model(si_only, tmp_path / "si.pt")
+    with pytest.raises(ValueError, match=r"elements \['C'\] that the weights .* do not cover"):
+        train(_config(dataset, tmp_path / "b", model={}, init_weights=str(tmp_path / "si.pt")), log=lambda _: None)

@@ -92,6 +92,12 @@ class TrainConfig(BaseModel):
     )
     elements: list[str] | None = Field(None, description="Elements of the model; None: those in the data.")
     model: dict = Field(default_factory=dict, description="ModelConfig overrides.")
+    init_weights: str | None = Field(
+        None,
+        description="Fine-tune: start from these weights ('default': the shipped model; or a "
+        "weights file) instead of random ones. The architecture, elements, exponents and atomic "
+        "densities are the weights' (no `model` overrides); the data may hold only their elements.",
+    )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -401,6 +407,30 @@ def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
     }
 
 
+def _initial_model(cfg: TrainConfig, records: list[DensityRecord]) -> DensityModel:
+    """The weights named by ``cfg.init_weights``, in training mode, checked against the data."""
+    from mlcharge_workflows.model.io import DEFAULT_WEIGHTS, load_weights
+
+    if cfg.model:
+        raise ValueError(
+            f"init_weights fine-tunes an existing model, whose architecture is fixed: remove the "
+            f"`model` overrides {sorted(cfg.model)}"
+        )
+    path = DEFAULT_WEIGHTS if cfg.init_weights == "default" else Path(cfg.init_weights)
+    model = load_weights(path)
+    have = set(model.config.elements)
+    if cfg.elements and set(cfg.elements) != have:
+        raise ValueError(f"elements {sorted(cfg.elements)} differ from those of {path}: {sorted(have)}")
+    missing = sorted({s.specie.symbol for r in records for s in r.structure} - have)
+    if missing:
+        raise ValueError(
+            f"the data holds elements {missing} that the weights {path} do not cover (they cover "
+            f"{', '.join(sorted(have))}); train from scratch with init_weights unset to add elements"
+        )
+    model.metadata = {"init_weights": str(path), "init_version": model.metadata.get("version")}
+    return model.float().train()
+
+
 def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -425,22 +455,28 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     device = _device(cfg)
     splits = load_records(cfg, log)
     all_recs = splits["train"] + splits["val"] + splits["test"]
-    elements = cfg.elements or sorted({s.specie.symbol for r in all_recs for s in r.structure})
-    table, ecut = build_table(elements, all_recs, out)
-    overrides = dict(cfg.model)
-    if cfg.record_magmom:
-        overrides.setdefault("starting_magnetization", _starting_magnetization(all_recs, table))
-    else:
-        from mlcharge_workflows.engines.qe.sets import QEProtocol
-
-        start = QEProtocol().starting_magnetization
-        overrides.setdefault("starting_magnetization", {el: v for el, v in start.items() if el in elements})
+    if not cfg.record_magmom:
         for rec in all_recs:  # the protocol's moments, in training and test, as in the workflows
             if "magmom" in rec.structure.site_properties:
                 rec.structure = rec.structure.copy()
                 rec.structure.remove_site_property("magmom")
-    model_cfg = ModelConfig(elements=elements, ecutrho_ry=ecut, **overrides)
-    model = DensityModel(model_cfg, table).to(device)
+    if cfg.init_weights:
+        model = _initial_model(cfg, all_recs).to(device)
+        elements = list(model.config.elements)
+        log(f"fine-tuning from {cfg.init_weights} (version {model.metadata.get('init_version')})")
+    else:
+        elements = cfg.elements or sorted({s.specie.symbol for r in all_recs for s in r.structure})
+        table, ecut = build_table(elements, all_recs, out)
+        overrides = dict(cfg.model)
+        if cfg.record_magmom:
+            overrides.setdefault("starting_magnetization", _starting_magnetization(all_recs, table))
+        else:
+            from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+            start = QEProtocol().starting_magnetization
+            overrides.setdefault("starting_magnetization", {el: v for el, v in start.items() if el in elements})
+        model_cfg = ModelConfig(elements=elements, ecutrho_ry=ecut, **overrides)
+        model = DensityModel(model_cfg, table).to(device)
     log(
         f"data: {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test "
         f"records; elements {', '.join(elements)}; {sum(p.numel() for p in model.parameters())} "
@@ -563,7 +599,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "cosine_epochs": state.get("cosine_epochs"),
         "minutes": (time.perf_counter() - t_start) / 60,
     }
-    save_model(best, best_path, {**best.metadata, "training": {k: v for k, v in metrics.items() if k != "test"},
+    init = {k: v for k, v in model.metadata.items() if k.startswith("init_")}
+    save_model(best, best_path, {**best.metadata, **init, "training": {k: v for k, v in metrics.items() if k != "test"},
                                  "test_nmape": test["nmape"], "test_sad_nmape": test.get("sad_nmape")})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "history.json").write_text(json.dumps(state["history"], indent=1))
