@@ -20,7 +20,7 @@ from mlcharge_workflows.model.atomic import AtomicDensityTable
 TOL = 1e-9  # float64
 
 
-def tiny_model(dtype=torch.float64, use_sad: bool = True) -> DensityModel:
+def tiny_model(dtype=torch.float64, use_sad: bool = True, learn_moments: bool = False) -> DensityModel:
     """A random small model over Si, C, Ni with Gaussian 'atomic densities'."""
     torch.manual_seed(0)
     elements = ["C", "Ni", "Si"]
@@ -38,6 +38,7 @@ def tiny_model(dtype=torch.float64, use_sad: bool = True) -> DensityModel:
         magnetization_muls=(1, 1),
         ecutrho_ry={"C": 120.0, "Ni": 160.0, "Si": 100.0},
         use_sad=use_sad,
+        learn_moments=learn_moments,
     )
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # e3nn builds its constants in the default dtype
@@ -165,3 +166,45 @@ def test_prediction_is_continuous_across_cutoff(model):
         s = Structure(lat, ["Si", "C"], [[0, 0, 0], [d / 12.0, 0, 0]], coords_are_cartesian=False)
         vals.append(coefficients(model, s, MILL)[0])
     assert np.abs(vals[0] - vals[1]).max() < 1e-5
+
+
+@pytest.mark.parametrize("improper", [False, True])
+def test_learned_moments_model_is_invariant_and_time_reversal_odd(improper):
+    """learn_moments: the per-atom moment scalar keeps rotation invariance and time reversal."""
+    model = tiny_model(learn_moments=True)
+    s = sic_structure()
+    rot = Rotation.random(random_state=5).as_matrix() * (-1 if improper else 1)
+    tot, mag = coefficients(model, s, MILL)
+    tot_r, mag_r = coefficients(model, rotated(s, rot), MILL)
+    np.testing.assert_allclose(tot_r, tot, atol=TOL)
+    np.testing.assert_allclose(mag_r, mag, atol=TOL)
+    up = s.copy(site_properties={"magmom": [0, 0, 2.0]})
+    down = s.copy(site_properties={"magmom": [0, 0, -2.0]})
+    tot_u, mag_u = coefficients(model, up, MILL)
+    tot_d, mag_d = coefficients(model, down, MILL)
+    np.testing.assert_allclose(tot_d, tot_u, atol=TOL)
+    np.testing.assert_allclose(mag_d, -mag_u, atol=TOL)
+    assert np.abs(mag_u).max() > 1e-3
+
+
+def test_learned_moment_scales_the_atomic_magnetisation():
+    """The last magnetisation output moves the atom's SAD moment: start + delta; -start switches it off."""
+    model = tiny_model(learn_moments=True)
+    cell = model.prepare(sic_structure())
+    model.attach_mill(cell, MILL)
+    with torch.no_grad():
+        c_tot, c_mag = model.orbital_coefficients([cell])[0]
+        assert c_mag.shape[1] == model.mag_layout.dim + 1
+        start = torch.as_tensor(cell.moments)
+        off = torch.zeros_like(c_mag)
+        off[:, -1] = -start
+        _, mag_off = model.fourier(cell, (c_tot, off))
+        assert float(mag_off.abs().max()) < 1e-12  # no orbital, no atomic moment left
+        double = torch.zeros_like(c_mag)
+        double[:, -1] = start
+        _, mag_2 = model.fourier(cell, (c_tot, double))
+        _, mag_1 = model.fourier(cell, (c_tot, torch.zeros_like(c_mag)))
+        np.testing.assert_allclose(mag_2.numpy(), 2 * mag_1.numpy(), atol=1e-12)
+        sad: list = []
+        model.fourier(cell, (c_tot, double), sad_out=sad)  # the SAD reference keeps the start moments
+        np.testing.assert_allclose(sad[1].numpy(), mag_1.numpy(), atol=1e-12)

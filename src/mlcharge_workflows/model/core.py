@@ -17,6 +17,8 @@ import torch
 
 from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
 from mlcharge_workflows.model.atomic import AtomicDensityTable
+from e3nn import o3
+
 from mlcharge_workflows.model.basis import (
     OrbitalLayout,
     ReciprocalGeometry,
@@ -49,6 +51,7 @@ class ModelConfig:
     alpha_min: float = 0.25
     alpha_max: float = 16.0
     learn_exponents: bool = True
+    learn_moments: bool = False
     use_sad: bool = True
     starting_magnetization: dict[str, float] = field(
         default_factory=lambda: {"Fe": 0.4, "Co": 0.35, "Ni": 0.3}
@@ -101,6 +104,8 @@ class DensityModel(torch.nn.Module):
         self.layout = OrbitalLayout(config.orbital_muls)
         self.mag_layout = OrbitalLayout(config.magnetization_muls)
         irreps_out = self.layout.irreps + self.mag_layout.irreps
+        if config.learn_moments:  # one scalar per atom: the change of its SAD moment
+            irreps_out = irreps_out + o3.Irreps("1x0e")
         self.network = OrbitalNetwork(
             n_species=len(config.elements),
             irreps_out=irreps_out,
@@ -231,7 +236,11 @@ class DensityModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ evaluation
     def orbital_coefficients(self, cells: list[Cell]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Network output for several cells in one batch: per cell ``(C_total, C_magnetization)``."""
+        """Network output for several cells in one batch: per cell ``(C_total, C_magnetization)``.
+
+        With ``learn_moments`` the last column of ``C_magnetization`` is each atom's change of
+        its atomic (SAD) magnetisation weight, in units of its valence charge (see :meth:`fourier`).
+        """
         dtype, dev = self.log_alpha.dtype, self.log_alpha.device
         species, moments, pos, src, dst, shift, sizes = [], [], [], [], [], [], []
         offset = 0
@@ -306,12 +315,20 @@ class DensityModel(torch.nn.Module):
                 )
             ]
             if cell.spin:
-                weights = torch.as_tensor(cell.moments[sel], dtype=dtype, device=dev)  # fractions
+                start = torch.as_tensor(cell.moments[sel], dtype=dtype, device=dev)  # fractions
+                c_mag = coeffs[1][sel_t]
+                weights = start
+                if self.config.learn_moments:
+                    # the atom's SAD magnetisation is scaled to the moment the network predicts
+                    # (odd under time reversal like every magnetisation output): a cell that
+                    # converges non-magnetic needs no orbital cancelling its atomic moments
+                    weights = start + c_mag[:, -1]
+                    c_mag = c_mag[:, :-1]
                 has_orb = self.mag_layout.n_radial > 0
                 terms.append(
                     SpeciesTerm(
                         self.mag_layout,
-                        coeffs[1][sel_t] if has_orb else None,
+                        c_mag if has_orb else None,
                         alphas[1][s] if has_orb else None,
                         min(q_cutoff(float(alphas[1][s].max().detach()), self.mag_layout.lmax), qmax[s])
                         if has_orb else 0.0,
@@ -323,7 +340,7 @@ class DensityModel(torch.nn.Module):
             if sad_out is not None and form is not None:
                 terms.append(SpeciesTerm(self.layout, sad_form=form))
                 if cell.spin:
-                    terms.append(SpeciesTerm(self.mag_layout, sad_form=form, sad_weights=terms[1].sad_weights))
+                    terms.append(SpeciesTerm(self.mag_layout, sad_form=form, sad_weights=start))
             outs = species_fourier(cell.geom, sel, terms, rows, cache_key=int(s) if cache else None)
             tot = outs[0] if tot is None else tot + outs[0]
             if cell.spin:
