@@ -40,20 +40,18 @@ import torch
 
 torch.set_num_threads(1)
 
-from mlcharge_workflows.model import load_model  # noqa: E402
-from mlcharge_workflows.model.basis import (  # noqa: E402
+from mlcharge_workflows.model import load_model
+from mlcharge_workflows.model.basis import (
     OrbitalLayout,
     ReciprocalGeometry,
-    SpeciesTerm,
     even_tempered,
     q_cutoff,
     radial_factors,
-    species_fourier,
 )
-from mlcharge_workflows.model.core import DensityModel, ModelConfig  # noqa: E402
-from mlcharge_workflows.training.dataset import DensityDataset  # noqa: E402
-from mlcharge_workflows.training.metrics import nmape  # noqa: E402
-from mlcharge_workflows.training.train import half_to_grid, prepare_sample  # noqa: E402
+from mlcharge_workflows.model.core import DensityModel, ModelConfig
+from mlcharge_workflows.training.dataset import DensityDataset
+from mlcharge_workflows.training.metrics import nmape
+from mlcharge_workflows.training.train import half_to_grid, prepare_sample
 
 BOND_MULS = (4, 3, 2)
 BOND_ALPHA = (0.4, 6.0)

@@ -22,9 +22,9 @@ import torch
 
 torch.set_num_threads(1)
 
-from mlcharge_workflows.model import load_model  # noqa: E402
-from mlcharge_workflows.training.dataset import DensityDataset  # noqa: E402
-from mlcharge_workflows.training.train import prepare_sample  # noqa: E402
+from mlcharge_workflows.model import load_model
+from mlcharge_workflows.training.dataset import DensityDataset
+from mlcharge_workflows.training.train import prepare_sample
 
 
 def main() -> None:

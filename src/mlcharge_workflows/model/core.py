@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from e3nn import o3
 
 from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
 from mlcharge_workflows.model.atomic import AtomicDensityTable
-from e3nn import o3
-
 from mlcharge_workflows.model.basis import (
     OrbitalLayout,
     ReciprocalGeometry,

@@ -169,7 +169,7 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
                 continue
             rec.metadata = {**(rec.metadata or {}), "_dataset": str(root)}
             records.append(rec)
-    key = lambda r: (r.metadata["_dataset"], r.id)  # noqa: E731
+    key = lambda r: (r.metadata["_dataset"], r.id)
     by_family: dict[str, str] = {}
     for rec in records:  # families listed in a manifest keep their split, in every dataset
         if key(rec) in by_id:
