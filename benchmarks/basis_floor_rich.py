@@ -2,15 +2,15 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/basis_floor_rich.py RECORD_ID [...] [--variants shipped even rich bond rich+bond]
+    .venv/bin/python benchmarks/basis_floor_rich.py RECORD_ID [...] [--variants shipped fit even wide rich rich+h dense bond rich+bond]
         [--dataset /work/datasets/main]
 
 Like benchmarks/basis_floor.py (no network: every coefficient is a free parameter), but
-solved exactly: the training loss (G-space L2 of total and magnetisation over
-|G| <= q_core, G = 0 being fixed by the normalisation) is quadratic in the coefficients, so
-the best ones are a linear least-squares solution, here over every G of the record's
-sphere (an orbital fitted on |G| <= 10 Å⁻¹ alone is free to put anything beyond it). Several expansions side by side, all on
-the shipped model's atomic superposition:
+solved exactly: the training loss (G-space L2 of total and magnetisation, G = 0 being
+fixed by the normalisation) is quadratic in the coefficients, so the best ones are a
+linear least-squares solution, here over every G of the record's sphere (an orbital
+fitted on |G| <= 10 Å⁻¹ alone is free to put anything beyond it). Several expansions side
+by side, all on the shipped model's atomic superposition:
 
 * ``shipped``: the shipped network's own prediction (for reference, not a fit).
 * ``fit``: the shipped orbitals and learned exponents (8 s, 6 p, 6 d, 4 f, 2 g), best coefficients.
@@ -27,7 +27,9 @@ the shipped model's atomic superposition:
 
 Prints the grid NMAPE (clipped, renormalised, the metric of docs/benchmarks.md) of each fit,
 its training loss (``∫|Δρ|² + |Δm|² dr / N``, the quantity `mlcharge train` reports as
-train_loss) and the number of coefficients. Hand-written: the bond-centre placement (pymatgen neighbours).
+train_loss) and the number of coefficients. Hand-written: the bond-centre placement
+(pymatgen neighbours) and the explicit design matrix (`_design`: the orbital formula of
+``model.basis.species_fourier``, which evaluates only a sum with given coefficients).
 """
 
 from __future__ import annotations
@@ -146,13 +148,10 @@ def fit(model, rec, bond: bool, learned: bool):
             # solution of huge cancelling coefficients that a float32 model could not represent)
             norm = np.linalg.norm(m_mat, axis=0)
             norm[norm == 0] = 1.0
-            x, *_ = np.linalg.lstsq(m_mat / norm, b, rcond=float(__import__("os").environ.get("RCOND", "1e-6")))
+            x, *_ = np.linalg.lstsq(m_mat / norm, b, rcond=1e-6)
             x = x / norm
             n_coef += len(x)
             loss += scale * float(np.sum((m_mat @ x - b) ** 2))
-            if key == "tot" and __import__("os").environ.get("FLOOR_DEBUG"):
-                print(f"   [{key}] relative L2 residual {np.linalg.norm(m_mat @ x - b) / np.linalg.norm(b):.4f}"
-                      f" (cols {m_mat.shape[1]}, rank-ish {np.linalg.matrix_rank(m_mat / norm, 1e-6)})")
             if key == "tot":
                 tot[rows] += a_mat @ x
         tot = torch.as_tensor(tot)

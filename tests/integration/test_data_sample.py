@@ -3,6 +3,8 @@ record format's half-sphere storage round trip."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -94,7 +96,7 @@ def test_finalize_keeps_recorded_splits(tmp_path):
     fam = {i: r["family"] for i, r in man["records"].items()}
     # pretend an earlier snapshot put every family in test (not what a fresh split gives)
     man["splits"] = {"train": [], "val": [], "test": sorted(fam)}
-    (root / "manifest.json").write_text(__import__("json").dumps(man))
+    (root / "manifest.json").write_text(json.dumps(man))
     kept = finalize_manifest(root)
     assert kept["splits"]["test"] == sorted(fam) and not kept["splits"]["train"]
     assert kept["split"]["families_kept"] == len(set(fam.values()))
