@@ -249,3 +249,61 @@ def test_fine_tune_refuses_overrides_and_uncovered_elements(dataset, tmp_path):
     save_model(si_only, tmp_path / "si.pt")
     with pytest.raises(ValueError, match=r"elements \['C'\] that the weights .* do not cover"):
         train(_config(dataset, tmp_path / "b", model={}, init_weights=str(tmp_path / "si.pt")), log=lambda _: None)
+
+
+def test_quadratic_loss_is_the_exact_g_space_loss(tmp_path):
+    """loss_mode quadratic: x^T P x - 2 q^T x + r equals the loss_g2 over every G (total and
+    magnetisation, float64), for any coefficients, on a spin-polarised two-species cell."""
+    from mlcharge_workflows.training.quadratic import quadratic_loss
+    from mlcharge_workflows.training.train import prepare_sample, sample_loss
+
+    table, _ = build_table(["Ni", "Si"], [], tmp_path)
+    cfg = ModelConfig(elements=["Ni", "Si"], ecutrho_ry={"Ni": 80.0, "Si": 60.0}, learn_exponents=False,
+                      **{**SMALL, "orbital_muls": [3, 2, 2, 1], "magnetization_muls": [2, 1]})
+    torch.manual_seed(3)
+    model = DensityModel(cfg, table).double()
+    lat = Lattice.cubic(3.1)
+    s = Structure(lat, ["Ni", "Si", "Ni"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.1, 0.0]])
+    shape = (10, 10, 10)
+    mill = fft_miller(shape).reshape(-1, 3)
+    mill = mill[np.all(np.abs(mill) <= 4, axis=1)]
+    teacher = DensityModel(cfg, table).double()
+    with torch.no_grad():
+        for p in teacher.network.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        cell = teacher.prepare(s, spin=True)
+        teacher.attach_mill(cell, mill)
+        tot, mag = teacher.fourier(cell)
+    rec = DensityRecord("x", s, shape, mill, tot.numpy(), mag.numpy())
+    half = mill[:, 2] >= 0
+    ql = quadratic_loss(model, s, mill[half], tot.numpy()[half], mag.numpy()[half])
+    smp = prepare_sample(model, rec, q_core=1e9)
+    tc = TrainConfig(datasets=[tmp_path], magnetization_weight=0.7, n_extra=0)
+    rng = np.random.default_rng(0)
+    for scale in (0.0, 0.01, 0.1):
+        c = (scale * torch.randn(3, model.layout.dim, dtype=torch.float64),
+             scale * torch.randn(3, model.mag_layout.dim, dtype=torch.float64))
+        ref = float(sample_loss(model, smp, c, tc, False, rng))
+        assert ref > 0
+        assert float(ql(c, 0.7)) == pytest.approx(ref, rel=1e-10)
+    # the teacher's own coefficients give zero loss (to rounding): the forms see the same basis
+    with torch.no_grad():
+        best = teacher.orbital_coefficients([teacher.prepare(s, spin=True)])[0]
+    assert float(ql(best, 0.7)) < 1e-12 * float(ql((best[0] * 0, best[1] * 0), 0.7)) + 1e-14
+
+
+def test_quadratic_training_fits_and_refuses_learned_exponents(dataset, tmp_path):
+    lines: list[str] = []
+    model = {**SMALL, "learn_exponents": False}
+    metrics = train(_config(dataset, tmp_path / "q", epochs=6, loss_mode="quadratic", val_every=3, model=model),
+                    log=lines.append)
+    assert sum("val_NMAPE" in ln for ln in lines) == 2  # epochs 3 and 6
+    assert any("quadratic loss forms: 4/4" in ln for ln in lines)
+    assert len(list((tmp_path / "q" / "quadratic").rglob("*.pt"))) == 4  # cached for the next run
+    losses = [h["train_loss"] for h in json.loads((tmp_path / "q" / "history.json").read_text())]
+    assert losses[-1] < losses[0]
+    assert metrics["test"]["nmape"]["count"] == 1
+    with pytest.raises(ValueError, match="learn_exponents: false"):
+        train(_config(dataset, tmp_path / "r", loss_mode="quadratic"), log=lambda _: None)
+    with pytest.raises(ValueError, match="loss_r1 and loss_hartree"):
+        train(_config(dataset, tmp_path / "s", loss_mode="quadratic", loss_r1=1.0, model=model), log=lambda _: None)

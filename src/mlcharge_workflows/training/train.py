@@ -59,6 +59,17 @@ class TrainConfig(BaseModel):
     )
     weight_decay: float = 0.0
     patience: int = Field(40, ge=1, description="Early stopping: epochs without validation gain.")
+    loss_mode: Literal["sampled", "quadratic"] = Field(
+        "sampled",
+        description="sampled: the G-space terms on the core rows plus n_extra random others, the "
+        "density evaluated at every step; quadratic: the exact loss_g2 over every G as a quadratic "
+        "form in the network's coefficients, precomputed once per record (needs fixed exponents, "
+        "model: {learn_exponents: false}; no loss_r1 / loss_hartree), so a step costs the network only.",
+    )
+    quadratic_cache: Path | None = Field(
+        None, description="Folder keeping the precomputed quadratic forms between runs (None: OUTPUT/quadratic)."
+    )
+    val_every: int = Field(1, ge=1, description="Validation NMAPE (and early stopping) every this many epochs.")
     loss_g2: float = 1.0
     loss_r1: float = 0.0
     loss_hartree: float = Field(
@@ -431,6 +442,27 @@ def _initial_model(cfg: TrainConfig, records: list[DensityRecord]) -> DensityMod
     return model.float().train()
 
 
+def _quadratic_losses(model: DensityModel, fit: list[Sample], cfg: TrainConfig, device, log) -> dict:
+    """The exact per-record losses of ``loss_mode: quadratic`` (cached on disk)."""
+    from mlcharge_workflows.training.quadratic import cached_quadratic_loss, check_model, float64_copy
+
+    check_model(model)
+    m64 = float64_copy(model)
+    if cfg.loss_r1 or cfg.loss_hartree:
+        raise ValueError("loss_mode 'quadratic' is the exact loss_g2: set loss_r1 and loss_hartree to 0")
+    cache = Path(cfg.quadratic_cache) if cfg.quadratic_cache else Path(cfg.output) / "quadratic"
+    t0 = time.perf_counter()
+    out = {}
+    for i, s in enumerate(fit):
+        rec = s.record
+        half = rec.mill[:, 2] >= 0
+        mag = None if rec.magnetization is None else rec.magnetization[half]
+        out[s.id] = cached_quadratic_loss(m64, rec, rec.mill[half], rec.total[half], mag, cache).to(device)
+        if (i + 1) % 100 == 0 or i + 1 == len(fit):
+            log(f"quadratic loss forms: {i + 1}/{len(fit)} records ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
 def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -491,6 +523,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             except ValueError as exc:
                 log(f"skipping {rec.id}: {exc}")
     fit = samples["train"] + (samples["val"] if cfg.train_on_val else [])
+    quad = {}
+    if cfg.loss_mode == "quadratic":
+        quad = _quadratic_losses(model, fit, cfg, device, log)
     budget = 1.5e9  # bytes of cached phases
     cache_ok = {}
     for s in fit:
@@ -512,6 +547,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     stop_reason = "epochs"
     if cfg.lr_schedule == "cosine" and not cfg.max_minutes:
         state.setdefault("cosine_epochs", cfg.epochs)
+    t_loop, first_epoch = time.perf_counter(), state["epoch"]
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.perf_counter()
         if cfg.lr_schedule == "cosine":
@@ -526,9 +562,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             batch = [fit[i] for i in order[start : start + cfg.batch_size]]
             coeffs = model.orbital_coefficients([s.cell for s in batch])
             rng = np.random.default_rng([cfg.seed, epoch, start])
-            loss = sum(
-                sample_loss(model, s, c, cfg, cache_ok[s.id], rng) for s, c in zip(batch, coeffs)
-            ) / len(batch)
+            if quad:
+                loss = sum(cfg.loss_g2 * quad[s.id](c, cfg.magnetization_weight) for s, c in zip(batch, coeffs)) / len(batch)
+            else:
+                loss = sum(
+                    sample_loss(model, s, c, cfg, cache_ok[s.id], rng) for s, c in zip(batch, coeffs)
+                ) / len(batch)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite training loss at epoch {epoch} ({[s.id for s in batch]})")
             opt.zero_grad()
@@ -536,14 +575,33 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             opt.step()
             losses.append(float(loss.detach()))
         model.eval()
+        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+        if not validate:  # between validations: checkpoint only, no early-stopping decision
+            state["epoch"] = epoch + 1
+            state["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)),
+                                     "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "state": json.dumps(state)}, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
+            log(f"epoch {epoch + 1:4d}/{cfg.epochs}  train_loss {np.mean(losses):.4e}  "
+                f"lr {opt.param_groups[0]['lr']:.1e}  {time.perf_counter() - t0:.1f}s")
+            if cfg.lr_schedule == "cosine" and state["epoch"] >= state["cosine_epochs"]:
+                stop_reason = f"cosine schedule complete ({state['cosine_epochs']} epochs)"
+                break
+            if cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes:
+                stop_reason = f"time budget of {cfg.max_minutes} min"
+                break
+            continue
         val = [quick_nmape(model, s) for s in samples["val"]] or [float(np.mean(losses))]
         val_nmape = float(np.mean(val))
         if cfg.lr_schedule == "plateau":
             sched.step(float(np.mean(losses)) if cfg.train_on_val else val_nmape)
-        elif "cosine_epochs" not in state:  # first epoch of a timed run: how many fit the budget
-            fit_epochs = int(0.95 * cfg.max_minutes * 60 / max(time.perf_counter() - t0, 1e-3))
+        elif "cosine_epochs" not in state:  # first validated epoch of a timed run: how many fit the budget
+            per_epoch = (time.perf_counter() - t_loop) / (epoch + 1 - first_epoch)
+            left = cfg.max_minutes * 60 - (time.perf_counter() - t_start)
+            fit_epochs = epoch + 1 + int(0.95 * left / max(per_epoch, 1e-3))
             state["cosine_epochs"] = max(2, min(cfg.epochs, fit_epochs))
-            log(f"cosine schedule over {state['cosine_epochs']} epochs (first epoch {time.perf_counter() - t0:.1f} s)")
+            log(f"cosine schedule over {state['cosine_epochs']} epochs ({per_epoch:.1f} s per epoch with validation)")
         improved = val_nmape < state["best_val"] - 1e-6
         if cfg.train_on_val:  # the validation split is fitted: keep the last epoch
             state["best_val"], state["bad_epochs"] = min(val_nmape, state["best_val"]), 0
