@@ -213,7 +213,8 @@ def test_cosine_schedule_anneals_and_resumes(dataset, tmp_path):
     np.testing.assert_allclose([h["train_loss"] for h in json.loads((tmp_path / "d" / "history.json").read_text())],
                                [h["train_loss"] for h in hist], rtol=1e-5)
     lines: list[str] = []
-    timed = train(_config(dataset, tmp_path / "t", epochs=50, lr_schedule="cosine", max_minutes=0.2), log=lines.append)
+    timed = train(_config(dataset, tmp_path / "t", epochs=50, lr_schedule="cosine", max_minutes=0.2, val_every=2),
+                  log=lines.append)
     assert any("cosine schedule over" in ln for ln in lines)
     assert 2 <= timed["cosine_epochs"] <= 50 and timed["epochs_run"] <= timed["cosine_epochs"]
 

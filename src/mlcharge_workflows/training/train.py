@@ -585,8 +585,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             ckpt.with_suffix(".tmp").replace(ckpt)
             log(f"epoch {epoch + 1:4d}/{cfg.epochs}  train_loss {np.mean(losses):.4e}  "
                 f"lr {opt.param_groups[0]['lr']:.1e}  {time.perf_counter() - t0:.1f}s")
-            if cfg.lr_schedule == "cosine" and state["epoch"] >= state["cosine_epochs"]:
-                stop_reason = f"cosine schedule complete ({state['cosine_epochs']} epochs)"
+            if cfg.lr_schedule == "cosine" and state["epoch"] >= state.get("cosine_epochs", cfg.epochs):
+                stop_reason = f"cosine schedule complete ({state.get('cosine_epochs', cfg.epochs)} epochs)"
                 break
             if cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes:
                 stop_reason = f"time budget of {cfg.max_minutes} min"
