@@ -308,3 +308,19 @@ def test_quadratic_training_fits_and_refuses_learned_exponents(dataset, tmp_path
         train(_config(dataset, tmp_path / "r", loss_mode="quadratic"), log=lambda _: None)
     with pytest.raises(ValueError, match="loss_r1 and loss_hartree"):
         train(_config(dataset, tmp_path / "s", loss_mode="quadratic", loss_r1=1.0, model=model), log=lambda _: None)
+
+
+def test_quadratic_cache_key_survives_save_and_load(dataset, tmp_path):
+    """Fine-tuning from saved weights finds the forms cached for the model they came from."""
+    from mlcharge_workflows.model.io import save_model
+    from mlcharge_workflows.training.quadratic import float64_copy, model_key
+
+    table, _ = build_table(["C", "Si"], [], tmp_path)
+    model = DensityModel(ModelConfig(elements=["C", "Si"], ecutrho_ry={"C": 60.0, "Si": 60.0},
+                                     learn_exponents=False, **SMALL), table)
+    save_model(model, tmp_path / "m.pt")
+    again = load_weights(tmp_path / "m.pt")
+    assert model_key(float64_copy(model)) == model_key(float64_copy(again))
+    other = DensityModel(ModelConfig(elements=["C", "Si"], ecutrho_ry={"C": 60.0, "Si": 60.0},
+                                     learn_exponents=False, **{**SMALL, "orbital_muls": [3, 1, 1]}), table)
+    assert model_key(other) != model_key(model)

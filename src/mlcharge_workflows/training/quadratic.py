@@ -168,17 +168,19 @@ def res_abs2(z: torch.Tensor) -> torch.Tensor:
 def model_key(model: DensityModel) -> str:
     """A hash of everything the quadratic loss depends on besides the record."""
     cfg = model.config.to_dict()
-    payload = {
-        "muls": [cfg["orbital_muls"], cfg["magnetization_muls"]],
-        "alpha": [model.alphas(False).detach().double().cpu().numpy().round(12).tolist(),
-                  model.alphas(True).detach().double().cpu().numpy().round(12).tolist()],
-        "qmax": model.species_qmax().round(12).tolist(),
-        "elements": cfg["elements"],
-        "sad": [float(x) for x in np.asarray(model.table(0, np.linspace(0, 20, 7))).ravel()] if cfg["use_sad"] else None,
-        "use_sad": cfg["use_sad"],
-        "start": cfg["starting_magnetization"],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    h.update(json.dumps({"muls": [list(cfg["orbital_muls"]), list(cfg["magnetization_muls"])],
+                         "elements": cfg["elements"], "use_sad": cfg["use_sad"],
+                         "start": cfg["starting_magnetization"]}, sort_keys=True).encode())
+    # float32 bytes: weights files keep the atomic-density table and the parameters in float32,
+    # so a model saved and loaded again (fine-tuning) finds the forms of the model it came from
+    arrays = [model.alphas(False), model.alphas(True), model.species_qmax()]
+    if cfg["use_sad"]:
+        arrays += [model.table.q, model.table.values, model.table.z_valence]
+    for a in arrays:
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def cached_quadratic_loss(model: DensityModel, rec, mill, total, magnetization, cache_dir: Path | None) -> QuadraticLoss:
