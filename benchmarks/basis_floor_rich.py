@@ -28,8 +28,7 @@ by side, all on the shipped model's atomic superposition:
 Prints the grid NMAPE (clipped, renormalised, the metric of docs/benchmarks.md) of each fit,
 its training loss (``∫|Δρ|² + |Δm|² dr / N``, the quantity `mlcharge train` reports as
 train_loss) and the number of coefficients. Hand-written: the bond-centre placement
-(pymatgen neighbours) and the explicit design matrix (`_design`: the orbital formula of
-``model.basis.species_fourier``, which evaluates only a sum with given coefficients).
+(pymatgen neighbours) and the explicit design matrix (``training.quadratic.design_columns``).
 """
 
 from __future__ import annotations
@@ -48,11 +47,11 @@ from mlcharge_workflows.model.basis import (
     ReciprocalGeometry,
     even_tempered,
     q_cutoff,
-    radial_factors,
 )
 from mlcharge_workflows.model.core import DensityModel, ModelConfig
 from mlcharge_workflows.training.dataset import DensityDataset
 from mlcharge_workflows.training.metrics import nmape
+from mlcharge_workflows.training.quadratic import design_columns
 from mlcharge_workflows.training.train import half_to_grid, prepare_sample
 
 BOND_MULS = (4, 3, 2)
@@ -85,14 +84,8 @@ def variant_model(shipped: DensityModel, muls, alpha_min, alpha_max) -> DensityM
 
 def _design(geom, centres, layout, alpha, q_max, rows) -> np.ndarray:
     """Columns ``phi_o(G) exp(-iG·R_c) / V`` for every centre and orbital, at ``rows`` (complex)."""
-    q = geom.q[torch.as_tensor(rows)]
-    radial = radial_factors(q, alpha, layout.radial_l()) * (q <= q_max).to(q.dtype)[:, None]
-    rad, ls, ys = layout.columns()
-    ylm = geom.ylm[torch.as_tensor(rows)]
-    cols = (radial[:, rad] * ylm[:, ys]).double().numpy() * ((-1j) ** ls)[None, :]
-    theta = 2 * np.pi * (geom.mill[rows] @ geom.frac[centres].T)
-    phase = np.exp(-1j * theta)  # (N, n_centres)
-    return (phase[:, :, None] * cols[:, None, :]).reshape(len(rows), -1) / geom.volume
+    re, im = design_columns(geom, np.asarray(centres), np.asarray(rows), layout, alpha, q_max)
+    return re.double().numpy() + 1j * im.double().numpy()
 
 
 def fit(model, rec, bond: bool, learned: bool):

@@ -85,21 +85,22 @@ def check_model(model: DensityModel) -> None:
         raise ValueError("loss_mode 'quadratic' does not support model: {learn_moments: true}")
 
 
-def _columns(model: DensityModel, geom, sel, idx, q, magnetization: bool, species: int):
-    """Real and imaginary parts ``(B, len(sel) * dim)`` of ``phi_o(G) exp(-iG·R_a) / V``."""
-    layout = model.mag_layout if magnetization else model.layout
-    alpha = model.alphas(magnetization)[species].detach().double()
-    q_max = min(q_cutoff(float(alpha.max()), layout.lmax), float(model.species_qmax()[species]))
-    radial = radial_factors(q, alpha, layout.radial_l()) * (q <= q_max).double()[:, None]
+def design_columns(geom, atoms: np.ndarray, rows: np.ndarray, layout, alpha: torch.Tensor, q_max: float):
+    """Real and imaginary parts ``(len(rows), len(atoms) * layout.dim)`` of ``phi_o(G) exp(-iG·R_a) / V``:
+    the column of orbital ``o`` of atom ``a`` (atom-major), at the G vectors ``rows`` of ``geom``;
+    ``alpha`` the exponents, orbitals cut at ``|G| > q_max`` (as :func:`~mlcharge_workflows.model.basis.species_fourier`)."""
+    rows_t = torch.as_tensor(rows)
+    q = geom.q[rows_t]
+    radial = radial_factors(q, alpha.to(q.dtype), layout.radial_l()) * (q <= q_max).to(q.dtype)[:, None]
     rad, ls, ys = layout.columns()
-    sign = torch.as_tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)[torch.as_tensor(ls % 4)]
-    basis = radial[:, torch.as_tensor(rad)] * geom.ylm[torch.as_tensor(idx)][:, torch.as_tensor(ys)] * sign
-    cos, sin = geom.phases(sel, idx)  # (B, n_sel)
+    sign = torch.as_tensor([1.0, -1.0, -1.0, 1.0], dtype=q.dtype)[torch.as_tensor(ls % 4)]
+    basis = radial[:, torch.as_tensor(rad)] * geom.ylm[rows_t][:, torch.as_tensor(ys)] * sign
+    cos, sin = geom.phases(atoms, rows)  # (B, n_atoms)
     odd = torch.as_tensor(ls % 2 == 1)
     # even l: b (cos - i sin); odd l: i b (cos - i sin) = b (sin + i cos)
     re = torch.where(odd[None, None, :], sin[:, :, None], cos[:, :, None]) * basis[:, None, :]
     im = torch.where(odd[None, None, :], cos[:, :, None], -sin[:, :, None]) * basis[:, None, :]
-    return re.reshape(len(idx), -1) / geom.volume, im.reshape(len(idx), -1) / geom.volume
+    return re.reshape(len(rows), -1) / geom.volume, im.reshape(len(rows), -1) / geom.volume
 
 
 def quadratic_loss(model: DensityModel, structure, mill: np.ndarray, total: np.ndarray,
@@ -128,18 +129,23 @@ def quadratic_loss(model: DensityModel, structure, mill: np.ndarray, total: np.n
         rows = rows[np.argsort(geom.q_np[rows], kind="stable")]  # by |G|: diffuse orbitals drop out of late blocks
         resid = torch.as_tensor(np.asarray(target)[rows], dtype=torch.complex128) - sad.detach()[torch.as_tensor(rows)]
         w = torch.as_tensor(weight[rows])
-        dim = (m64.mag_layout if mag else m64.layout).dim
-        n = len(cell.species) * dim
+        layout = m64.mag_layout if mag else m64.layout
+        n = len(cell.species) * layout.dim
         P = torch.zeros(n, n, dtype=torch.float64)
         q = torch.zeros(n, dtype=torch.float64)
+        alphas = m64.alphas(mag).detach()
+        per_species = [  # (atoms, exponents, |G| cut) in column order
+            (sel, alphas[s], min(q_cutoff(float(alphas[s].max()), layout.lmax), float(m64.species_qmax()[s])))
+            for s, sel in zip(np.unique(cell.species), order)
+        ]
         for start in range(0, len(rows), CHUNK):
             idx = rows[start : start + CHUNK]
             part = slice(start, start + CHUNK)
             sw = torch.sqrt(w[part])[:, None]
             res = resid[part]
             cols_re, cols_im = [], []
-            for s, sel in zip(np.unique(cell.species), order):
-                re, im = _columns(m64, geom, sel, idx, geom.q[torch.as_tensor(idx)], mag, int(s))
+            for sel, alpha, q_max in per_species:
+                re, im = design_columns(geom, sel, idx, layout, alpha, q_max)
                 cols_re.append(re)
                 cols_im.append(im)
             a_re = torch.cat(cols_re, 1) * sw
@@ -152,17 +158,13 @@ def quadratic_loss(model: DensityModel, structure, mill: np.ndarray, total: np.n
             a_re, a_im = a_re[:, act], a_im[:, act]
             P[act[:, None], act[None, :]] += a_re.T @ a_re + a_im.T @ a_im
             q[act] += a_re.T @ (sw[:, 0] * res.real) + a_im.T @ (sw[:, 0] * res.imag)
-        blocks.append(QuadraticBlock(P, q, float((w * res_abs2(resid)).sum())))
+        blocks.append(QuadraticBlock(P, q, float((w * resid.abs() ** 2).sum())))
     return QuadraticLoss(order, blocks[0], blocks[1], cell.volume / cell.n_electrons)
 
 
 def float64_copy(model: DensityModel) -> DensityModel:
     """A float64 CPU copy of ``model`` (make it once for many records: copying costs ~1 s)."""
     return copy.deepcopy(model).double().cpu()
-
-
-def res_abs2(z: torch.Tensor) -> torch.Tensor:
-    return z.real**2 + z.imag**2
 
 
 def model_key(model: DensityModel) -> str:
@@ -207,4 +209,4 @@ def cached_quadratic_loss(model: DensityModel, rec, mill, total, magnetization, 
     return loss
 
 
-__all__ = ["QuadraticBlock", "QuadraticLoss", "cached_quadratic_loss", "check_model", "quadratic_loss", "model_key", "float64_copy"]
+__all__ = ["QuadraticBlock", "QuadraticLoss", "cached_quadratic_loss", "check_model", "quadratic_loss", "model_key", "float64_copy", "design_columns"]

@@ -180,7 +180,7 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
                 continue
             rec.metadata = {**(rec.metadata or {}), "_dataset": str(root)}
             records.append(rec)
-    key = lambda r: (r.metadata["_dataset"], r.id)
+    key = lambda r: (r.metadata["_dataset"], r.id)  # noqa: E731
     by_family: dict[str, str] = {}
     for rec in records:  # families listed in a manifest keep their split, in every dataset
         if key(rec) in by_id:
@@ -447,9 +447,9 @@ def _quadratic_losses(model: DensityModel, fit: list[Sample], cfg: TrainConfig, 
     from mlcharge_workflows.training.quadratic import cached_quadratic_loss, check_model, float64_copy
 
     check_model(model)
-    m64 = float64_copy(model)
     if cfg.loss_r1 or cfg.loss_hartree:
         raise ValueError("loss_mode 'quadratic' is the exact loss_g2: set loss_r1 and loss_hartree to 0")
+    m64 = float64_copy(model)  # once: copying the network costs ~1 s
     cache = Path(cfg.quadratic_cache) if cfg.quadratic_cache else Path(cfg.output) / "quadratic"
     t0 = time.perf_counter()
     out = {}
@@ -575,60 +575,45 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             opt.step()
             losses.append(float(loss.detach()))
         model.eval()
-        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
-        if not validate:  # between validations: checkpoint only, no early-stopping decision
-            state["epoch"] = epoch + 1
-            state["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)),
-                                     "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "state": json.dumps(state)}, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
-            log(f"epoch {epoch + 1:4d}/{cfg.epochs}  train_loss {np.mean(losses):.4e}  "
-                f"lr {opt.param_groups[0]['lr']:.1e}  {time.perf_counter() - t0:.1f}s")
-            if cfg.lr_schedule == "cosine" and state["epoch"] >= state.get("cosine_epochs", cfg.epochs):
-                stop_reason = f"cosine schedule complete ({state.get('cosine_epochs', cfg.epochs)} epochs)"
-                break
-            if cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes:
-                stop_reason = f"time budget of {cfg.max_minutes} min"
-                break
-            continue
-        val = [quick_nmape(model, s) for s in samples["val"]] or [float(np.mean(losses))]
-        val_nmape = float(np.mean(val))
-        if cfg.lr_schedule == "plateau":
-            sched.step(float(np.mean(losses)) if cfg.train_on_val else val_nmape)
-        elif "cosine_epochs" not in state:  # first validated epoch of a timed run: how many fit the budget
-            per_epoch = (time.perf_counter() - t_loop) / (epoch + 1 - first_epoch)
-            left = cfg.max_minutes * 60 - (time.perf_counter() - t_start)
-            fit_epochs = epoch + 1 + int(0.95 * left / max(per_epoch, 1e-3))
-            state["cosine_epochs"] = max(2, min(cfg.epochs, fit_epochs))
-            log(f"cosine schedule over {state['cosine_epochs']} epochs ({per_epoch:.1f} s per epoch with validation)")
-        improved = val_nmape < state["best_val"] - 1e-6
-        if cfg.train_on_val:  # the validation split is fitted: keep the last epoch
-            state["best_val"], state["bad_epochs"] = min(val_nmape, state["best_val"]), 0
-            save_model(model, best_path, {"epoch": epoch, "val_nmape_in_training_set": val_nmape})
-        elif improved:
-            state["best_val"], state["bad_epochs"] = val_nmape, 0
-            save_model(model, best_path, {"epoch": epoch, "val_nmape": val_nmape})
-        else:
-            state["bad_epochs"] += 1
+        entry = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        improved = False
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:  # else: no early-stopping decision
+            val = [quick_nmape(model, s) for s in samples["val"]] or [float(np.mean(losses))]
+            val_nmape = entry["val_nmape"] = float(np.mean(val))
+            if cfg.lr_schedule == "plateau":
+                sched.step(float(np.mean(losses)) if cfg.train_on_val else val_nmape)
+            elif "cosine_epochs" not in state:  # first validated epoch of a timed run: how many fit the budget
+                per_epoch = (time.perf_counter() - t_loop) / (epoch + 1 - first_epoch)
+                left = cfg.max_minutes * 60 - (time.perf_counter() - t_start)
+                fit_epochs = epoch + 1 + int(0.95 * left / max(per_epoch, 1e-3))
+                state["cosine_epochs"] = max(2, min(cfg.epochs, fit_epochs))
+                log(f"cosine schedule over {state['cosine_epochs']} epochs ({per_epoch:.1f} s per epoch with validation)")
+            improved = val_nmape < state["best_val"] - 1e-6
+            if cfg.train_on_val:  # the validation split is fitted: keep the last epoch
+                state["best_val"], state["bad_epochs"] = min(val_nmape, state["best_val"]), 0
+                save_model(model, best_path, {"epoch": epoch, "val_nmape_in_training_set": val_nmape})
+            elif improved:
+                state["best_val"], state["bad_epochs"] = val_nmape, 0
+                save_model(model, best_path, {"epoch": epoch, "val_nmape": val_nmape})
+            else:
+                state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        state["history"].append(
-            {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_nmape": val_nmape,
-             "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        )
+        entry.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+        state["history"].append(entry)
         torch.save(
             {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "state": json.dumps(state)},
             ckpt.with_suffix(".tmp"),
         )
         ckpt.with_suffix(".tmp").replace(ckpt)
+        val_text = f"val_NMAPE {entry['val_nmape']:.3f}%{' *' if improved else ''}  " if "val_nmape" in entry else ""
         log(
-            f"epoch {epoch + 1:4d}/{cfg.epochs}  train_loss {np.mean(losses):.4e}  "
-            f"val_NMAPE {val_nmape:.3f}%{' *' if improved else ''}  lr {opt.param_groups[0]['lr']:.1e}  "
-            f"{time.perf_counter() - t0:.1f}s"
+            f"epoch {epoch + 1:4d}/{cfg.epochs}  train_loss {np.mean(losses):.4e}  {val_text}"
+            f"lr {opt.param_groups[0]['lr']:.1e}  {time.perf_counter() - t0:.1f}s"
         )
-        if cfg.lr_schedule == "cosine" and state["epoch"] >= state["cosine_epochs"]:
-            stop_reason = f"cosine schedule complete ({state['cosine_epochs']} epochs)"
+        n_cos = state.get("cosine_epochs", cfg.epochs)
+        if cfg.lr_schedule == "cosine" and state["epoch"] >= n_cos:
+            stop_reason = f"cosine schedule complete ({n_cos} epochs)"
             break
         if state["bad_epochs"] >= cfg.patience:
             stop_reason = f"early stopping ({cfg.patience} epochs without improvement)"
