@@ -56,7 +56,7 @@ def structure(kind: str, rng: np.random.Generator) -> Structure:
 
 
 def pw_input(s: Structure, outdir: Path, pseudo_dir: Path) -> str:
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo
+    from mlcharge_workflows.pseudo import get_pseudo
 
     els = sorted({e.symbol for e in s.species})
     spin = any(e in ("Ni", "Fe") for e in els)
@@ -79,7 +79,7 @@ def pw_input(s: Structure, outdir: Path, pseudo_dir: Path) -> str:
 def main() -> None:
     from mlcharge_workflows.density.qe_file import read_qe_charge_density
     from mlcharge_workflows.density.qe_gvectors import QE_PER_BOHR3_TO_PER_ANGSTROM3
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo, stage_pseudos
+    from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
     from mlcharge_workflows.training.dataset import DensityDataset, DensityRecord
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -26,7 +26,7 @@ def test_sample_is_small_complete_and_physical():
     assert 10 <= len(ds) <= 20
     size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
     assert size <= 5_000_000
-    from mlcharge_workflows.engines.qe.pseudo import n_valence_electrons
+    from mlcharge_workflows.pseudo import n_valence_electrons
 
     spin = 0
     for rec in ds.records():

@@ -20,7 +20,7 @@ from mlcharge_workflows.engines.qe.core import (
     run_qe_scf,
 )
 from mlcharge_workflows.engines.qe.parse import parse_pw_xml
-from mlcharge_workflows.engines.qe.pseudo import stage_pseudos
+from mlcharge_workflows.pseudo import stage_pseudos
 from mlcharge_workflows.engines.qe.run import run_pw
 from mlcharge_workflows.engines.qe.sets import QEProtocol, pw_input, write_pw_input
 from mlcharge_workflows.units import RY_TO_EV
@@ -162,7 +162,7 @@ def test_makers_chain_through_job_outputs(tmp_path):
 
 def test_every_registry_pseudopotential_loads_in_pw_x(tmp_path):
     from mlcharge_workflows.engines.qe.parse import parse_pw_output
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo, supported_elements
+    from mlcharge_workflows.pseudo import get_pseudo, supported_elements
 
     elements = supported_elements()
     cell = Structure(Lattice.orthorhombic(1.6 * len(elements), 3.5, 3.5), elements,

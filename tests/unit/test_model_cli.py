@@ -73,7 +73,7 @@ def test_train_command_reports_errors(tmp_path):
 def test_model_sad_matches_density_sad():
     """With the correction switched off the model is exactly pw.x's atomic superposition."""
     from mlcharge_workflows.density.sad import sad_coefficients
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo
+    from mlcharge_workflows.pseudo import get_pseudo
 
     model = load_model()
     if "Si" not in model.elements:

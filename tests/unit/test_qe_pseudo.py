@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from mlcharge_workflows.engines.qe.pseudo import (
+from mlcharge_workflows.pseudo import (
     check_structure,
     get_pseudo,
     is_pbe,
@@ -75,7 +75,7 @@ def test_valid_structure_passes_and_counts_electrons():
 
 
 def test_gzipped_sources_are_served_as_plain_files(tmp_path):
-    from mlcharge_workflows.engines.qe.pseudo import QE_EXAMPLES_DIR
+    from mlcharge_workflows.pseudo import QE_EXAMPLES_DIR
 
     h = get_pseudo("H")  # shipped only as .gz among QE's examples
     assert (QE_EXAMPLES_DIR / "CPV/EXX-wf-example/H_HSCV_PBE-1.0.UPF.gz").is_file()
@@ -87,7 +87,7 @@ def test_gzipped_sources_are_served_as_plain_files(tmp_path):
 
 
 def test_co_is_generated_with_ld1_reproducibly(tmp_path):
-    from mlcharge_workflows.engines.qe.pseudo import LD1_INPUTS, generate_pseudo
+    from mlcharge_workflows.pseudo import LD1_INPUTS, generate_pseudo
 
     (name,) = LD1_INPUTS
     fresh = generate_pseudo(name, tmp_path)

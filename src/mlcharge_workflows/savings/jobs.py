@@ -106,7 +106,7 @@ def predict_grid(
     Starting moments follow the protocol (``magmom`` = fraction x valence of the species),
     so the predicted magnetic state is the one pw.x is asked to find.
     """
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo
+    from mlcharge_workflows.pseudo import get_pseudo
     from mlcharge_workflows.model import predict_density
 
     s = structure.copy()
@@ -182,7 +182,7 @@ class QEPredictDensityMaker(Maker):
         """Predict in the job's folder; unsupported elements give ``fallback`` and no density."""
         from mlcharge_workflows.density.qe_file import write_qe_start_density
         from mlcharge_workflows.density.qe_gvectors import qe_fft_grid
-        from mlcharge_workflows.engines.qe.pseudo import n_valence_electrons
+        from mlcharge_workflows.pseudo import n_valence_electrons
         cwd = Path.cwd()
         base = dict(dir_name=str(cwd), formula=structure.composition.reduced_formula,
                     n_atoms=len(structure))
@@ -346,7 +346,7 @@ class MLQENonSCFMaker(Maker):
 
 def default_nbnd(structure: Structure) -> int:
     """Bands for gap checks: ``ceil(0.6 * nelec) + 4`` (occupied bands plus a margin)."""
-    from mlcharge_workflows.engines.qe.pseudo import n_valence_electrons
+    from mlcharge_workflows.pseudo import n_valence_electrons
 
     return int(np.ceil(0.6 * n_valence_electrons(structure))) + 4
 
@@ -371,7 +371,7 @@ class QEAtomicNonSCFMaker(Maker):
         from mlcharge_workflows.density.qe_gvectors import qe_fft_grid
         from mlcharge_workflows.density.sad import superposition_density
         from mlcharge_workflows.engines.qe.core import run_qe_nscf
-        from mlcharge_workflows.engines.qe.pseudo import get_pseudo, structure_elements
+        from mlcharge_workflows.pseudo import get_pseudo, structure_elements
 
         els = structure_elements(structure)
         mag = None

@@ -119,7 +119,7 @@ def build_flow(structure: Structure, engine: str, flow: str, label: str,
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; choose one of {FLOWS}")
     if engine == "qe":  # fail at submission, not hours later on a worker
-        from mlcharge_workflows.engines.qe.pseudo import check_structure
+        from mlcharge_workflows.pseudo import check_structure
 
         try:
             check_structure(structure)

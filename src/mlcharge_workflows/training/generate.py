@@ -88,7 +88,7 @@ class GenerationSettings:
 def _pseudo_info(elements: list[str]) -> dict:
     import hashlib
 
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo
+    from mlcharge_workflows.pseudo import get_pseudo
 
     out = {}
     for el in sorted(elements):

@@ -71,7 +71,7 @@ class GeneratedStructure:
 def default_elements() -> list[str]:
     """Supported elements of the QE engine (falls back to :data:`DEFAULT_ELEMENTS`)."""
     try:
-        from mlcharge_workflows.engines.qe.pseudo import supported_elements
+        from mlcharge_workflows.pseudo import supported_elements
     except ImportError:
         return list(DEFAULT_ELEMENTS)
     return sorted(str(e) for e in supported_elements())

@@ -218,7 +218,7 @@ def build_table(elements: list[str], records: list[DensityRecord], workdir: Path
     """
     from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
     from mlcharge_workflows.density.sad import read_upf_atomic_density
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo, stage_pseudos
+    from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
     from mlcharge_workflows.settings import get_settings
 
     names = _pseudo_names(records)

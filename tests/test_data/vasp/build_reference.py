@@ -184,7 +184,7 @@ def converged_chgcar(s: Structure, path: Path) -> None:
 
     from mlcharge_workflows.density.chgcar import write_chgcar
     from mlcharge_workflows.density.sad import superposition_density
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo, stage_pseudos
+    from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
 
     elements = sorted({site.specie.symbol for site in s})
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Quantum ESPRESSO (pw.x) engine: protocol, pseudopotentials, runs, parsing, jobflow makers.
+"""Quantum ESPRESSO (pw.x) engine: protocol, runs, parsing, jobflow makers.
 
 The public API is re-exported here lazily (importing a submodule stays cheap):
 
@@ -16,16 +16,20 @@ _EXPORTS = {
              "run_qe_scf"],
     "jobs": ["QENonSCFMaker", "QEStaticMaker"],
     "parse": ["PwOutput", "band_edges", "band_gap", "parse_pw_output", "parse_pw_xml"],
-    "pseudo": ["check_structure", "get_pseudo", "n_valence_electrons", "supported_elements"],
     "run": ["run_pw"],
     "schemas": ["QETaskDocument"],
     "sets": ["QEProtocol", "pw_input", "qe_oriented"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+
+
+_NEUTRAL = {"check_structure", "get_pseudo", "n_valence_electrons", "supported_elements"}
+__all__ = sorted(set(_WHERE) | _NEUTRAL)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _NEUTRAL:  # the registry lives one layer down (mlcharge_workflows.pseudo)
+        return getattr(importlib.import_module("mlcharge_workflows.pseudo"), name)
     if name not in _WHERE:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

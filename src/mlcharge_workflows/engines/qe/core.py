@@ -25,7 +25,7 @@ import numpy as np
 
 from mlcharge_workflows.density.grid import DensityGrid
 from mlcharge_workflows.engines.qe.parse import band_edges, parse_pw_output, parse_pw_xml
-from mlcharge_workflows.engines.qe.pseudo import (
+from mlcharge_workflows.pseudo import (
     check_structure,
     n_valence_electrons,
     stage_pseudos,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from mlcharge_workflows.engines.qe.pseudo import get_pseudo, structure_elements
+from mlcharge_workflows.pseudo import get_pseudo, structure_elements
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure

@@ -83,7 +83,7 @@ def _model_version(model: Any) -> str:
 
 def _sad_predictor(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
     from mlcharge_workflows.density.sad import superposition_density
-    from mlcharge_workflows.engines.qe.pseudo import get_pseudo, stage_pseudos
+    from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
 
     elements = sorted({site.specie.symbol for site in structure})
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +131,7 @@ def predictor_name(spec: str | Predictor) -> str:
 def _model_valence(elements: list[str]) -> dict[str, float | None]:
     """Valence of the QE pseudopotentials the model was trained with (None if unknown)."""
     try:
-        from mlcharge_workflows.engines.qe.pseudo import get_pseudo
+        from mlcharge_workflows.pseudo import get_pseudo
     except ImportError:  # pragma: no cover - QE engine absent
         return dict.fromkeys(elements)
     out: dict[str, float | None] = {}

@@ -11,7 +11,7 @@ which a predicted density does not carry (see docs/qe-protocol.md).
 
 Examples
 --------
->>> from mlcharge_workflows.engines.qe.pseudo import get_pseudo, supported_elements
+>>> from mlcharge_workflows.pseudo import get_pseudo, supported_elements
 >>> "Si" in supported_elements()
 True
 >>> get_pseudo("Si").kind, get_pseudo("Si").z_valence
