@@ -1,0 +1,127 @@
+"""SCF convergence thresholds of the field, and the iterations a run needs to reach each.
+
+pw.x prints its "estimated scf accuracy" (Ry, per cell) after every SCF iteration and stops
+at the first one below ``conv_thr``. One history of a run converged tightly therefore gives
+the iterations the same run would have needed at any looser threshold: the first iteration
+whose accuracy is below it. (The diagonalisation threshold of an iteration depends on the
+previous accuracy, not on ``conv_thr``, so the history up to that point is the same; this
+is checked against real runs in ``benchmarks/thresholds_check.py``.)
+
+Savings are summarised in the two ways the field quotes them: the **median of the
+per-structure savings** ``1 - ml/baseline``, and the **drop of the median**
+``1 - median(ml)/median(baseline)`` (ChargE3Net's definition).
+
+>>> history = [1e-2, 3e-4, 2e-6, 5e-8, 4e-10, 1e-11]
+>>> iterations_to(history, 1e-6)
+4
+>>> iterations_to(history, 1e-12) is None
+True
+>>> table = iterations_by_threshold(history, n_atoms=2)
+>>> table["qe_default"], table["protocol"]
+(4, 5)
+>>> round(drop_of_median([12, 10, 14], [6, 9, 7]), 3)
+0.417
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import median
+from typing import Literal
+
+from mlcharge_workflows.units import EV_TO_RY
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A convergence threshold on pw.x's estimated SCF accuracy (or VASP's energy change).
+
+    Attributes
+    ----------
+    name
+        Key used in records and reports.
+    value
+        The threshold in ``unit`` (Ry or eV), per ``per`` (cell or atom).
+    source
+        Who uses it.
+    """
+
+    name: str
+    value: float
+    unit: Literal["Ry", "eV"]
+    per: Literal["cell", "atom"]
+    source: str
+
+    def cell_ry(self, n_atoms: int) -> float:
+        """The threshold for a whole cell of ``n_atoms`` atoms, in Ry."""
+        value = self.value * (EV_TO_RY if self.unit == "eV" else 1.0)
+        return value * (n_atoms if self.per == "atom" else 1)
+
+
+#: The thresholds reported, loosest convention first.
+THRESHOLDS: tuple[Threshold, ...] = (
+    Threshold("qe_default", 1e-6, "Ry", "cell", "pw.x default conv_thr"),
+    Threshold("mp", 5e-5, "eV", "atom", "Materials Project EDIFF (ChargE3Net's anchor)"),
+    Threshold("quacc", 1e-8, "Ry", "cell", "quacc espresso recipes"),
+    Threshold("aiida_fast", 4e-10, "Ry", "atom", "aiida-quantumespresso protocol 'fast'"),
+    Threshold("protocol", 5e-10, "Ry", "atom", "this package's QEProtocol"),
+    Threshold("aiida_moderate", 2e-10, "Ry", "atom", "aiida-quantumespresso protocol 'moderate'"),
+)
+
+
+def iterations_to(history_ry: Sequence[float], threshold_ry: float) -> int | None:
+    """1-based index of the first iteration with accuracy below ``threshold_ry``.
+
+    ``None`` when the history never gets there (the run stopped earlier or diverged).
+    """
+    for i, acc in enumerate(history_ry, start=1):
+        if acc < threshold_ry:
+            return i
+    return None
+
+
+def iterations_by_threshold(
+    history_ry: Sequence[float],
+    n_atoms: int,
+    thresholds: Sequence[Threshold] = THRESHOLDS,
+) -> dict[str, int | None]:
+    """Iterations to reach each threshold, read from one accuracy history (Ry per cell)."""
+    return {t.name: iterations_to(history_ry, t.cell_ry(n_atoms)) for t in thresholds}
+
+
+def per_structure_savings(baseline: Sequence[int], ml: Sequence[int]) -> list[float]:
+    """``1 - ml/baseline`` for each structure (pairs with a missing or zero baseline dropped)."""
+    return [1.0 - m / b for b, m in zip(baseline, ml, strict=True) if b and m is not None]
+
+
+def median_saving(baseline: Sequence[int], ml: Sequence[int]) -> float | None:
+    """Median over structures of ``1 - ml/baseline``."""
+    savings = per_structure_savings(baseline, ml)
+    return median(savings) if savings else None
+
+
+def drop_of_median(baseline: Sequence[int], ml: Sequence[int]) -> float | None:
+    """``1 - median(ml)/median(baseline)`` (ChargE3Net's definition), over complete pairs."""
+    pairs = [(b, m) for b, m in zip(baseline, ml, strict=True) if b and m is not None]
+    if not pairs:
+        return None
+    return 1.0 - median(m for _, m in pairs) / median(b for b, _ in pairs)
+
+
+def savings_summary(baseline: Sequence[int | None], ml: Sequence[int | None]) -> dict[str, float | int | None]:
+    """Both definitions side by side, with the share of structures faster and slower."""
+    pairs = [(b, m) for b, m in zip(baseline, ml, strict=True) if b and m is not None]
+    n = len(pairs)
+    b_list = [b for b, _ in pairs]
+    m_list = [m for _, m in pairs]
+    return {
+        "n": n,
+        "median_baseline": median(b_list) if n else None,
+        "median_ml": median(m_list) if n else None,
+        "median_saving": median_saving(b_list, m_list),
+        "drop_of_median": drop_of_median(b_list, m_list),
+        "faster": sum(m < b for b, m in pairs) / n if n else None,
+        "slower": sum(m > b for b, m in pairs) / n if n else None,
+        "worst_slowdown": max((m / b - 1.0 for b, m in pairs), default=None),
+    }
