@@ -35,8 +35,9 @@ from mlcharge_workflows.model.atomic import AtomicDensityTable
 from mlcharge_workflows.model.core import Cell, DensityModel, ModelConfig
 from mlcharge_workflows.model.io import save_model
 from mlcharge_workflows.model.predict import predict_density
-from mlcharge_workflows.training.dataset import DensityDataset, DensityRecord
+from mlcharge_workflows.training.dataset import DensityRecord
 from mlcharge_workflows.training.metrics import hartree_metric, nmape, summarize
+from mlcharge_workflows.training.shards import open_dataset
 
 
 class TrainConfig(BaseModel):
@@ -164,9 +165,7 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
     out: dict[str, list[DensityRecord]] = {"train": [], "val": [], "test": []}
     records, by_id = [], {}
     for root in cfg.datasets:
-        ds = DensityDataset(root)
-        if not ds.records_dir.exists():
-            raise ValueError(f"{root} is not a dataset folder (no records/)")
+        ds = open_dataset(root)  # records/ folder or repository shards; ValueError if neither
         manifest_splits = (ds.manifest.get("splits") or {}) if isinstance(ds.manifest, dict) else {}
         for name in ("train", "val", "test"):
             by_id.update({(str(root), rid): name for rid in manifest_splits.get(name, [])})
