@@ -23,9 +23,10 @@ from pathlib import Path
 from pymatgen.core import Structure
 
 from mlcharge_workflows.engines.qe.sets import QEProtocol
-from mlcharge_workflows.savings.flows import QEComparisonMaker, run_flow_collect
+from mlcharge_workflows.common.store import run_flow_collect
+from mlcharge_workflows.engines.qe.flows import QEComparisonMaker
 from mlcharge_workflows.savings.report import summarize, summary_lines, write_report
-from mlcharge_workflows.savings.schemas import SavingsDocument
+from mlcharge_workflows.common.schemas import SavingsDocument
 
 HERE = Path(__file__).parent
 DEFAULT = [HERE / "structures" / f"{name}.cif" for name in ("Si", "SiC", "C")]

@@ -21,7 +21,8 @@ from pymatgen.core import Structure
 
 from mlcharge_workflows.engines.qe.jobs import QENonSCFMaker
 from mlcharge_workflows.engines.qe.sets import QEProtocol
-from mlcharge_workflows.savings.jobs import MLQEStaticMaker, QEPredictDensityMaker, default_nbnd
+from mlcharge_workflows.engines.qe.jobs import MLQEStaticMaker, QEPredictDensityMaker
+from mlcharge_workflows.engines.qe.sets import default_nbnd
 
 FAST = QEProtocol(ecutwfc_ry=20, ecutrho_ry=160, kspacing=0.5, conv_thr_per_atom=1e-8)
 

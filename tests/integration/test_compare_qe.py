@@ -12,7 +12,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from mlcharge_workflows.engines.qe.sets import QEProtocol
-from mlcharge_workflows.savings.schemas import RECORD_KEYS
+from mlcharge_workflows.common.schemas import RECORD_KEYS
 
 pytestmark = pytest.mark.pwx
 
@@ -33,7 +33,8 @@ def _serial(monkeypatch):
 
 
 def test_si_baseline_ml_oracle_and_nscf(tmp_path, si) -> None:
-    from mlcharge_workflows.savings.flows import QEComparisonMaker, run_flow_collect
+    from mlcharge_workflows.common.store import run_flow_collect
+    from mlcharge_workflows.engines.qe.flows import QEComparisonMaker
 
     protocol = QEProtocol(**PROTOCOL)
     flow = QEComparisonMaker(protocol=protocol, nprocs=1, oracle=True, nscf=True).make(
@@ -65,7 +66,7 @@ def test_si_baseline_ml_oracle_and_nscf(tmp_path, si) -> None:
     assert abs(gap["nscf_ml"] - gap["scf"]) < abs(gap["nscf_atomic"] - gap["scf"])
 
     # the grid went to the data store, not the main document
-    (pred_doc,) = [d for d in out["docs"] if d["name"] == "qe predict density"]
+    (pred_doc,) = [d for d in out["docs"] if d["name"] == "predict density"]
     assert "blob_uuid" in pred_doc["output"]["density"]
     assert len(json.dumps(pred_doc["output"])) < 20_000
     assert out["data"]["data"] and Path(pred_doc["output"]["path"]).is_file()
@@ -75,7 +76,7 @@ def test_untrusted_ml_run_is_rerun_from_atoms(tmp_path, si, monkeypatch) -> None
     """An ML start that lands on an unexpected energy is rerun; both runs are kept."""
     from jobflow import Flow, run_locally
 
-    from mlcharge_workflows.savings.jobs import MLQEStaticMaker, QEPredictDensityMaker
+    from mlcharge_workflows.engines.qe.jobs import MLQEStaticMaker, QEPredictDensityMaker
 
     monkeypatch.chdir(tmp_path)
     protocol = QEProtocol(**PROTOCOL)
@@ -106,7 +107,8 @@ def test_compare_cli_fallback_for_unknown_element_and_error_record(tmp_path, si)
     from typer.testing import CliRunner
 
     from mlcharge_workflows.cli.main import app
-    from mlcharge_workflows.savings.flows import project_job_store, savings_documents
+    from mlcharge_workflows.common.store import savings_documents
+    from mlcharge_workflows.submit.config import project_job_store, project_paths
 
     si.to(filename=str(tmp_path / "Si.cif"))
     close = Structure(Lattice.cubic(4.0), ["C", "C"], [[0, 0, 0], [0.05, 0, 0]])  # 0.2 Å apart
@@ -142,7 +144,7 @@ def test_compare_cli_fallback_for_unknown_element_and_error_record(tmp_path, si)
     assert garbage_rec["scf_iterations"] == {"baseline": None, "ml": None, "oracle": None}
 
     # every record is in the file-backed store for `mlcharge report`
-    stored = {d.structure: d.record() for d in savings_documents(project_job_store(tmp_path / "project"))}
+    stored = {d.structure: d.record() for d in savings_documents(project_job_store(project_paths(tmp_path / "project")))}
     assert stored == {r["structure"]: r for r in records}
 
 
@@ -150,14 +152,14 @@ def test_dos_mesh_straight_from_the_predicted_density(tmp_path, si, monkeypatch)
     """Uniform-mesh non-SCF (for a DOS) without any SCF: the prediction is the density."""
     from jobflow import run_locally
 
-    from mlcharge_workflows.savings.flows import MLQEBandStructureMaker
+    from mlcharge_workflows.engines.qe.flows import MLQEBandStructureMaker
 
     monkeypatch.chdir(tmp_path)
     protocol = QEProtocol(**{**PROTOCOL, "nscf_kspacing": 0.5})
     flow = MLQEBandStructureMaker(bandstructure_type="uniform", protocol=protocol, nprocs=1).make(si)
     resp = run_locally(flow, create_folders=True, log=False, ensure_success=True)
     nscf = resp[flow.jobs[1].uuid][1].output
-    assert [j.name for j in flow.jobs] == ["qe predict density", "qe ml non-scf"]
+    assert [j.name for j in flow.jobs] == ["predict density", "ml non-scf"]
     assert nscf.calculation == "nscf" and nscf.density_read_from_file
     inputs = list(tmp_path.glob("**/pw.in"))  # the only full pw.x run: no SCF anywhere
     assert len(inputs) == 1 and "'nscf'" in inputs[0].read_text()

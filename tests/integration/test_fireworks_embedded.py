@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from mlcharge_workflows.cli.main import app
 from mlcharge_workflows.submit import LaunchPadConfigError, submit_structures
-from mlcharge_workflows.submit import _BUILDERS
+from mlcharge_workflows.catalogue import _BUILDERS
 from mlcharge_workflows.submit.launchpad import EmbeddedLaunchPad
 from mlcharge_workflows.submit.worker import (
     _checkout,

@@ -8,7 +8,8 @@ from fireworks import Workflow
 from pymatgen.core import Lattice, Structure
 
 from mlcharge_workflows.engines.qe.sets import QEProtocol
-from mlcharge_workflows.submit import ENGINES, FLOWS, build_flow, submit_structures
+from mlcharge_workflows.catalogue import ENGINES, FLOWS, build_flow
+from mlcharge_workflows.submit import submit_structures
 from mlcharge_workflows.submit.launchpad import EmbeddedLaunchPad, flow_to_fireworks
 from mlcharge_workflows.submit.worker import run_embedded_worker
 

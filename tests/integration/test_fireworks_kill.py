@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from mlcharge_workflows.savings.flows import SAVINGS_JOB_NAME
+from mlcharge_workflows.common.documents import SAVINGS_JOB_NAME
 from mlcharge_workflows.savings.report import load_records_from_store, summarize
 from mlcharge_workflows.submit import submit_structures
 from mlcharge_workflows.submit.launchpad import OWNERS_COLLECTION, EmbeddedLaunchPad
@@ -40,7 +40,7 @@ def _si(a: float) -> Structure:
 
 
 def _model_available() -> bool:
-    from mlcharge_workflows.savings.jobs import model_version
+    from mlcharge_workflows.engines.qe.density import model_version
 
     try:
         model_version(None)
@@ -126,7 +126,7 @@ def test_sigkill_worker_then_restart(tmp_path, monkeypatch):
     if _model_available():
         assert states == Counter({"COMPLETED": n_fws}), states
     else:  # no shipped weights yet: prediction fizzles, the ML arm falls back to atoms
-        assert fizzled == {"qe predict density"}, fizzled
+        assert fizzled == {"predict density"}, fizzled
         assert states == Counter({"COMPLETED": n_fws - N_STRUCTURES, "FIZZLED": N_STRUCTURES})
     with handle.read() as lp:
         completed_launches = Counter(

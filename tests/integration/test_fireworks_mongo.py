@@ -15,7 +15,8 @@ from jobflow import JobStore
 from maggma.stores import MemoryStore
 
 from mlcharge_workflows.savings.report import load_records_from_store
-from mlcharge_workflows.submit import _BUILDERS, open_launchpad, run_worker, submit_structures
+from mlcharge_workflows.catalogue import _BUILDERS
+from mlcharge_workflows.submit import open_launchpad, run_worker, submit_structures
 
 from test_fireworks_embedded import SI_CIF, dummy_flow  # noqa: F401 - fixtures' helpers
 

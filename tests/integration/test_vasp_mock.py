@@ -160,9 +160,9 @@ ALL_REFS = {
     "baseline static": "baseline_static",
     "ml static": "ml_static",
     "oracle static": "oracle_static",
-    "converged non-scf line": "converged_nscf_line",
-    "ml non-scf line": "ml_nscf_line",
-    "atomic non-scf line": "atomic_nscf_line",
+    "nscf converged": "converged_nscf_line",
+    "nscf ml": "ml_nscf_line",
+    "nscf atomic": "atomic_nscf_line",
 }
 
 
@@ -172,7 +172,7 @@ def _kwargs(names):
 
 def test_comparison_flow_savings_record(mock_vasp, tmp_path):
     from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
-    from mlcharge_workflows.savings.schemas import RECORD_KEYS
+    from mlcharge_workflows.common.schemas import RECORD_KEYS
 
     set_refs, seen = mock_vasp
     set_refs(ALL_REFS, _kwargs(ALL_REFS))
@@ -183,7 +183,7 @@ def test_comparison_flow_savings_record(mock_vasp, tmp_path):
         predict_manager_config={"_fworker": "gpu"},
     )
     flow = maker.make(sic(), label="SiC-test")
-    predict = next(j for j in flow.jobs if j.name == "ml density")
+    predict = next(j for j in flow.jobs if j.name == "predict density")
     assert predict.config.manager_config == {"_fworker": "gpu"}
     out = _run(flow, tmp_path)
     doc = out[flow.output.uuid][1].output
@@ -203,12 +203,12 @@ def test_comparison_flow_savings_record(mock_vasp, tmp_path):
     # starts: only ICHARG differs between the SCF arms; same pinned grid everywhere
     icharg = {name: seen[name]["incar"]["ICHARG"] for name in ALL_REFS}
     assert icharg == {"baseline static": 2, "ml static": 1, "oracle static": 1,
-                      "converged non-scf line": 11, "ml non-scf line": 11,
-                      "atomic non-scf line": 12}
+                      "nscf converged": 11, "nscf ml": 11,
+                      "nscf atomic": 12}
     for name in ALL_REFS:
         assert tuple(seen[name]["incar"][k] for k in ("NGXF", "NGYF", "NGZF")) == NGF
         assert seen[name]["incar"]["ISTART"] == 0
-    assert "chgcar" not in seen["baseline static"] and "chgcar" not in seen["atomic non-scf line"]
+    assert "chgcar" not in seen["baseline static"] and "chgcar" not in seen["nscf atomic"]
     # the oracle starts from the baseline CHGCAR byte for byte: PAW occupancies kept
     oracle_dir = Path(doc.details.dir_names["oracle"].split(":", 1)[-1])
     assert seen["oracle static"]["chgcar"].metadata.get("data_aug")
@@ -282,7 +282,8 @@ def test_ml_nscf_uniform_skips_scf(mock_vasp, tmp_path):
 
 def test_ml_static_distrusted_result_is_kept_and_rerun_from_atoms(mock_vasp, tmp_path):
     """A converged ML start at another energy than the reference: kept, rerun from atoms."""
-    from mlcharge_workflows.engines.vasp.flows import vasp_savings_document
+    from mlcharge_workflows.common.documents import savings_document
+    from mlcharge_workflows.engines.vasp.flows import VaspArmReader
 
     set_refs, seen = mock_vasp
     refs = {"ml static": "ml_static", "ml static rerun from atoms": "baseline_static"}
@@ -312,8 +313,8 @@ def test_ml_static_distrusted_result_is_kept_and_rerun_from_atoms(mock_vasp, tmp
     assert store.docs_store.count({"uuid": static.uuid}) == 2
 
     pred_doc = out[predict.uuid][1].output
-    doc = vasp_savings_document.original(
-        "SiC", structure, baseline=rerun, prediction=pred_doc, ml=rerun
+    doc = savings_document.original(
+        "SiC", structure, VaspArmReader(), baseline=rerun, prediction=pred_doc, ml=rerun
     )
     assert doc.ml_density_used is False and doc.fallback.startswith("energy_mismatch")
     assert doc.scf_iterations.ml == 28  # every iteration the arm paid for
@@ -340,7 +341,7 @@ def test_atomic_spin_start_is_a_fallback_not_an_ml_start(mock_vasp, tmp_path):
     no CHGCAR is placed, and the ML static runs from atoms and records why."""
     from pymatgen.core import Lattice, Structure
 
-    from mlcharge_workflows.engines.vasp.jobs import MLDensityDocument
+    from mlcharge_workflows.engines.vasp.schemas import MLDensityDocument
 
     if not _model_weights_shipped():
         pytest.skip("no shipped model weights")

@@ -21,7 +21,7 @@ from mlcharge_workflows.savings.report import (
     summary_lines,
     write_report,
 )
-from mlcharge_workflows.savings.schemas import SavingsDocument
+from mlcharge_workflows.common.schemas import SavingsDocument
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

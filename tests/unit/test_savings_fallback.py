@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlcharge_workflows.savings.fallback import (
+from mlcharge_workflows.common.fallback import (
     FallbackPolicy,
     RunSummary,
     run_with_fallback,

@@ -8,18 +8,23 @@ import pytest
 from jobflow import OnMissing
 from pymatgen.core import Lattice, Structure
 
-from mlcharge_workflows.savings.flows import (
-    SAVINGS_JOB_NAME,
+from mlcharge_workflows.catalogue import comparison_flow
+from mlcharge_workflows.common.documents import SAVINGS_JOB_NAME, savings_document
+from mlcharge_workflows.common.schemas import RECORD_KEYS, SavingsDocument
+from mlcharge_workflows.common.store import save_record_only, savings_documents
+from mlcharge_workflows.engines.qe.density import grid_from_data, grid_to_data
+from mlcharge_workflows.engines.qe.flows import (
     MLQEBandStructureMaker,
+    QEArmReader,
     QEComparisonMaker,
-    comparison_flow,
-    project_job_store,
-    save_record_only,
-    savings_document,
-    savings_documents,
 )
-from mlcharge_workflows.savings.jobs import QEPredictDensityMaker, grid_from_data, grid_to_data
-from mlcharge_workflows.savings.schemas import RECORD_KEYS, SavingsDocument
+from mlcharge_workflows.engines.qe.jobs import QEPredictDensityMaker
+from mlcharge_workflows.submit.config import project_job_store as _store
+from mlcharge_workflows.submit.config import project_paths
+
+
+def project_job_store(folder):
+    return _store(project_paths(folder))
 
 
 @pytest.fixture
@@ -33,13 +38,13 @@ def test_comparison_flow_arms_and_configuration(si) -> None:
     ).make(si, label="Si.cif")
     by_name = {j.name: j for j in flow.jobs}
     assert list(by_name) == [
-        "qe baseline static", "qe predict density", "qe ml static", "qe oracle static",
-        "qe nscf converged", "qe nscf ml", "qe nscf atomic", SAVINGS_JOB_NAME,
+        "baseline static", "predict density", "ml static", "oracle static",
+        "nscf converged", "nscf ml", "nscf atomic", SAVINGS_JOB_NAME,
     ]
-    assert by_name["qe predict density"].config.manager_config == {"_fworker": "gpu"}
-    assert by_name["qe baseline static"].config.manager_config == {}
+    assert by_name["predict density"].config.manager_config == {"_fworker": "gpu"}
+    assert by_name["baseline static"].config.manager_config == {}
     # the ML arm and the document still run when another arm failed
-    assert by_name["qe ml static"].config.on_missing_references == OnMissing.NONE
+    assert by_name["ml static"].config.on_missing_references == OnMissing.NONE
     assert by_name[SAVINGS_JOB_NAME].config.on_missing_references == OnMissing.NONE
     # identical inputs in every DFT arm
     makers = [j.maker for j in flow.jobs if j.maker is not None and hasattr(j.maker, "nprocs")]
@@ -50,13 +55,13 @@ def test_comparison_flow_arms_and_configuration(si) -> None:
 
 def test_optional_arms_are_left_out(si) -> None:
     names = [j.name for j in comparison_flow(si, label="Si").jobs]
-    assert names == ["qe baseline static", "qe predict density", "qe ml static", SAVINGS_JOB_NAME]
+    assert names == ["baseline static", "predict density", "ml static", SAVINGS_JOB_NAME]
     with pytest.raises(ValueError, match="unknown engine"):
         comparison_flow(si, engine="castep")
     with pytest.raises(ValueError, match="bandstructure_type"):
         MLQEBandStructureMaker(bandstructure_type="circle").make(si)
     assert [j.name for j in MLQEBandStructureMaker().make(si).jobs] == [
-        "qe predict density", "qe ml non-scf", "qe ml non-scf"]
+        "predict density", "ml non-scf", "ml non-scf"]
 
 
 def _task(**kw):
@@ -71,7 +76,7 @@ def test_savings_document_from_arm_outputs(si) -> None:
     pred = {"path": "/runs/p/x.dat", "predict_wall_s": 0.4, "model_version": "m:1",
             "total_magnetization": None, "fallback": None}
     doc = savings_document.original(
-        "Si.cif", si, _task(), pred, ml, oracle=_task(scf_iterations=1, prep_wall_time_s=0.2),
+        "Si.cif", si, QEArmReader(), _task(), pred, ml, oracle=_task(scf_iterations=1, prep_wall_time_s=0.2),
         nscf_scf={"band_gap_eV": 0.59}, nscf_ml={"band_gap_eV": 0.6},
         nscf_atomic={"band_gap_eV": 0.89},
         requested={"baseline": True, "predict": True, "ml": True, "oracle": True,
@@ -91,7 +96,7 @@ def test_savings_document_names_failed_arms_but_not_skipped_ones(si) -> None:
     ml = {"fallback": "unsupported_elements: Si", "ml_density_used": False,
           "scf_iterations_total": 9, "attempts": [], "energy_eV": -214.1}
     doc = savings_document.original(
-        "Si", si, None, pred, ml, requested={"baseline": True, "predict": True, "ml": True,
+        "Si", si, QEArmReader(), None, pred, ml, requested={"baseline": True, "predict": True, "ml": True,
                                              "nscf_ml": True, "nscf_scf": True},
     )
     assert doc.error == "arm(s) did not finish: baseline, nscf_scf"  # nscf_ml skipped on purpose
@@ -167,7 +172,7 @@ def test_compare_cli_rejects_bad_options_before_running(tmp_path, extra, message
 def test_savings_document_flags_an_ml_arm_without_a_converged_run(si) -> None:
     ml = {"fallback": "not_converged: ...; atomic rerun failed: RuntimeError: x",
           "ml_density_used": False, "task": None, "energy_eV": None, "scf_iterations_total": 200}
-    doc = savings_document.original("Si", si, _task(), {"path": "p"}, ml,
+    doc = savings_document.original("Si", si, QEArmReader(), _task(), {"path": "p"}, ml,
                                     requested={"baseline": True, "predict": True, "ml": True})
     assert doc.error == "arm(s) did not finish: ml (no run converged)"
     assert doc.scf_iterations.ml == 200 and doc.energy_eV.ml is None

@@ -6,7 +6,7 @@ import pytest
 from jobflow import run_locally
 from pymatgen.core import Lattice, Structure
 
-from mlcharge_workflows.savings.jobs import MLQENonSCFMaker
+from mlcharge_workflows.engines.qe.jobs import MLQENonSCFMaker
 
 
 def _fallback_prediction() -> dict:
@@ -32,7 +32,7 @@ def test_nscf_without_prediction_is_an_error_outside_comparisons(tmp_path, monke
 
 def test_magnetic_cell_with_atomic_spin_start_is_a_recorded_fallback(tmp_path, monkeypatch) -> None:
     """With the atomic spin start the model returns pw.x's own start for magnetic cells: never counted as ML."""
-    from mlcharge_workflows.savings.jobs import QEPredictDensityMaker
+    from mlcharge_workflows.engines.qe.jobs import QEPredictDensityMaker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLCHARGE_MODEL_SPIN", "atomic")

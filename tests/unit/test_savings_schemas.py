@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from mlcharge_workflows.savings.schemas import (
+from mlcharge_workflows.common.schemas import (
     RECORD_KEYS,
     SavingsDocument,
     SavingsRecord,

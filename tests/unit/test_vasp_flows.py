@@ -7,9 +7,10 @@ from pymatgen.core import Lattice, Structure
 
 pytest.importorskip("atomate2")
 
+from mlcharge_workflows.common.documents import savings_document  # noqa: E402
 from mlcharge_workflows.engines.vasp.flows import (  # noqa: E402
+    VaspArmReader,
     VaspComparisonMaker,
-    vasp_savings_document,
 )
 
 
@@ -29,8 +30,8 @@ def _task(attempts, icharg, record=None, energy=-10.0, state="successful"):
 
 
 SI = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
-PRED = {"path": "/p/CHGCAR", "timings": {"total_s": 3.0}, "model_version": "v1",
-        "predictor": "model", "nelect": 8.0, "n_electrons_predicted": 8.0}
+PRED = {"path": "/p/CHGCAR", "timings": {"total_s": 3.0}, "predict_wall_s": 3.0,
+        "model_version": "v1", "predictor": "model", "nelect": 8.0, "n_electrons": 8.0}
 
 
 def test_fallback_counts_every_attempt() -> None:
@@ -40,8 +41,8 @@ def test_fallback_counts_every_attempt() -> None:
                    {"action": "abandoned", "reason": "x"}],
         "density": {"written": "copied"},
     }
-    doc = vasp_savings_document.original(
-        "Si", SI, _task([(17, 50.0)], 2), PRED,
+    doc = savings_document.original(
+        "Si", SI, VaspArmReader(), _task([(17, 50.0)], 2), PRED,
         _task([(200, 300.0), (200, 310.0), (17, 52.0)], 2, record),
         requested={"baseline": True, "ml": True, "predict": True},
     )
@@ -58,8 +59,8 @@ def test_fallback_counts_every_attempt() -> None:
 
 def test_missing_arms_and_prediction_failure() -> None:
     failed = {"error": "ValueError: element 'Xe' unknown", "timings": {"total_s": 0.1}}
-    doc = vasp_savings_document.original(
-        "Si", SI, _task([(17, 50.0)], 2), failed, None,
+    doc = savings_document.original(
+        "Si", SI, VaspArmReader(), _task([(17, 50.0)], 2), failed, None,
         nscf_ml=None, requested={"baseline": True, "ml": True, "nscf_ml": True},
     )
     rec = doc.record()
@@ -71,9 +72,8 @@ def test_missing_arms_and_prediction_failure() -> None:
 def test_flow_shape() -> None:
     flow = VaspComparisonMaker(oracle=True, nscf=True, nscf_mode="uniform").make(SI, label="Si")
     names = [j.name for j in flow.jobs]
-    assert names == ["baseline static", "ml density", "ml static", "oracle static",
-                     "converged non-scf uniform", "ml non-scf uniform",
-                     "atomic non-scf uniform", "savings document"]
+    assert names == ["baseline static", "predict density", "ml static", "oracle static",
+                     "nscf converged", "nscf ml", "nscf atomic", "savings document"]
 
 
 def test_fireworks_routes_prediction_to_gpu_worker() -> None:
@@ -84,7 +84,7 @@ def test_fireworks_routes_prediction_to_gpu_worker() -> None:
     flow = VaspComparisonMaker(oracle=True, predict_manager_config={"_fworker": "gpu"}).make(SI)
     wf = flow_to_workflow(flow)
     workers = {fw.name: fw.spec.get("_fworker") for fw in wf.fws}
-    assert workers["ml density"] == "gpu"
+    assert workers["predict density"] == "gpu"
     assert workers["baseline static"] is None and workers["ml static"] is None
     # every maker survives serialisation (what a FireWorks worker receives)
     again = MontyDecoder().process_decoded(jsanitize(flow.as_dict(), strict=True))

@@ -12,7 +12,7 @@ Public API (torch is imported here; import this package lazily from workflow cod
 from __future__ import annotations
 
 from mlcharge_workflows.model.core import Cell, DensityModel, ModelConfig
-from mlcharge_workflows.model.io import DEFAULT_WEIGHTS, load_weights, save_model
+from mlcharge_workflows.model.io import DEFAULT_WEIGHTS, load_weights, model_version, save_model
 from mlcharge_workflows.model.predict import (
     default_grid,
     load_model,
@@ -28,6 +28,7 @@ __all__ = [
     "default_grid",
     "load_model",
     "load_weights",
+    "model_version",
     "predict_density",
     "predict_qe_coefficients",
     "save_model",

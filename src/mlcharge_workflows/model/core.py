@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from e3nn import o3
 
-from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
+from mlcharge_workflows.units import BOHR_TO_ANGSTROM
 from mlcharge_workflows.model.atomic import AtomicDensityTable
 from mlcharge_workflows.model.basis import (
     OrbitalLayout,
@@ -136,7 +136,7 @@ class DensityModel(torch.nn.Module):
         for el in self.config.elements:
             ecut = self.config.ecutrho_ry.get(el)
             if ecut:
-                out.append(math.sqrt(ecut) / QE_BOHR_TO_ANGSTROM)
+                out.append(math.sqrt(ecut) / BOHR_TO_ANGSTROM)
             else:
                 out.append(q_cutoff(ALPHA_RANGE[1], max(self.layout.lmax, 1)))
         return np.array(out)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,3 +112,14 @@ def load_weights(path: str | Path, dtype: torch.dtype = torch.float32) -> Densit
     model.metadata = dict(payload.get("metadata") or {})
     model.weights_path = str(path)
     return model.to(dtype).eval()
+
+
+def model_version(model: Any) -> str:
+    """``<weights file name>:<version>`` (metadata ``version``), else the file name.
+
+    The one version string both engines record (``PredictionDocument.model_version``).
+    """
+    version = (getattr(model, "metadata", None) or {}).get("version")
+    path = getattr(model, "weights_path", None)
+    name = Path(path).name if path else "shipped"
+    return f"{name}:{version}" if version else name

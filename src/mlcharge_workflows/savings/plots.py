@@ -5,7 +5,7 @@
 * :func:`plot_gap_parity` - NSCF band gaps from the predicted and the atomic density vs the
   gap on the converged density.
 
-Every function takes a list of :class:`~mlcharge_workflows.savings.schemas.SavingsRecord`
+Every function takes a list of :class:`~mlcharge_workflows.common.schemas.SavingsRecord`
 and draws into a given ``Axes``; :func:`summary_figure` puts all three side by side.
 """
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from mlcharge_workflows.savings.schemas import SavingsRecord
+    from mlcharge_workflows.common.schemas import SavingsRecord
 
 ML_COLOR = "#1f77b4"
 ORACLE_COLOR = "#2ca02c"

@@ -1,6 +1,6 @@
 """``mlcharge report``: what the ML start saved, from a jobflow store or a JSON file of records.
 
->>> from mlcharge_workflows.savings.schemas import SavingsRecord
+>>> from mlcharge_workflows.common.schemas import SavingsRecord
 >>> recs = [SavingsRecord(structure="a", engine="qe",
 ...                       scf_iterations={"baseline": 10, "ml": 6, "oracle": 4})]
 >>> s = summarize(recs)
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlcharge_workflows.savings.schemas import SavingsDocument, SavingsRecord
+from mlcharge_workflows.common.schemas import SavingsDocument, SavingsRecord
 
 if TYPE_CHECKING:
     from jobflow import JobStore

@@ -4,6 +4,9 @@
 >>> FLOWS, ENGINES
 (('compare', 'ml-static', 'ml-bands'), ('qe', 'vasp'))
 
+The flows themselves come from :mod:`mlcharge_workflows.catalogue` (``build_flow``);
+FireWorks plumbing is in :mod:`.launchpad`, :mod:`.worker` and :mod:`.config`.
+
 Typical use (the three commands of the quickstart)::
 
     ids = submit_structures(["Si.cif", "GaAs.cif"], engine="qe", flow="compare")
@@ -14,11 +17,12 @@ Typical use (the three commands of the quickstart)::
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlcharge_workflows.catalogue import ENGINES, FLOWS, build_flow
 from mlcharge_workflows.submit.config import (
     LaunchPadConfigError,
     ProjectPaths,
@@ -30,7 +34,6 @@ from mlcharge_workflows.submit.launchpad import EmbeddedLaunchPad, flow_to_firew
 from mlcharge_workflows.submit.worker import WorkerSummary, run_worker
 
 if TYPE_CHECKING:
-    from jobflow import Flow
     from pymatgen.core import Structure
 
 __all__ = [
@@ -51,8 +54,6 @@ __all__ = [
     "submit_structures",
 ]
 
-FLOWS = ("compare", "ml-static", "ml-bands")
-ENGINES = ("qe", "vasp")
 #: File suffixes taken when a folder is given instead of files.
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json", ".xsf", ".cssr", ".mcif")
 
@@ -93,124 +94,9 @@ def collect_structures(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _read_structure(path: Path) -> Structure:
-    from pymatgen.core import Structure
+    from mlcharge_workflows.validation import read_structure
 
-    try:
-        return Structure.from_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types
-        raise ValueError(f"cannot read structure file {path}: {exc}") from exc
-
-
-def build_flow(structure: Structure, engine: str, flow: str, label: str,
-               **options: Any) -> Flow:
-    """The jobflow Flow of kind ``flow`` for one structure.
-
-    * ``compare``: baseline vs ML start and a savings document (``oracle``, ``nscf``);
-    * ``ml-static``: predict the density, then one ML-initialised static run;
-    * ``ml-bands``: ``ml-static`` followed by a line-mode band structure on its density.
-
-    Options common to all: ``nprocs`` (QE MPI processes), ``model_path``, ``protocol``
-    (QE: a :class:`~mlcharge_workflows.engines.qe.sets.QEProtocol` or a dict of its
-    fields), ``ml_fworker`` (FireWorks worker name that must run the prediction job,
-    e.g. ``"gpu"``).
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
-    if flow not in FLOWS:
-        raise ValueError(f"unknown flow {flow!r}; choose one of {FLOWS}")
-    if engine == "qe":  # fail at submission, not hours later on a worker
-        from mlcharge_workflows.pseudo import check_structure
-
-        try:
-            check_structure(structure)
-        except ValueError as exc:
-            raise ValueError(f"{label}: {exc}") from None
-    return _BUILDERS[flow](structure, engine, label, **options)
-
-
-def _qe_common(options: dict[str, Any]) -> dict[str, Any]:
-    from mlcharge_workflows.engines.qe.sets import QEProtocol
-
-    protocol = options.get("protocol")
-    if protocol is None:
-        protocol = QEProtocol()
-    elif isinstance(protocol, dict):
-        protocol = QEProtocol(**protocol)
-    return {"protocol": protocol, "nprocs": options.get("nprocs")}
-
-
-def _manager_config(options: dict[str, Any]) -> dict[str, Any]:
-    fworker = options.get("ml_fworker")
-    return {"_fworker": fworker} if fworker else {}
-
-
-def _compare(structure: Structure, engine: str, label: str, **options: Any) -> Flow:
-    if engine == "qe":
-        from mlcharge_workflows.savings.flows import QEComparisonMaker
-
-        maker = QEComparisonMaker(
-            oracle=bool(options.get("oracle")), nscf=bool(options.get("nscf")),
-            model_path=options.get("model_path"),
-            predict_manager_config=_manager_config(options), **_qe_common(options))
-        return maker.make(structure, label=label)
-    from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
-
-    maker = VaspComparisonMaker(
-        oracle=bool(options.get("oracle")), nscf=bool(options.get("nscf")),
-        model_path=options.get("model_path"), predict_manager_config=_manager_config(options))
-    return maker.make(structure, label=label)
-
-
-def _ml_static_jobs(structure: Structure, engine: str, label: str,
-                    options: dict[str, Any]) -> list:
-    """[predict, ML static] for either engine; the static's output has ``dir_name``."""
-    if engine == "qe":
-        from mlcharge_workflows.savings.jobs import MLQEStaticMaker, QEPredictDensityMaker
-
-        common = _qe_common(options)
-        predict = QEPredictDensityMaker(protocol=common["protocol"],
-                                        model_path=options.get("model_path"),
-                                        manager_config=_manager_config(options)).make(structure)
-        static = MLQEStaticMaker(**common).make(structure, prediction=predict.output)
-    else:
-        from mlcharge_workflows.engines.vasp.jobs import MLDensityMaker, MLStaticMaker
-
-        static_maker = MLStaticMaker()
-        predict = MLDensityMaker(input_set_generator=static_maker.input_set_generator,
-                                 model_path=options.get("model_path")).make(structure)
-        if _manager_config(options):
-            predict.update_config({"manager_config": _manager_config(options)})
-        static = static_maker.make(structure, ml_density=predict.output)
-    return [predict, static]
-
-
-def _ml_static(structure: Structure, engine: str, label: str, **options: Any) -> Flow:
-    from jobflow import Flow
-
-    predict, static = _ml_static_jobs(structure, engine, label, options)
-    return Flow([predict, static], output=static.output, name=f"{engine} ml static {label}")
-
-
-def _ml_bands(structure: Structure, engine: str, label: str, **options: Any) -> Flow:
-    from jobflow import Flow
-
-    predict, static = _ml_static_jobs(structure, engine, label, options)
-    if engine == "qe":
-        from mlcharge_workflows.engines.qe.jobs import QENonSCFMaker
-        from mlcharge_workflows.savings.jobs import default_nbnd
-
-        bands = QENonSCFMaker(name="qe bands", mode="line", nbnd=default_nbnd(structure),
-                              **_qe_common(options)).make(structure, static.output.dir_name)
-    else:
-        from atomate2.vasp.jobs.core import NonSCFMaker
-
-        bands = NonSCFMaker().make(structure, prev_dir=static.output.dir_name, mode="line")
-    return Flow([predict, static, bands], output=bands.output, name=f"{engine} ml bands {label}")
-
-
-_BUILDERS: dict[str, Callable[..., Flow]] = {
-    "compare": _compare, "ml-static": _ml_static, "ml-bands": _ml_bands,
-}
+    return read_structure(path)  # StructureError (ValueError) naming the file and problem
 
 
 def submit_structures(

@@ -215,7 +215,7 @@ def build_table(elements: list[str], records: list[DensityRecord], workdir: Path
     A record's ``metadata['pseudopotentials']`` names the file; otherwise the QE registry's.
     Returns the table and the per-element ``ecutrho`` (Ry) of the QE protocol.
     """
-    from mlcharge_workflows.density.qe_gvectors import QE_BOHR_TO_ANGSTROM
+    from mlcharge_workflows.units import BOHR_TO_ANGSTROM as QE_BOHR_TO_ANGSTROM
     from mlcharge_workflows.density.sad import read_upf_atomic_density
     from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
     from mlcharge_workflows.settings import get_settings

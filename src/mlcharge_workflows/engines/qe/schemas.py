@@ -1,4 +1,10 @@
-"""Task document of one pw.x run (eV, s, μB per cell). Densities stay on disk in ``dir_name``."""
+"""Documents of the QE jobs (eV, s, μB per cell). Densities stay on disk in ``dir_name``.
+
+* :class:`QETaskDocument` - one pw.x run;
+* :class:`MLStaticDocument` - the ML-started SCF arm: the accepted run and every attempt;
+* the prediction job's output is the engine-neutral
+  :class:`~mlcharge_workflows.common.schemas.PredictionDocument`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_serializer
 from pymatgen.core import Structure
 
+from mlcharge_workflows.common.schemas import ArmAttempt, PredictionDocument
 from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+__all__ = ["MLStaticDocument", "PredictionDocument", "QETaskDocument"]
 
 
 class QETaskDocument(BaseModel):
@@ -101,3 +110,21 @@ class QETaskDocument(BaseModel):
             "absolute_magnetization": self.absolute_magnetization,
             "band_gap_eV": self.band_gap_eV,
         }
+
+
+class MLStaticDocument(BaseModel):
+    """Output of :class:`~mlcharge_workflows.engines.qe.jobs.MLQEStaticMaker`."""
+
+    dir_name: str | None = Field(None, description="Folder of the accepted run.")
+    task: QETaskDocument | None = Field(None, description="The accepted run.")
+    attempts: list[ArmAttempt] = Field(default_factory=list)
+    ml_density_used: bool = Field(False, description="The accepted run read the predicted density.")
+    fallback: str | None = None
+    scf_iterations: int | None = Field(None, description="Accepted run's iterations.")
+    scf_iterations_total: int | None = Field(None, description="All attempts (the arm's cost).")
+    wall_s_total: float | None = Field(None, description="All attempts, density placement included.")
+    cpu_s_total: float | None = Field(None, description="pw.x CPU time of all attempts.")
+    energy_eV: float | None = None
+    converged: bool | None = None
+    total_magnetization: float | None = None
+    predicted_magnetization: float | None = None

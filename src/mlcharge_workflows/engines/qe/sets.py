@@ -12,7 +12,7 @@ Examples
 >>> si = Structure(Lattice.cubic(5.43), ["Si"] * 8, Structure.from_spacegroup(
 ...     "Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]]).frac_coords)
 >>> QEProtocol().kpoint_grid(si)
-(7, 7, 7)
+(4, 4, 4)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from mlcharge_workflows.pseudo import get_pseudo, structure_elements
+from mlcharge_workflows.pseudo import get_pseudo, n_valence_electrons, structure_elements
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -96,6 +96,14 @@ class QEProtocol(BaseModel):
         """Whether the structure contains a species with a starting moment."""
         return any(el in self.starting_magnetization for el in structure_elements(structure))
 
+    def starting_moments(self, structure: Structure) -> list[float]:
+        """Starting moment per site (μB): the species' fraction x its valence electrons."""
+        return [
+            self.starting_magnetization.get(site.specie.symbol, 0.0)
+            * get_pseudo(site.specie.symbol).z_valence
+            for site in structure
+        ]
+
     def kpoint_grid(self, structure: Structure, kspacing: float | None = None) -> tuple[int, ...]:
         """Γ-centred Monkhorst-Pack divisions ``ceil(|b_i| / kspacing)`` (|b| with 2π)."""
         spacing = kspacing or self.kspacing
@@ -105,6 +113,11 @@ class QEProtocol(BaseModel):
     def conv_thr(self, structure: Structure) -> float:
         """Total ``conv_thr`` in Ry."""
         return self.conv_thr_per_atom * len(structure)
+
+
+def default_nbnd(structure: Structure) -> int:
+    """Bands for gap checks: ``ceil(0.6 * nelec) + 4`` (occupied bands plus a margin)."""
+    return int(np.ceil(0.6 * n_valence_electrons(structure))) + 4
 
 
 def qe_oriented(structure: Structure, symprec: float = 0.01) -> Structure:

@@ -4,7 +4,9 @@ Modules (imported on use; atomate2 and custodian are the ``vasp`` extra):
 
 * :mod:`.jobs` - ``MLDensityMaker``, ``MLStaticMaker``, ``MLNonSCFMaker``,
   ``BaselineStaticMaker``, ``AtomicNonSCFMaker``
-* :mod:`.flows` - ``VaspComparisonMaker`` (baseline / ML / oracle arms, NSCF check)
+* :mod:`.flows` - ``VaspComparisonMaker`` (baseline / ML / oracle arms, NSCF check) and
+  ``VaspArmReader`` (how the savings document reads TaskDocs)
+* :mod:`.schemas` - ``MLDensityDocument`` (the common prediction document plus NELECT)
 * :mod:`.handlers` - ``MLStartFallbackHandler``
 * :mod:`.density` - predict a density for an input set, place a CHGCAR in a run folder
 * :mod:`.sets` - input-set structure, fine grid, NELECT (POTCAR ZVAL table)
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 _EXPORTS = {
     "MLDensityMaker": "jobs",
-    "MLDensityDocument": "jobs",
+    "MLDensityDocument": "schemas",
     "MLStaticMaker": "jobs",
     "MLNonSCFMaker": "jobs",
     "BaselineStaticMaker": "jobs",
     "AtomicNonSCFMaker": "jobs",
     "VaspComparisonMaker": "flows",
+    "VaspArmReader": "flows",
     "MLStartFallbackHandler": "handlers",
     "parse_vasp_scf": "parse",
     "count_attempts": "parse",

@@ -26,12 +26,15 @@ import numpy as np
 from monty.io import zopen
 from monty.os.path import zpath
 
+from mlcharge_workflows.density.chgcar import read_chgcar, write_chgcar
+from mlcharge_workflows.density.sad import superposition_density
 from mlcharge_workflows.engines.vasp.sets import (
     expected_nelect,
     input_fine_grid,
     input_set,
     potcar_symbols,
 )
+from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -54,10 +57,10 @@ __all__ = [
 
 
 def _model_predictor(model_path: str | Path | None, spin: str | None = None) -> Predictor:
-    from mlcharge_workflows.model import load_model, predict_density  # torch: lazily, here
+    from mlcharge_workflows.model import load_model, model_version, predict_density  # torch: here
 
     model = load_model(model_path) if model_path else load_model()
-    version = _model_version(model)
+    version = model_version(model)
 
     def predict(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
         grid = predict_density(structure, shape=shape, model=model, spin=spin)
@@ -67,23 +70,7 @@ def _model_predictor(model_path: str | Path | None, spin: str | None = None) -> 
     return predict
 
 
-def _model_version(model: Any) -> str:
-    """``version`` from the weights' metadata, else ``<file name>@<sha256 prefix>``."""
-    version = (getattr(model, "metadata", None) or {}).get("version")
-    path = getattr(model, "weights_path", None)
-    if version:
-        return str(version)
-    if path and Path(path).is_file():
-        import hashlib
-
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-        return f"{Path(path).name}@{digest}"
-    return "unknown"
-
-
 def _sad_predictor(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
-    from mlcharge_workflows.density.sad import superposition_density
-    from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
 
     elements = sorted({site.specie.symbol for site in structure})
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,10 +117,6 @@ def predictor_name(spec: str | Predictor) -> str:
 
 def _model_valence(elements: list[str]) -> dict[str, float | None]:
     """Valence of the QE pseudopotentials the model was trained with (None if unknown)."""
-    try:
-        from mlcharge_workflows.pseudo import get_pseudo
-    except ImportError:  # pragma: no cover - QE engine absent
-        return dict.fromkeys(elements)
     out: dict[str, float | None] = {}
     for el in elements:
         try:
@@ -181,7 +164,6 @@ def write_predicted_chgcar(
     pseudopotentials, which can differ from the POTCAR valence: recorded in
     ``valence_mismatch``). Returns the written grid and a summary dictionary.
     """
-    from mlcharge_workflows.density.chgcar import write_chgcar
 
     t0 = time.perf_counter()
     vis = input_set(generator, structure, prev_dir)
@@ -253,7 +235,6 @@ def place_density(
     that does not integrate to NELECT is rescaled. Otherwise the file is copied byte for
     byte (keeping PAW occupancies, as the oracle arm needs). Returns what was done.
     """
-    from mlcharge_workflows.density.chgcar import read_chgcar, write_chgcar
 
     src = _chgcar_in(source)
     struct = vis["POSCAR"].structure

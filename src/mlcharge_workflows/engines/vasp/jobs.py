@@ -29,9 +29,9 @@ from atomate2.vasp.jobs.base import vasp_job
 from atomate2.vasp.jobs.core import NonSCFMaker, StaticMaker
 from atomate2.vasp.sets.core import StaticSetGenerator
 from jobflow import CURRENT_JOB, Flow, Maker, Response, job
-from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
+from mlcharge_workflows.common.fallback import ATOMIC_SPIN_START, FallbackPolicy, RunSummary
 from mlcharge_workflows.engines.vasp.density import (
     place_density,
     predictor_name,
@@ -50,6 +50,7 @@ from mlcharge_workflows.engines.vasp.parse import (
     task_magnetization,
     task_successful,
 )
+from mlcharge_workflows.engines.vasp.schemas import MLDensityDocument
 from mlcharge_workflows.engines.vasp.sets import (
     ATOMIC_NSCF_INCAR,
     BASELINE_START_INCAR,
@@ -59,11 +60,6 @@ from mlcharge_workflows.engines.vasp.sets import (
     input_fine_grid,
     input_set,
     with_incar,
-)
-from mlcharge_workflows.savings.fallback import (
-    ATOMIC_SPIN_START,
-    FallbackPolicy,
-    RunSummary,
 )
 
 if TYPE_CHECKING:
@@ -78,45 +74,6 @@ __all__ = [
     "MLNonSCFMaker",
     "MLStaticMaker",
 ]
-
-
-class MLDensityDocument(BaseModel):
-    """Output of :class:`MLDensityMaker` (small: the grid is a file, or in the data store)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    path: str | None = Field(None, description="Absolute path of the predicted CHGCAR.")
-    error: str | None = Field(None, description="Why no density was predicted.")
-    fallback: str | None = Field(
-        None,
-        description="Why the prediction is not used as an ML start (e.g. 'atomic_spin_start': "
-        "the model returned the atomic superposition for a magnetic cell); no CHGCAR is kept.",
-    )
-    spin_start: str | None = Field(
-        None, description="Magnetic cells: 'atomic' (superposition) or 'model' (learned rho, m)."
-    )
-    total_magnetization: float | None = Field(None, description="Predicted moment (μB/cell).")
-    dir_name: str
-    structure: Structure | None = Field(None, description="POSCAR structure of the input set.")
-    formula: str | None = None
-    n_atoms: int | None = None
-    grid_shape: list[int] | None = Field(None, description="NGXF, NGYF, NGZF.")
-    n_electrons_predicted: float | None = Field(None, description="Integral before scaling.")
-    nelect: float | None = Field(None, description="Electrons the CHGCAR integrates to (NELECT).")
-    nelect_source: str | None = Field(None, description="INCAR, POTCAR, table or zval.")
-    zval_potcar: dict[str, float] = Field(default_factory=dict)
-    valence_mismatch: dict[str, dict[str, float | None]] = Field(
-        default_factory=dict, description="Elements whose model and POTCAR valences differ."
-    )
-    scale: float | None = None
-    predictor: str
-    model_version: str | None = None
-    incar: dict[str, Any] = Field(default_factory=dict)
-    potcar_symbols: list[str] = Field(default_factory=list)
-    timings: dict[str, float] = Field(default_factory=dict, description="Seconds.")
-    density: dict[str, Any] | None = Field(
-        None, description="Grid (e/Å³) if store_density; kept in the 'data' store."
-    )
 
 
 @dataclass
@@ -149,7 +106,7 @@ class MLDensityMaker(Maker):
         from atoms (``ICHARG = 2``) and says so; ``"model"`` uses the learned rho and m.
     """
 
-    name: str = "ml density"
+    name: str = "predict density"
     input_set_generator: VaspInputGenerator = field(default_factory=StaticSetGenerator)
     predictor: Any = "model"
     model_path: str | None = None

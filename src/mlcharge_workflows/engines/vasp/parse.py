@@ -30,6 +30,8 @@ from typing import Any
 from monty.io import zopen
 from monty.os.path import zpath
 
+from mlcharge_workflows.common.documents import get_field
+
 __all__ = [
     "VaspScfSummary",
     "count_attempts",
@@ -308,13 +310,8 @@ def is_backed_up(directory: str | Path) -> bool:
     return False
 
 
-def task_field(obj: Any, *path: str) -> Any:
-    """Nested attribute-or-key access; None when anything on the way is missing."""
-    for name in path:
-        if obj is None:
-            return None
-        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-    return obj
+#: Nested attribute-or-key access (the one getter of the package).
+task_field = get_field
 
 
 def task_successful(task: Any) -> bool | None:
