@@ -38,6 +38,7 @@ from mlcharge_workflows.engines.qe.sets import (
     PREFIX,
     PSEUDO_SUBDIR,
     QEProtocol,
+    antiparallel_signs,
     pw_input,
     qe_oriented,
     write_pw_input,
@@ -58,7 +59,10 @@ def _prepare(structure: Structure, protocol: QEProtocol) -> Structure:
     s = structure.copy()
     s.remove_oxidation_states()
     if "magmom" in s.site_properties:
+        signs = antiparallel_signs(s, protocol)  # an antiferromagnetic start keeps its signs
         s.remove_site_property("magmom")
+        if signs is not None:
+            s.add_site_property("spin_sign", signs)
     return qe_oriented(s) if protocol.standard_orientation else s
 
 

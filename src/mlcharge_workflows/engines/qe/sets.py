@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -184,6 +185,29 @@ def band_path(structure: Structure, line_density: int) -> list[tuple[float, floa
     return [(float(x), float(y), float(z), int(n)) for x, y, z, n in entries]
 
 
+def antiparallel_signs(structure: Structure, protocol: QEProtocol) -> list[int] | None:
+    """+1 / -1 per site when the ``magmom`` (or ``spin_sign``) site property gives an element
+    with a protocol starting moment sites of both signs (an antiferromagnetic start), else None.
+
+    pw.x takes starting moments per species, so such a start needs two species kinds of
+    the element (``pw_input`` writes them, e.g. ``Fe1`` up and ``Fe2`` down); a start
+    with one sign per element is the protocol's ferromagnetic one.
+    """
+    props = structure.site_properties
+    values = props.get("spin_sign", props.get("magmom"))
+    if values is None or not protocol.is_spin_polarized(structure):
+        return None
+    signs = [-1 if float(np.sum(v)) < 0 else 1 for v in values]
+    mixed = False
+    for el in protocol.starting_magnetization:
+        got = {sg for site, sg in zip(structure, signs) if site.specie.symbol == el}
+        mixed |= len(got) == 2
+    if not mixed:
+        return None
+    return [sg if site.specie.symbol in protocol.starting_magnetization else 1
+            for site, sg in zip(structure, signs)]
+
+
 def pw_input(
     structure: Structure,
     protocol: QEProtocol | None = None,
@@ -201,9 +225,11 @@ def pw_input(
     from pymatgen.io.pwscf import PWInput
 
     protocol = protocol or QEProtocol()
+    signs = antiparallel_signs(structure, protocol)
     structure = structure.copy()
     structure.remove_oxidation_states()
-    structure.remove_site_property("magmom") if "magmom" in structure.site_properties else None
+    for key in ("magmom", "spin_sign"):
+        structure.remove_site_property(key) if key in structure.site_properties else None
     elements = sorted(structure_elements(structure))  # PWInput prints species sorted
     ecutwfc, ecutrho = protocol.cutoffs(structure)
     control = {
@@ -218,11 +244,21 @@ def pw_input(
         system.update(occupations="smearing", smearing=protocol.smearing, degauss=protocol.degauss_ry)
     else:
         system["occupations"] = "fixed"
+    kinds = None
     if protocol.is_spin_polarized(structure):
         system["nspin"] = 2
         system["starting_magnetization"] = [
             float(protocol.starting_magnetization.get(el, 0.0)) for el in elements
         ]
+        if signs is not None:  # antiferromagnetic start: one species kind per element and sign
+            structure.add_site_property("pseudo", [get_pseudo(s.specie.symbol).filename
+                                                   for s in structure])
+            structure.add_site_property("spin", signs)
+            kinds = _kind_labels(structure)
+            system["starting_magnetization"] = [
+                sign * float(protocol.starting_magnetization.get(el, 0.0))
+                for el, sign in kinds
+            ]
     if nbnd is not None:
         system["nbnd"] = int(nbnd)
     electrons = {
@@ -243,13 +279,26 @@ def pw_input(
         kw = {"kpoints_mode": "automatic", "kpoints_grid": protocol.kpoint_grid(structure, spacing)}
     return PWInput(
         structure,
-        pseudo={el: get_pseudo(el).filename for el in elements},
+        pseudo=None if kinds else {el: get_pseudo(el).filename for el in elements},
         control=control,
         system=system,
         electrons=electrons,
         format_options={"coord_decimals": 10, "kpoints_grid_decimals": 10},
         **kw,
     )
+
+
+def _kind_labels(structure: Structure) -> list[tuple[str, int]]:
+    """``(element, spin sign)`` of each species kind in the order pw.x will number them.
+
+    pymatgen's ``PWInput`` (sites carrying ``pseudo``) names a kind ``{symbol}{n}`` for each
+    distinct set of site properties, in site order, and writes ATOMIC_SPECIES sorted by name.
+    """
+    names: dict[str, dict] = {}
+    for site in structure:
+        if not any(v == site.properties for v in names.values()):
+            names[f"{site.specie.symbol}{len(names) + 1}"] = site.properties
+    return [(re.match(r"[A-Z][a-z]?", k)[0], int(names[k]["spin"])) for k in sorted(names)]
 
 
 def write_pw_input(pwin: PWInput, path: str | Path) -> Path:
