@@ -3,13 +3,25 @@
 The radial transforms ``F_s(q) = ∫ 4πr²ρ_s(r) sin(qr)/(qr) dr`` of the pseudopotentials'
 ``PP_RHOATOM`` (see :mod:`mlcharge_workflows.density.sad`) are tabulated on a fine
 ``q`` grid at training time and saved in the weights file, so a prediction needs no UPF
-file and always uses the SAD the model was trained against. Each table is scaled so that
-``F_s(0)`` equals the valence charge exactly: the SAD then integrates to the electron count.
+file. Each table is scaled so that ``F_s(0)`` equals the valence charge exactly: the SAD
+then integrates to the electron count.
+
+The reference is swappable at prediction time (:meth:`AtomicDensityTable.with_references`):
+the atomic densities of the run's own pseudopotentials (:class:`AtomicReference`, from any
+NC/US UPF's ``PP_RHOATOM`` or a VASP POTCAR's atomic pseudo charge density) replace the
+training rows, and the model adds its learned deformation to them. The deformation has no
+``G = 0`` term (the model sets the total's ``G = 0`` coefficient to ``N / V``), so it holds
+no net charge and the prediction integrates to the run's own electron count without any
+rescaling.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,12 +43,16 @@ class AtomicDensityTable:
         ``(n_q,)`` uniform grid of ``|G|`` (Å⁻¹) starting at 0.
     values
         ``(n_species, n_q)`` ``F_s(q)`` in electrons; zero beyond the table.
+    sources
+        Per element, the identity of the pseudopotential a row was replaced with
+        (:meth:`with_references`); empty for the training rows. Not saved with the weights.
     """
 
     elements: list[str]
     z_valence: np.ndarray
     q: np.ndarray
     values: np.ndarray
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.z_valence = np.asarray(self.z_valence, dtype=float)
@@ -80,6 +96,147 @@ class AtomicDensityTable:
     @classmethod
     def from_state(cls, state: dict) -> AtomicDensityTable:
         return cls(list(state["elements"]), state["z_valence"], state["q"], state["values"])
+
+    def fingerprint(self, element: str) -> str:
+        """Checksum of one row (float32 values on the table's own grid) and its valence."""
+        i = self.elements.index(element)
+        h = hashlib.sha256(np.float32(self.z_valence[i]).tobytes())
+        h.update(np.ascontiguousarray(self.values[i], dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def with_references(self, references: dict[str, AtomicReference]) -> AtomicDensityTable:
+        """This table with the rows of ``references``' elements replaced by their densities.
+
+        Elements are kept in this table's order (the model's species); an element of
+        ``references`` the table does not hold raises ``ValueError``. The ``q`` grid is
+        extended to the largest reference's range (training rows are zero beyond theirs).
+        ``F(0)`` of each new row is the reference's valence: UPF rows are scaled to it (as
+        pw.x scales its superposition), POTCAR rows are kept as written apart from ``G = 0``
+        (as VASP does); the raw integral is recorded in ``sources[el]["integral"]``, and one
+        more than 20 % off the valence is refused.
+        """
+        unknown = sorted(set(references) - set(self.elements))
+        if unknown:
+            raise ValueError(
+                f"atomic references given for {unknown}, which the model does not know "
+                f"(it knows {sorted(self.elements)})"
+            )
+        q_max = max([self.q_max] + [ref.q_max for ref in references.values()])
+        q = np.arange(0.0, q_max + DQ / 2, DQ) if q_max > self.q_max else self.q
+        values = np.stack([np.interp(q, self.q, row, right=0.0) for row in self.values])
+        z = self.z_valence.copy()
+        sources = dict(self.sources)
+        for el, ref in references.items():
+            if ref.element != el:
+                raise ValueError(f"the atomic reference given for {el} is for {ref.element}")
+            i = self.elements.index(el)
+            row = np.asarray(ref.transform(q), dtype=float)
+            row[q > ref.q_max] = 0.0
+            if not np.all(np.isfinite(row)) or row[0] <= 0:
+                raise ValueError(f"atomic reference of {el} ({ref.name}) integrates to {row[0]}")
+            integral = float(row[0])
+            if abs(integral / ref.z_valence - 1.0) > 0.2:
+                raise ValueError(
+                    f"the atomic density of {ref.name} integrates to {integral:.4f} electrons, "
+                    f"its valence is {ref.z_valence}: not a valence density this code can use"
+                )
+            if ref.normalize:  # pw.x scales its superposition to the valence
+                row = row * (ref.z_valence / integral)
+            else:  # VASP superposes the table as written; only G = 0 is the valence
+                row[0] = ref.z_valence
+            values[i] = row
+            z[i] = ref.z_valence
+            sources[el] = {**ref.identity, "integral": integral, "q_max": float(ref.q_max)}
+        return AtomicDensityTable(list(self.elements), z, q, values, sources)
+
+    def compare(self, training: AtomicDensityTable, elements: list[str]) -> dict[str, dict]:
+        """Per element of ``elements``: whether this table's row differs from ``training``'s.
+
+        A row differs when the valence differs or ``F(q)`` differs by more than 0.1 % of the
+        valence anywhere on the training table's range.
+        """
+        out = {}
+        for el in elements:
+            i, j = self.elements.index(el), training.elements.index(el)
+            mine = np.interp(training.q, self.q, self.values[i], right=0.0)
+            diff = float(np.max(np.abs(mine - training.values[j])))
+            same_z = abs(self.z_valence[i] - training.z_valence[j]) < 1e-6
+            out[el] = {
+                "z_valence": float(self.z_valence[i]),
+                "z_valence_training": float(training.z_valence[j]),
+                "max_form_factor_difference": diff,
+                "differs_from_training": bool(not same_z or diff > 1e-3 * training.z_valence[j]),
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class AtomicReference:
+    """The atomic valence density of one pseudopotential, as a radial transform.
+
+    Attributes
+    ----------
+    element, z_valence
+        Element symbol and valence (electrons).
+    transform
+        ``F(q)`` (electrons) at ``q`` (Å⁻¹).
+    q_max
+        ``|G|`` (Å⁻¹) beyond which the density is taken as zero.
+    identity
+        What records store: kind (``UPF``/``POTCAR``), file or symbol, sha256, valence.
+    normalize
+        Scale the density to integrate to ``z_valence`` (pw.x's convention) rather than
+        only setting its ``G = 0`` term (VASP's).
+    """
+
+    element: str
+    z_valence: float
+    transform: Callable[[np.ndarray], np.ndarray]
+    q_max: float
+    identity: dict[str, Any]
+    normalize: bool = True
+
+    @property
+    def name(self) -> str:
+        return str(self.identity.get("file") or self.identity.get("symbol") or self.element)
+
+    @classmethod
+    def from_upf(cls, path: str | Path, q_max: float = 60.0) -> AtomicReference:
+        """From a UPF file's ``PP_RHOATOM`` (NC or US; PAW refused: see ``ValueError``).
+
+        A PAW start needs one-centre occupancies (becsum) consistent with the density,
+        which a predicted density does not carry.
+        """
+        from mlcharge_workflows.density.sad import read_upf_atomic_density
+        from mlcharge_workflows.pseudo import read_upf_header
+        from mlcharge_workflows.units import BOHR_TO_ANGSTROM as QE_BOHR_TO_ANGSTROM
+
+        path = Path(path)
+        head = read_upf_header(path)
+        if head["kind"] == "PAW":
+            raise ValueError(
+                f"{path.name} is a PAW pseudopotential: a start density for PAW needs the "
+                "one-centre occupancies (becsum), which a predicted density does not carry; "
+                "use a norm-conserving or ultrasoft file for this element"
+            )
+        atom = read_upf_atomic_density(path)
+        identity = {
+            "kind": "UPF",
+            "file": path.name,
+            "pseudo_type": head["kind"],
+            "z_valence": atom.z_valence,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+        return cls(
+            atom.element, atom.z_valence,
+            lambda q: atom.radial_transform(np.asarray(q) * QE_BOHR_TO_ANGSTROM), q_max, identity,
+        )
+
+    @classmethod
+    def from_potcar(cls, atom: Any) -> AtomicReference:
+        """From a :class:`~mlcharge_workflows.density.potcar.PotcarAtomicDensity`."""
+        return cls(atom.element, float(atom.z_valence), atom.radial_transform, float(atom.q_max),
+                   atom.identity(), normalize=False)
 
 
 def structure_factor(frac: np.ndarray, mill: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

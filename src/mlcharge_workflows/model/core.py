@@ -78,6 +78,8 @@ class Cell:
     n_electrons: float
     mill: np.ndarray | None = None  # (N, 3) | G vectors to evaluate
     geom: ReciprocalGeometry | None = None
+    table: AtomicDensityTable | None = None  # atomic reference (None: the model's own)
+    sad_scale: np.ndarray | None = None  # (n,) | training / reference valence per site
 
     @property
     def volume(self) -> float:
@@ -188,11 +190,20 @@ class DensityModel(torch.nn.Module):
         return np.array([float(start.get(self.config.elements[s], 0.0)) for s in species])
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, structure, mill: np.ndarray | None = None, spin: bool | None = None) -> Cell:
+    def prepare(
+        self, structure, mill: np.ndarray | None = None, spin: bool | None = None,
+        reference: AtomicDensityTable | None = None,
+    ) -> Cell:
         """Everything about ``structure`` that does not depend on the weights.
 
         ``spin`` None: predict a magnetisation when a site has a starting moment.
+        ``reference``: the atomic densities the deformation is added to (see
+        :meth:`AtomicDensityTable.with_references`); None: the training table. The
+        electron count is the reference's; starting moments stay in μB.
         """
+        if reference is not None and list(reference.elements) != list(self.config.elements):
+            raise ValueError(f"reference table elements {reference.elements} differ from the model's")
+        ref = self.table if reference is None else reference
         species = self.species_of(structure)
         lattice = np.array(structure.lattice.matrix, dtype=float)
         frac = np.array(structure.frac_coords, dtype=float)
@@ -207,7 +218,10 @@ class DensityModel(torch.nn.Module):
             moments=moments,
             spin=bool(np.any(moments != 0)) if spin is None else bool(spin),
             edges=radius_graph(lattice, frac @ lattice, self.config.cutoff)[:3],
-            n_electrons=float(self.table.z_valence[species].sum() - charge),
+            n_electrons=float(ref.z_valence[species].sum() - charge),
+            table=reference,
+            sad_scale=None if reference is None
+            else self.table.z_valence[species] / reference.z_valence[species],
         )
         if mill is not None:
             self.attach_mill(cell, mill)
@@ -228,8 +242,9 @@ class DensityModel(torch.nn.Module):
         key = ("sad_form", species)
         cache = cell.geom._cache
         if key not in cache:
+            table = self.table if cell.table is None else cell.table
             cache[key] = torch.as_tensor(
-                self.table(species, cell.geom.q_np), dtype=cell.geom.dtype, device=cell.geom.device
+                table(species, cell.geom.q_np), dtype=cell.geom.dtype, device=cell.geom.device
             )
         return cache[key]
 
@@ -323,6 +338,9 @@ class DensityModel(torch.nn.Module):
                     # converges non-magnetic needs no orbital cancelling its atomic moments
                     weights = start + c_mag[:, -1]
                     c_mag = c_mag[:, :-1]
+                if cell.sad_scale is not None:  # moments in μB over the reference's valence
+                    scale = torch.as_tensor(cell.sad_scale[sel], dtype=dtype, device=dev)
+                    weights, start = weights * scale, start * scale
                 has_orb = self.mag_layout.n_radial > 0
                 terms.append(
                     SpeciesTerm(

@@ -2,7 +2,14 @@
 
 The density is evaluated analytically at every G vector of the grid (skipping those where
 the atomic densities and orbitals vanish), brought to real space with one inverse FFT,
-clipped at zero and renormalised to the electron count.
+kept above a floor (half the atomic superposition) and renormalised to the electron count
+(the charge the floor added is recorded in ``clipped_electrons``).
+
+The atomic reference is the training table unless ``reference`` names the run's own
+pseudopotentials (UPF files or POTCAR densities): the prediction is then that reference
+plus the learned deformation and integrates to the reference's valence count; its
+metadata says which pseudopotentials the reference came from and whether they differ
+from the training ones (``metadata["reference"]``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 
 from mlcharge_workflows.density.grid import DensityGrid
+from mlcharge_workflows.model.atomic import AtomicDensityTable, AtomicReference
 from mlcharge_workflows.model.core import DensityModel
 from mlcharge_workflows.model.io import DEFAULT_WEIGHTS, load_weights
 
@@ -110,17 +118,82 @@ def _q_needed(model: DensityModel, species: np.ndarray) -> float:
     return float(model.species_qmax()[np.unique(species)].max())
 
 
-def predict_fourier(structure: Structure, shape: tuple[int, int, int], model: DensityModel) -> dict:
+def resolve_device(device: str | None = None) -> str:
+    """The torch device of a prediction: the argument, else ``MLCHARGE_MODEL_DEVICE``, else
+    ``"auto"``; ``"auto"`` is ``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
+    value = device or os.environ.get("MLCHARGE_MODEL_DEVICE") or "auto"
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {value!r}")
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {value!r} requested but torch sees no CUDA GPU")
+    return value
+
+
+def reference_table(
+    model: DensityModel,
+    reference: AtomicDensityTable | dict[str, AtomicReference | str | Path] | None,
+) -> AtomicDensityTable | None:
+    """The atomic reference table of a prediction (None: the training table).
+
+    ``reference`` is a table in the model's element order, or ``{element: AtomicReference
+    or UPF path}``; elements not in it keep their training rows.
+    """
+    if reference is None or isinstance(reference, AtomicDensityTable):
+        return reference
+    refs = {
+        el: ref if isinstance(ref, AtomicReference) else AtomicReference.from_upf(ref)
+        for el, ref in reference.items()
+    }
+    return model.table.with_references(refs)
+
+
+def reference_metadata(model: DensityModel, table: AtomicDensityTable | None, structure) -> dict:
+    """Which pseudopotentials the atomic reference of ``structure`` came from (per element)."""
+    elements = sorted({s.specie.symbol for s in structure})
+    if table is None:
+        return {
+            "source": "training",
+            "elements": {el: {"source": "training"} for el in elements},
+            "differs_from_training": False,
+        }
+    cmp = table.compare(model.table, elements)
+    per = {}
+    for el in elements:
+        per[el] = {"source": table.sources.get(el, {"kind": "training"}), **cmp[el]}
+    kinds = {table.sources[el]["kind"] for el in elements if el in table.sources}
+    return {
+        "source": "+".join(sorted(kinds)) if kinds else "training",
+        "elements": per,
+        "differs_from_training": any(v["differs_from_training"] for v in cmp.values()),
+    }
+
+
+def predict_fourier(
+    structure: Structure,
+    shape: tuple[int, int, int],
+    model: DensityModel,
+    reference: AtomicDensityTable | None = None,
+) -> dict:
     """Unclipped coefficients on half of a grid's G box.
 
     Keys: ``mill``, ``total``, ``magnetization`` (None for non-magnetic cells), ``sad_total``,
     ``sad_magnetization`` (the atomic superposition alone, None without SAD), ``n_electrons``.
+    ``reference``: the atomic table (see :func:`reference_table`; None: the training one).
+    The G vectors evaluated are the model's density sphere, and up to a reference's own
+    range where it is larger (VASP superposes its POTCAR tables on the whole grid).
     """
-    cell = model.prepare(structure)
+    cell = model.prepare(structure, reference=reference)
     mill = _half_miller(shape)
     recip = 2 * np.pi * np.linalg.inv(cell.lattice).T
     q = np.linalg.norm(mill @ recip, axis=1)
-    mill = mill[q <= _q_needed(model, cell.species)]
+    q_needed = _q_needed(model, cell.species)
+    if reference is not None:
+        present = {model.config.elements[s] for s in np.unique(cell.species)}
+        q_needed = max([q_needed] + [reference.sources[el]["q_max"] for el in present
+                                     if reference.sources.get(el, {}).get("kind") == "POTCAR"])
+    mill = mill[q <= q_needed]
     model.attach_mill(cell, mill)
     sad: list = []
     with torch.no_grad():
@@ -129,7 +202,7 @@ def predict_fourier(structure: Structure, shape: tuple[int, int, int], model: De
     zero = np.flatnonzero((mill == 0).all(axis=1))
     names = ("total", "magnetization", "sad_total", "sad_magnetization")
     for name, value in zip(names, [tot, mag] + (sad or [None, None])):
-        arr = None if value is None else value.detach().numpy().astype(np.complex128)
+        arr = None if value is None else value.detach().cpu().numpy().astype(np.complex128)
         if arr is not None and not np.all(np.isfinite(arr)):
             raise RuntimeError(
                 f"the density model produced non-finite values for {structure.composition.formula}"
@@ -181,6 +254,8 @@ def predict_density(
     floor: float = 0.5,
     spin: str | None = None,
     threads: int | None = None,
+    reference: AtomicDensityTable | dict | None = None,
+    device: str | None = None,
 ) -> DensityGrid:
     """Predicted valence density (and magnetisation for magnetic cells) on a real-space grid.
 
@@ -209,6 +284,14 @@ def predict_density(
         SCF benchmark favoured, docs/model-card.md), else ``"atomic"``.
     threads
         torch threads for this call (default ``MLCHARGE_MODEL_THREADS`` or 1).
+    reference
+        The atomic densities the learned deformation is added to: ``{element: UPF path or
+        AtomicReference}`` (the run's own pseudopotentials; PAW UPF files are refused) or a
+        table from :func:`reference_table`; None: the training pseudopotentials. The
+        result integrates to the reference's valence count, with no rescaling.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:N]"``; None:
+        ``MLCHARGE_MODEL_DEVICE``, else ``"auto"``. The model is moved there.
     """
     t0 = time.perf_counter()
     model = model or load_model()
@@ -216,8 +299,15 @@ def predict_density(
     shape = tuple(int(n) for n in (shape or default_grid(structure, model, ecutrho_ry)))
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"grid shape must be three positive integers, got {shape}")
+    table = reference_table(model, reference)
+    dev = resolve_device(device)
+    with _lock:
+        if str(model.log_alpha.device) != dev and not (
+            dev == "cuda" and model.log_alpha.device.type == "cuda"
+        ):
+            model.to(dev)
     with _torch_threads(threads):
-        f = predict_fourier(structure, shape, model)
+        f = predict_fourier(structure, shape, model, table)
     mill, nelec = f["mill"], f["n_electrons"]
     atomic = f["magnetization"] is not None and spin_start == "atomic" and f["sad_total"] is not None
     tot = f["sad_total"] if atomic else f["total"]
@@ -243,6 +333,8 @@ def predict_density(
         "n_electrons": nelec,
         "clipped_electrons": clipped,
         "spin_start": None if f["magnetization"] is None else spin_start,
+        "reference": reference_metadata(model, table, structure),
+        "device": dev,
         "seconds": time.perf_counter() - t0,
     }
     return DensityGrid(structure, total, magnetization, metadata=meta)
