@@ -124,7 +124,7 @@ def run_compare(
         # spawn, not fork: a fork taken while torch's threads hold a lock deadlocks the child
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
-            futures = {pool.submit(_compare_one, t): i for i, t in enumerate(tasks)}
+            futures = {pool.submit(compare_one, t): i for i, t in enumerate(tasks)}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
                 bar.update(1)

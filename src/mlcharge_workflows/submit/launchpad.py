@@ -189,21 +189,11 @@ def _load_server(path: Path):
 def _launchpad_on(server) -> LaunchPad:
     """A FireWorks LaunchPad whose MongoClient is a mongomock client on ``server``."""
     import fireworks.core.launchpad as fw_launchpad
-    import mongomock
-    import mongomock.gridfs
 
-    mongomock.gridfs.enable_gridfs_integration()
+    from mlcharge_workflows.submit._compat import mongomock_launchpad_client
 
-    def _client(*args, **kwargs):
-        return mongomock.MongoClient(_store=server)
-
-    original = fw_launchpad.MongoClient
-    fw_launchpad.MongoClient = _client
-    try:
-        lp = fw_launchpad.LaunchPad(name="fireworks", strm_lvl="WARNING")
-    finally:
-        fw_launchpad.MongoClient = original
-    return lp
+    with mongomock_launchpad_client(server):
+        return fw_launchpad.LaunchPad(name="fireworks", strm_lvl="WARNING")
 
 
 def _atomic_write(path: Path, text: str) -> None:

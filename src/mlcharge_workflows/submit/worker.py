@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlcharge_workflows.submit._compat import jobflow_store, offline_rocket
 from mlcharge_workflows.submit.launchpad import (
     OWNERS_COLLECTION,
     EmbeddedLaunchPad,
@@ -170,45 +171,15 @@ def _checkout(handle: EmbeddedLaunchPad, fworker: FWorker, launch_dir: Path,
     return fw, launch_id, 0
 
 
-def _patch_offline_rocket() -> None:
-    """Two fixes for FireWorks' offline Rocket (idempotent).
-
-    * ``fireworks.core.rocket`` calls ``zopen(path)`` without a mode in offline mode,
-      which monty >= 2025 rejects (``TypeError: zopen() missing ... 'mode'``): default "rt".
-    * The offline heartbeat thread writes ``FW_ping.json`` to the *current* folder one last
-      time after the run, when the worker may have changed folder: no heartbeat thread in
-      offline mode (worker liveness is the worker's flock; the Rocket's final ping, from
-      the main thread, still writes the launch folder's ``FW_ping.json``).
-    """
-    from fireworks.core import rocket
-    from monty.io import zopen
-
-    if getattr(rocket.zopen, "_mlcharge_shim", False):
-        return
-
-    def _zopen(filename, mode: str = "rt", **kwargs):
-        return zopen(filename, mode, **kwargs)
-
-    original_ping = rocket.start_ping_launch
-
-    def _start_ping_launch(launchpad, launch_id):
-        return None if launchpad is None else original_ping(launchpad, launch_id)
-
-    _zopen._mlcharge_shim = True  # type: ignore[attr-defined]
-    rocket.zopen = _zopen
-    rocket.start_ping_launch = _start_ping_launch
-
-
 def _run_offline(fworker: FWorker, fw_id: int, launch_dir: Path) -> None:
     """Run the firework in ``launch_dir`` with FireWorks' Rocket in offline mode."""
     from fireworks.core.rocket import Rocket
 
-    _patch_offline_rocket()
-
     cwd = os.getcwd()
     os.chdir(launch_dir)
     try:
-        Rocket(None, fworker, fw_id).run()
+        with offline_rocket():
+            Rocket(None, fworker, fw_id).run()
     finally:
         os.chdir(cwd)
 
@@ -220,22 +191,6 @@ def _complete(handle: EmbeddedLaunchPad, launch_id: int) -> tuple[str, int]:
         lp.db[OWNERS_COLLECTION].delete_many({"launch_id": launch_id})
         state = lp.launches.find_one({"launch_id": launch_id}, {"state": 1})["state"]
         return state, _count_remaining(lp)
-
-
-@contextlib.contextmanager
-def _jobflow_store(store: JobStore | None) -> Iterator[None]:
-    """Make ``store`` jobflow's default store (used by every JobFiretask with store=None)."""
-    if store is None:
-        yield
-        return
-    from jobflow import SETTINGS
-
-    previous = SETTINGS.JOB_STORE
-    SETTINGS.JOB_STORE = store
-    try:
-        yield
-    finally:
-        SETTINGS.JOB_STORE = previous
 
 
 def _new_launch_dir(parent: Path) -> Path:
@@ -260,7 +215,7 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
     fworker = fworker or FWorker()
     summary = WorkerSummary()
     with WorkerRegistration(handle.paths.workers_dir) as me, \
-            _jobflow_store(handle.job_store()):
+            jobflow_store(handle.job_store()):
         recovered, rerun = recover_lost_runs(handle)
         summary.recovered += recovered
         summary.rerun += rerun
@@ -360,7 +315,7 @@ def run_mongo_worker(handle: LaunchPadHandle, nlaunches: int = 0, fworker: FWork
     summary.rerun += list(rerun)
     root = Path(launch_root or os.getcwd()).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    with _jobflow_store(store):
+    with jobflow_store(store):
         rapidfire(lp, fworker or FWorker(), m_dir=str(root), nlaunches=nlaunches)
     return summary
 
