@@ -25,9 +25,10 @@ def test_skipped_nscf_job_completes_with_no_output(tmp_path, monkeypatch) -> Non
 def test_nscf_without_prediction_is_an_error_outside_comparisons(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     al = Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])
-    job = MLQENonSCFMaker().make(al, _fallback_prediction())
-    with pytest.raises(RuntimeError):
-        run_locally(job, ensure_success=True, create_folders=True)
+    maker = MLQENonSCFMaker()
+    with pytest.raises(ValueError, match=r"no predicted density to run non-SCF from "
+                                         r"\(unsupported_elements: Al\)"):
+        maker.make.original(maker, al, _fallback_prediction())
 
 
 def test_magnetic_cell_with_atomic_spin_start_is_a_recorded_fallback(tmp_path, monkeypatch) -> None:
