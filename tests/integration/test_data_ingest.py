@@ -1,5 +1,5 @@
 """`mlcharge data ingest`: CHGCARs written by the package's writer, metadata from real VASP
-outputs (../shared/vasp-outputs, custodian test files), and the checks that reject a folder."""
+outputs (tests/test_data/vasp/outputs, custodian test files), and the checks that reject a folder."""
 
 from __future__ import annotations
 
@@ -18,10 +18,8 @@ from mlcharge_workflows.density.grid import DensityGrid, fft_miller
 from mlcharge_workflows.training.dataset import DensityDataset
 from mlcharge_workflows.training.ingest import find_runs, ingest_vasp_runs, parse_outcar
 
-VASP = Path(__file__).resolve().parents[3] / "shared" / "vasp-outputs"
-if not VASP.is_dir():
-    VASP = Path("/work/shared/vasp-outputs")
-needs_vasp = pytest.mark.skipif(not VASP.is_dir(), reason="shared real VASP outputs not present")
+VASP = Path(__file__).resolve().parents[1] / "test_data" / "vasp" / "outputs"  # in the repository
+needs_vasp = pytest.mark.skipif(not VASP.is_dir(), reason="real VASP outputs not present")
 
 
 def smooth_density(structure, shape, nelect, width=0.5, mag_fraction=None) -> DensityGrid:

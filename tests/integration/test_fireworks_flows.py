@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from fireworks import Workflow
-from pymatgen.core import Lattice, Structure
 
 from mlcharge_workflows.catalogue import ENGINES, FLOWS, build_flow
 from mlcharge_workflows.engines.qe.sets import QEProtocol
@@ -16,16 +15,11 @@ from mlcharge_workflows.submit.worker import run_embedded_worker
 FAST_QE = {"ecutwfc_ry": 15.0, "ecutrho_ry": 60.0, "kspacing": 0.6, "conv_thr_per_atom": 1e-8}
 
 
-def _si(a: float = 5.43) -> Structure:
-    lattice = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
-    return Structure(lattice, ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("flow", FLOWS)
-def test_every_flow_round_trips(engine, flow):
+def test_every_flow_round_trips(engine, flow, si_fcc):
     options = {"protocol": FAST_QE} if engine == "qe" else {}
-    jf = build_flow(_si(), engine, flow, "Si-test", ml_fworker="gpu", **options)
+    jf = build_flow(si_fcc, engine, flow, "Si-test", ml_fworker="gpu", **options)
     wf = Workflow.from_dict(flow_to_fireworks(jf).to_dict())  # what a worker reads back
     assert len(wf.fws) == len(jf.jobs) >= 2
     routed = [fw for fw in wf.fws if fw.spec.get("_fworker") == "gpu"]
@@ -38,20 +32,20 @@ def test_every_flow_round_trips(engine, flow):
         assert all(isinstance(p, QEProtocol) and p.ecutwfc_ry == 15.0 for p in protocols)
 
 
-def test_unknown_flow_or_engine():
+def test_unknown_flow_or_engine(si_fcc):
     with pytest.raises(ValueError, match="unknown flow 'relax'"):
-        build_flow(_si(), "qe", "relax", "x")
+        build_flow(si_fcc, "qe", "relax", "x")
     with pytest.raises(ValueError, match="unknown engine 'abinit'"):
-        build_flow(_si(), "abinit", "compare", "x")
+        build_flow(si_fcc, "abinit", "compare", "x")
 
 
 @pytest.mark.pwx
-def test_ml_bands_runs_through_fireworks(tmp_path, monkeypatch):
+def test_ml_bands_runs_through_fireworks(tmp_path, monkeypatch, si_fcc):
     monkeypatch.setenv("MLCHARGE_QE_NPROCS", "1")
     monkeypatch.setenv("MLCHARGE_MPI_CMD", "")
     monkeypatch.chdir(tmp_path)
     cif = tmp_path / "Si.cif"
-    _si().to(filename=str(cif))
+    si_fcc.to(filename=str(cif))
     submit_structures([cif], flow="ml-bands", project=tmp_path / "p", progress=False,
                       flow_options={"protocol": FAST_QE, "nprocs": 1})
     handle = EmbeddedLaunchPad(tmp_path / "p")

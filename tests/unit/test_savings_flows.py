@@ -6,7 +6,6 @@ import json
 
 import pytest
 from jobflow import OnMissing
-from pymatgen.core import Lattice, Structure
 
 from mlcharge_workflows.catalogue import comparison_flow
 from mlcharge_workflows.common.documents import SAVINGS_JOB_NAME, savings_document
@@ -25,11 +24,6 @@ from mlcharge_workflows.submit.config import project_paths
 
 def project_job_store(folder):
     return _store(project_paths(folder))
-
-
-@pytest.fixture
-def si() -> Structure:
-    return Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
 
 
 def test_comparison_flow_arms_and_configuration(si) -> None:
@@ -125,12 +119,11 @@ def test_grid_data_round_trip(si) -> None:
     assert np.array_equal(back.total, g.total) and back.structure == si
 
 
-def test_predict_job_records_unsupported_elements_without_a_density(tmp_path, monkeypatch) -> None:
+def test_predict_job_records_unsupported_elements_without_a_density(tmp_path, monkeypatch, al) -> None:
     """With the shipped model: an element it was not trained on gives a fallback, no file."""
     from jobflow import run_locally
 
     monkeypatch.chdir(tmp_path)
-    al = Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])  # no pseudopotential: never trained
     job = QEPredictDensityMaker().make(al)
     out = run_locally(job, log=False, ensure_success=True)[job.uuid][1].output
     assert out.fallback == "unsupported_elements: Al"

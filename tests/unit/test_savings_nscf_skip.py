@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from jobflow import run_locally
-from pymatgen.core import Lattice, Structure
 
 from mlcharge_workflows.engines.qe.jobs import MLQENonSCFMaker
 
@@ -14,31 +13,28 @@ def _fallback_prediction() -> dict:
             "fallback": "unsupported_elements: Al"}
 
 
-def test_skipped_nscf_job_completes_with_no_output(tmp_path, monkeypatch) -> None:
+def test_skipped_nscf_job_completes_with_no_output(tmp_path, monkeypatch, al) -> None:
     monkeypatch.chdir(tmp_path)
-    al = Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])
     job = MLQENonSCFMaker(skip_without_prediction=True).make(al, _fallback_prediction())
     responses = run_locally(job, ensure_success=True, create_folders=True)
     assert responses[job.uuid][1].output is None
 
 
-def test_nscf_without_prediction_is_an_error_outside_comparisons(tmp_path, monkeypatch) -> None:
+def test_nscf_without_prediction_is_an_error_outside_comparisons(tmp_path, monkeypatch, al) -> None:
     monkeypatch.chdir(tmp_path)
-    al = Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])
     maker = MLQENonSCFMaker()
     with pytest.raises(ValueError, match=r"no predicted density to run non-SCF from "
                                          r"\(unsupported_elements: Al\)"):
         maker.make.original(maker, al, _fallback_prediction())
 
 
-def test_magnetic_cell_with_atomic_spin_start_is_a_recorded_fallback(tmp_path, monkeypatch) -> None:
+def test_magnetic_cell_with_atomic_spin_start_is_a_recorded_fallback(tmp_path, monkeypatch, ni_fcc) -> None:
     """With the atomic spin start the model returns pw.x's own start for magnetic cells: never counted as ML."""
     from mlcharge_workflows.engines.qe.jobs import QEPredictDensityMaker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLCHARGE_MODEL_SPIN", "atomic")
-    ni = Structure(Lattice([[0, 1.76, 1.76], [1.76, 0, 1.76], [1.76, 1.76, 0]]), ["Ni"], [[0, 0, 0]])
-    job = QEPredictDensityMaker().make(ni)
+    job = QEPredictDensityMaker().make(ni_fcc)
     responses = run_locally(job, ensure_success=True, create_folders=True)
     doc = responses[job.uuid][1].output
     assert doc.fallback.startswith("atomic_spin_start")

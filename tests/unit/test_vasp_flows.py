@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from pymatgen.core import Lattice, Structure
 
 pytest.importorskip("atomate2")
 
@@ -29,12 +28,11 @@ def _task(attempts, icharg, record=None, energy=-10.0, state="successful"):
     }
 
 
-SI = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
 PRED = {"path": "/p/CHGCAR", "timings": {"total_s": 3.0}, "predict_wall_s": 3.0,
         "model_version": "v1", "predictor": "model", "nelect": 8.0, "n_electrons": 8.0}
 
 
-def test_fallback_counts_every_attempt() -> None:
+def test_fallback_counts_every_attempt(si) -> None:
     record = {
         "status": "abandoned", "fallback": "SCF from the predicted density did not converge",
         "events": [{"action": "restored", "reason": "NELM"},
@@ -42,7 +40,7 @@ def test_fallback_counts_every_attempt() -> None:
         "density": {"written": "copied"},
     }
     doc = savings_document.original(
-        "Si", SI, VaspArmReader(), _task([(17, 50.0)], 2), PRED,
+        "Si", si, VaspArmReader(), _task([(17, 50.0)], 2), PRED,
         _task([(200, 300.0), (200, 310.0), (17, 52.0)], 2, record),
         requested={"baseline": True, "ml": True, "predict": True},
     )
@@ -57,10 +55,10 @@ def test_fallback_counts_every_attempt() -> None:
     assert doc.iteration_saving == pytest.approx(1 - 417 / 17)
 
 
-def test_missing_arms_and_prediction_failure() -> None:
+def test_missing_arms_and_prediction_failure(si) -> None:
     failed = {"error": "ValueError: element 'Xe' unknown", "timings": {"total_s": 0.1}}
     doc = savings_document.original(
-        "Si", SI, VaspArmReader(), _task([(17, 50.0)], 2), failed, None,
+        "Si", si, VaspArmReader(), _task([(17, 50.0)], 2), failed, None,
         nscf_ml=None, requested={"baseline": True, "ml": True, "nscf_ml": True},
     )
     rec = doc.record()
@@ -69,19 +67,19 @@ def test_missing_arms_and_prediction_failure() -> None:
     assert rec["ml_density_used"] is None and rec["scf_iterations"]["ml"] is None
 
 
-def test_flow_shape() -> None:
-    flow = VaspComparisonMaker(oracle=True, nscf=True, nscf_mode="uniform").make(SI, label="Si")
+def test_flow_shape(si) -> None:
+    flow = VaspComparisonMaker(oracle=True, nscf=True, nscf_mode="uniform").make(si, label="Si")
     names = [j.name for j in flow.jobs]
     assert names == ["baseline static", "predict density", "ml static", "oracle static",
                      "nscf converged", "nscf ml", "nscf atomic", "savings document"]
 
 
-def test_fireworks_routes_prediction_to_gpu_worker() -> None:
+def test_fireworks_routes_prediction_to_gpu_worker(si) -> None:
     pytest.importorskip("fireworks")
     from jobflow.managers.fireworks import flow_to_workflow
     from monty.json import MontyDecoder, jsanitize
 
-    flow = VaspComparisonMaker(oracle=True, predict_manager_config={"_fworker": "gpu"}).make(SI)
+    flow = VaspComparisonMaker(oracle=True, predict_manager_config={"_fworker": "gpu"}).make(si)
     wf = flow_to_workflow(flow)
     workers = {fw.name: fw.spec.get("_fworker") for fw in wf.fws}
     assert workers["predict density"] == "gpu"

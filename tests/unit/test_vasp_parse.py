@@ -1,6 +1,6 @@
 """SCF-step counting on real VASP outputs (custodian test files).
 
-See ../shared/vasp-outputs/README.md for what each file is.
+See tests/test_data/vasp/outputs/README.md for what each file is.
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from mlcharge_workflows.engines.vasp.parse import (
     wall_time_from_outcar,
 )
 
-OUT = Path(__file__).resolve().parents[3] / "shared" / "vasp-outputs"
-if not OUT.exists():  # the checkout may sit elsewhere; the shared folder is fixed
-    OUT = Path("/work/shared/vasp-outputs")
-pytestmark = pytest.mark.skipif(not OUT.exists(), reason="real VASP outputs not available")
+OUT = Path(__file__).resolve().parents[1] / "test_data" / "vasp" / "outputs"  # in the repository
 
 
 @pytest.mark.parametrize(

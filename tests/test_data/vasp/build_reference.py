@@ -8,7 +8,7 @@ written **by hand here** (ICHARG, ISTART, NGXF/NGYF/NGZF), so the mock checks wh
 makers write against values fixed independently of them.
 
 Outputs (``outputs/``): adapted from a real VASP 5.4.4 run, the NaCl static in
-``../shared/vasp-outputs/lobster__vasp_lobster_output_v51__vasprun.xml`` and its OSZICAR
+``tests/test_data/vasp/outputs/lobster__vasp_lobster_output_v51__vasprun.xml`` and its OSZICAR
 (17 SCF steps, EDIFF 1e-8): species, cell, positions and forces are replaced by the test
 structure's, the parameters VASP echoes (ICHARG, ISTART, NGXF...) by the arm's, and the
 SCF is cut to the arm's number of steps (first steps kept, last step kept). Energies,
@@ -29,7 +29,7 @@ import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path("/work/shared/vasp-outputs")
+SHARED = Path(__file__).parent / "outputs"  # custodian test files, kept in the repository
 TEMPLATE = SHARED / "lobster__vasp_lobster_output_v51__vasprun.xml"
 TEMPLATE_OSZ = SHARED / "lobster__vasp_lobster_output_v51__OSZICAR"
 
