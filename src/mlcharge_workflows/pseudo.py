@@ -32,9 +32,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-
 from mlcharge_workflows.settings import MLChargeSettings
+from mlcharge_workflows.validation import MIN_DISTANCE, validate_structure  # noqa: F401
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -67,9 +66,6 @@ LD1_INPUTS = {
 3D  3  2  0.00 -0.43  1.50  2.10  0.0
 """,
 }
-
-#: Closest allowed distance between two atoms (Å), periodic images included.
-MIN_DISTANCE = 0.5
 
 PseudoKind = Literal["NC", "US", "PAW"]
 
@@ -292,29 +288,17 @@ def n_valence_electrons(structure: Structure) -> float:
 def check_structure(structure: Structure) -> None:
     """Raise ``ValueError`` for a structure pw.x cannot run with the registry.
 
-    Checks: at least one atom, ordered sites, a cell of finite volume, every element in
-    the registry (the message lists the supported ones), no two atoms (periodic images
-    included) closer than :data:`MIN_DISTANCE` Å.
+    Checks: :func:`mlcharge_workflows.validation.validate_structure` (non-finite numbers,
+    empty or degenerate cell, disorder, atoms closer than :data:`MIN_DISTANCE` Å, periodic
+    images included), then every element in the registry (the message lists the supported
+    ones).
     """
-    if len(structure) == 0:
-        raise ValueError("structure has no atoms: the cell is empty")
-    if not structure.is_ordered:
-        raise ValueError("structure has partially occupied (disordered) sites; pw.x needs an ordered cell")
-    if structure.lattice.volume < 1e-3:
-        raise ValueError(f"cell volume is {structure.lattice.volume:.3g} Å³: degenerate lattice")
+    validate_structure(structure)
     unknown = sorted({s.specie.symbol for s in structure} - set(_REGISTRY))
     if unknown:
         raise ValueError(
             f"unsupported element(s) {', '.join(unknown)}; "
             f"supported elements: {', '.join(supported_elements())}"
-        )
-    centers, neighbors, _, dists = structure.get_neighbor_list(MIN_DISTANCE)
-    if len(dists):
-        i = int(np.argmin(dists))
-        a, b = int(centers[i]), int(neighbors[i])
-        raise ValueError(
-            f"atoms {a} ({structure[a].specie}) and {b} ({structure[b].specie}) are "
-            f"{dists[i]:.3f} Å apart (periodic images included), closer than {MIN_DISTANCE} Å"
         )
 
 

@@ -47,14 +47,9 @@ def train(
 
 
 def _read_structure(path: Path):
-    from pymatgen.core import Structure
+    from mlcharge_workflows.validation import read_structure
 
-    if not path.is_file():
-        raise ValueError(f"structure file {path} does not exist")
-    try:
-        return Structure.from_file(str(path))
-    except Exception as exc:  # pymatgen raises many types on unreadable files
-        raise ValueError(f"cannot read structure file {path}: {exc}") from None
+    return read_structure(path)  # the limits of every command (scf, compare, submit)
 
 
 def predict(
