@@ -11,6 +11,7 @@ imported on use: the VASP one needs the ``vasp`` extra.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +29,32 @@ def check_engine(engine: str) -> None:
     """Raise ``ValueError`` naming the choices for an unknown engine."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+
+
+def read_protocol_fields(source: str | Path) -> dict[str, Any]:
+    """QE protocol fields from a JSON/YAML file, or from inline JSON/YAML text.
+
+    Raises
+    ------
+    ValueError
+        Neither a readable file nor valid JSON/YAML, or not a mapping.
+    """
+    import yaml
+
+    text = str(source)
+    try:  # a Path is always a file; a string is a file if one exists by that name
+        is_file = isinstance(source, Path) or (
+            not text.lstrip().startswith("{") and Path(text).is_file())
+    except OSError:  # e.g. an inline JSON longer than a file name may be
+        is_file = False
+    try:
+        data = yaml.safe_load(Path(text).read_text() if is_file else text)  # JSON is YAML
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"protocol {text!r} is neither a readable file nor valid JSON/YAML: "
+                         f"{exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"protocol {text!r} must give a mapping of QEProtocol fields, got {data!r}")
+    return data
 
 
 def qe_protocol(protocol: QEProtocol | dict | None) -> QEProtocol:

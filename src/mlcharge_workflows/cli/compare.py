@@ -16,21 +16,9 @@ import typer
 
 def _read_protocol(text: str | None) -> dict | None:
     """Protocol overrides from a JSON/YAML file or an inline JSON object."""
-    if text is None:
-        return None
-    import yaml
+    from mlcharge_workflows.catalogue import read_protocol_fields
 
-    try:
-        is_file = not text.lstrip().startswith("{") and Path(text).is_file()
-    except OSError:  # e.g. an inline JSON longer than a file name may be
-        is_file = False
-    try:
-        data = yaml.safe_load(Path(text).read_text() if is_file else text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"--protocol {text!r} is neither a file nor valid JSON/YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--protocol must give a mapping of QEProtocol fields, got {data!r}")
-    return data
+    return None if text is None else read_protocol_fields(text)
 
 
 def compare(

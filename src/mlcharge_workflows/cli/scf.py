@@ -17,19 +17,9 @@ EXIT_DENSITY_NOT_READ = 3
 
 
 def _load_protocol(path: Path | None):
-    from mlcharge_workflows.engines.qe.sets import QEProtocol
+    from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields
 
-    if path is None:
-        return QEProtocol()
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read protocol file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"protocol file {path} must hold a mapping of QEProtocol fields")
-    return QEProtocol(**data)
+    return qe_protocol(None if path is None else read_protocol_fields(path))
 
 
 def _report_lines(doc) -> list[str]:
@@ -81,13 +71,19 @@ def scf(
 ) -> None:
     """Run one pw.x SCF and print iterations, energy, wall time, magnetisation and whether
     pw.x really read the starting density."""
+    from pymatgen.core import Structure
+
     from mlcharge_workflows.engines.qe.core import run_qe_scf
-    from mlcharge_workflows.validation import read_structure
 
     try:
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not supported here; supported: {', '.join(ENGINES)}")
-        struct = read_structure(structure)  # named error before anything can crash on it
+        if not structure.is_file():
+            raise ValueError(f"structure file {structure} does not exist")
+        try:
+            struct = Structure.from_file(str(structure))
+        except Exception as exc:  # pymatgen raises many types on unreadable files
+            raise ValueError(f"cannot read structure file {structure}: {exc}") from None
         proto = _load_protocol(protocol)
         label = "atomic" if start == "atomic" else "file"
         if workdir is None:

@@ -22,24 +22,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _read_protocol(path: Path) -> dict:
     """QEProtocol fields from a YAML/JSON file, validated now (bad keys name themselves)."""
-    import yaml
-    from pydantic import ValidationError
-
-    from mlcharge_workflows.engines.qe.sets import QEProtocol
+    from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        _fail(f"--protocol {path}: cannot read it: {exc}")
-    if not isinstance(data, dict):
-        _fail(f"--protocol {path}: must hold a mapping of QEProtocol fields")
-    unknown = sorted(set(data) - set(QEProtocol.model_fields))
-    if unknown:
-        known = sorted(QEProtocol.model_fields)
-        _fail(f"--protocol {path}: unknown fields {unknown}; known: {known}")
-    try:
-        return QEProtocol(**data).model_dump()
-    except ValidationError as exc:
+        return qe_protocol(read_protocol_fields(path)).model_dump()
+    except ValueError as exc:
         _fail(f"--protocol {path}: {exc}")
     return {}
 
