@@ -71,19 +71,13 @@ def scf(
 ) -> None:
     """Run one pw.x SCF and print iterations, energy, wall time, magnetisation and whether
     pw.x really read the starting density."""
-    from pymatgen.core import Structure
-
     from mlcharge_workflows.engines.qe.core import run_qe_scf
+    from mlcharge_workflows.validation import read_structure
 
     try:
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not supported here; supported: {', '.join(ENGINES)}")
-        if not structure.is_file():
-            raise ValueError(f"structure file {structure} does not exist")
-        try:
-            struct = Structure.from_file(str(structure))
-        except Exception as exc:  # pymatgen raises many types on unreadable files
-            raise ValueError(f"cannot read structure file {structure}: {exc}") from None
+        struct = read_structure(structure)  # named error before anything can crash on it
         proto = _load_protocol(protocol)
         label = "atomic" if start == "atomic" else "file"
         if workdir is None:
