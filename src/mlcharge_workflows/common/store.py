@@ -19,6 +19,11 @@ from mlcharge_workflows.common.schemas import SavingsDocument, error_record
 if TYPE_CHECKING:
     from jobflow import Flow, JobStore
 
+#: Store query that finds savings documents among all job outputs: the outputs of the
+#: comparison flows' savings document jobs (QE and VASP), or any output serialised as one.
+SAVINGS_QUERY = {"$or": [{"name": SAVINGS_JOB_NAME},
+                         {"output.@class": {"$in": ["SavingsDocument", "SavingsRecord"]}}]}
+
 
 class _FailureLog(logging.Handler):
     """Collects jobflow's 'X failed with exception' messages of a local run."""
@@ -63,8 +68,7 @@ def run_flow_collect(flow: Flow, workdir: str | Path, engine: str = "qe") -> dic
         log.setLevel(old_level)
         log.propagate = old_prop
     try:
-        out = store.get_output(flow.output.uuid, load=False)
-        doc = SavingsDocument.model_validate({k: v for k, v in out.items() if not k.startswith("@")})
+        doc = document_from_dict(store.get_output(flow.output.uuid, load=False))
     except ValueError:
         doc = error_record(flow.name, engine, "the savings document job did not run")
     if handler.failures:
@@ -114,11 +118,35 @@ def save_record_only(store: JobStore, record: dict[str, Any]) -> None:
         store.close()
 
 
-def savings_documents(store: JobStore) -> list[SavingsDocument]:
-    """Every savings document in ``store`` (outputs of the ``savings document`` jobs)."""
+def savings_documents(store: JobStore, progress: bool = False) -> list[SavingsDocument]:
+    """Every savings document in a jobflow store, one per job (the latest run of a job).
+
+    A rerun job (lost run, rerun firework) overwrites its output under the same
+    ``(uuid, index)``; should two indices exist, the highest wins, so no record counts twice.
+    A document that does not validate is skipped with a warning naming it.
+    """
+    from tqdm import tqdm
+
     store.connect()
-    docs = store.query({"name": SAVINGS_JOB_NAME}, properties=["output"], load=False)
-    return [
-        SavingsDocument.model_validate({k: v for k, v in d["output"].items() if k[0] != "@"})
-        for d in docs
-    ]
+    latest: dict[str, tuple[int, dict]] = {}
+    total = store.count(SAVINGS_QUERY)
+    docs = store.query(SAVINGS_QUERY, properties=["uuid", "index", "output"], load=False)
+    for doc in tqdm(docs, total=total, desc="reading store", unit="doc", disable=not progress):
+        index = int(doc.get("index") or 1)
+        if doc["uuid"] not in latest or index > latest[doc["uuid"]][0]:
+            latest[doc["uuid"]] = (index, doc["output"])
+    records, bad = [], []
+    for uuid, (_, out) in latest.items():
+        try:
+            records.append(document_from_dict(out))
+        except Exception as exc:  # noqa: BLE001 - a foreign document must not stop the report
+            bad.append(f"{uuid}: {str(exc).splitlines()[0]}")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable savings document(s): {bad[:3]}",
+                      stacklevel=2)
+    return records
+
+
+def document_from_dict(data: dict[str, Any]) -> SavingsDocument:
+    """A :class:`SavingsDocument` from a stored output (serialisation keys ``@...`` dropped)."""
+    return SavingsDocument.model_validate({k: v for k, v in data.items() if not k.startswith("@")})

@@ -14,57 +14,21 @@ import base64
 import csv
 import html
 import json
-import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mlcharge_workflows.common.schemas import SavingsDocument, SavingsRecord
+from mlcharge_workflows.common.store import document_from_dict, savings_documents
 
-if TYPE_CHECKING:
-    from jobflow import JobStore
-
-#: Store query that finds savings documents among all job outputs: the outputs of the
-#: comparison flows' "savings document" jobs (QE and VASP), or any output serialised as one.
-SAVINGS_QUERY = {"$or": [{"name": "savings document"},
-                         {"output.@class": {"$in": ["SavingsDocument", "SavingsRecord"]}}]}
 REPORT_SUFFIXES = (".html", ".png", ".csv", ".json")
 
 
-def load_records_from_store(store: JobStore, progress: bool = True) -> list[SavingsDocument]:
-    """Every savings document in a jobflow store, one per job (the latest run of a job).
-
-    A rerun job (lost run, rerun firework) overwrites its output under the same
-    ``(uuid, index)``; should two indices exist, the highest wins, so no record counts twice.
-    """
-    from tqdm import tqdm
-
-    store.connect()
-    latest: dict[str, tuple[int, dict]] = {}
-    total = store.count(SAVINGS_QUERY)
-    docs = store.query(SAVINGS_QUERY, properties=["uuid", "index", "output"], load=False)
-    for doc in tqdm(docs, total=total, desc="reading store", unit="doc", disable=not progress):
-        index = int(doc.get("index") or 1)
-        if doc["uuid"] not in latest or index > latest[doc["uuid"]][0]:
-            latest[doc["uuid"]] = (index, doc["output"])
-    records, bad = [], []
-    for uuid, (_, out) in latest.items():
-        try:
-            records.append(_to_document(out))
-        except Exception as exc:  # noqa: BLE001 - a foreign document must not stop the report
-            bad.append(f"{uuid}: {str(exc).splitlines()[0]}")
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable savings document(s): {bad[:3]}",
-                      stacklevel=2)
-    return records
-
-
-def _to_document(data: dict[str, Any]) -> SavingsDocument:
-    clean = {k: v for k, v in data.items() if not k.startswith("@")}
-    return SavingsDocument.model_validate(clean)
+#: Every savings document in a store (one per job, the latest run): the one store reader.
+load_records_from_store = savings_documents
 
 
 def load_records_from_json(path: str | Path) -> list[SavingsDocument]:
@@ -85,7 +49,7 @@ def load_records_from_json(path: str | Path) -> list[SavingsDocument]:
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
         raise ValueError(f"{path} does not hold savings records (a list of objects)")
     try:
-        return [_to_document(d) for d in data]
+        return [document_from_dict(d) for d in data]
     except Exception as exc:  # pydantic.ValidationError names the field
         raise ValueError(f"{path}: not a savings record: {exc}") from exc
 
