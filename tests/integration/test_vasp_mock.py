@@ -84,6 +84,22 @@ def mock_vasp(monkeypatch):
         pass
 
 
+@pytest.fixture(autouse=True)
+def potcar_dir(tmp_path_factory, monkeypatch):
+    """The user's PMG_VASP_PSP_DIR: synthetic POTCARs in VASP's layout (engines.vasp.testing)
+    whose atomic densities are the registry UPFs' (no real POTCAR exists here)."""
+    import pymatgen.io.vasp.inputs as inputs
+
+    from mlcharge_workflows.engines.vasp.testing import write_synthetic_potcar_library
+
+    root = write_synthetic_potcar_library(
+        tmp_path_factory.mktemp("psp"), ["Si", "C", "Ni", "Ni_pv", "Fe", "Fe_pv", "O"]
+    )
+    monkeypatch.setenv("PMG_VASP_PSP_DIR", str(root))
+    monkeypatch.setitem(inputs.SETTINGS, "PMG_VASP_PSP_DIR", str(root))
+    return root
+
+
 def _store() -> JobStore:
     return JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
 
@@ -133,10 +149,12 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path, predictor):
     assert np.asarray(blob["data"]["total"]).size == np.prod(NGF)
     main = store.docs_store.query_one({"uuid": predict.uuid})
     assert set(main["output"]["density"]) == {"@class", "@module", "blob_uuid", "store"}
-    assert doc.grid_shape == list(NGF) and doc.nelect == 8.0 and doc.nelect_source == "table"
-    assert doc.n_electrons_predicted == pytest.approx(8.0, rel=1e-3)  # QE valences = POTCAR's
-    assert doc.model_version is not None and doc.valence_mismatch == {}
+    assert doc.grid_shape == list(NGF) and doc.nelect == 8.0 and doc.nelect_source == "POTCAR"
+    assert doc.n_electrons_predicted == pytest.approx(8.0, abs=1e-6)  # no rescaling
+    assert doc.model_version is not None and doc.valence_mismatch == {} and doc.scale is None
     assert [s.species_string for s in doc.structure] == ["C", "Si"]
+    assert doc.reference["source"] == "POTCAR"
+    assert {d["symbol"] for d in doc.reference["potcars"].values()} == {"C", "Si"}
 
     entry = seen["ml static"]
     poscar = entry["poscar"].structure
@@ -153,6 +171,7 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path, predictor):
     rec = task.additional_json["ml_start"]
     assert rec["status"] == "active" and rec["density"]["written"] == "copied"
     assert rec["density"]["predictor"] == predictor
+    assert rec["density"]["reference"]["source"] == "POTCAR"
     assert [a["scf_iterations"] for a in task.additional_json["scf_attempts"]] == [11]
 
 
@@ -367,3 +386,49 @@ def test_atomic_spin_start_is_a_fallback_not_an_ml_start(mock_vasp, tmp_path):
     rec = task.additional_json["ml_start"]
     assert rec["status"] == "abandoned" and rec["fallback"].startswith("atomic_spin_start")
     assert seen["ml static"]["incar"]["ICHARG"] == 2 and "chgcar" not in seen["ml static"]
+
+
+def test_chained_flow_with_host_prefixed_prev_dir(mock_vasp, tmp_path):
+    """atomate2 passes ``dir_name`` (``host:/path``) as prev_dir: relax -> ML static works."""
+    import shutil
+
+    set_refs, seen = mock_vasp
+    set_refs({"ml static": "ml_static"}, {"ml static": {"incar_settings": ["ICHARG", "ISTART"]}})
+    prev = shutil.copytree(REF / "baseline_static" / "outputs", tmp_path / "relax")
+    flow = MLStaticMaker(
+        input_set_generator=static_gen(), density_maker=MLDensityMaker(predictor="sad")
+    ).make(sic(), prev_dir=f"fileserver.example:{prev}")
+    out = _run(flow, tmp_path / "run")
+    docs = [r[1].output for r in out.values()]
+    assert any(type(d).__name__ == "MLDensityDocument" and d.error is None for d in docs)
+    assert seen["ml static"]["incar"]["ICHARG"] == 1
+    assert seen["ml static"]["chgcar"].n_electrons == pytest.approx(8.0, rel=1e-8)
+
+
+def test_without_potcar_data_the_ml_start_is_refused(mock_vasp, tmp_path, monkeypatch, caplog):
+    """potcar_spec only (no PMG_VASP_PSP_DIR): no start density is made; the ML arm runs
+    from atoms and says why; the ML non-SCF arm is refused."""
+    import pymatgen.io.vasp.inputs as inputs
+
+    monkeypatch.setitem(inputs.SETTINGS, "PMG_VASP_PSP_DIR", None)
+    set_refs, seen = mock_vasp
+    set_refs({"ml static": "baseline_static"}, _kwargs(["ml static"]))
+    predict = MLDensityMaker(input_set_generator=static_gen(), predictor="sad",
+                             allow_failure=True).make(sic())
+    static = MLStaticMaker(input_set_generator=static_gen(), density_maker=None).make(
+        sic(), ml_density=predict.output)
+    out = _run(Flow([predict, static]), tmp_path)
+    doc = out[predict.uuid][1].output
+    assert doc.error.startswith("PotcarDataError") and "PMG_VASP_PSP_DIR" in doc.error
+    rec = out[static.uuid][1].output.additional_json["ml_start"]
+    assert rec["status"] == "abandoned" and "PotcarDataError" in rec["fallback"]
+    assert seen["ml static"]["incar"]["ICHARG"] == 2 and "chgcar" not in seen["ml static"]
+
+    nscf = MLNonSCFMaker(
+        input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT}),
+        density_maker=None,
+    ).make(sic(), mode="uniform", ml_density=doc)
+    out = run_locally(nscf, create_folders=True, root_dir=tmp_path / "nscf",
+                      ensure_success=False, store=_store())
+    assert nscf.uuid not in out and "ml non-scf" not in seen
+    assert "ml non-scf: no predicted density" in caplog.text and "PotcarDataError" in caplog.text

@@ -91,7 +91,7 @@ def test_fine_grid_and_structure() -> None:
     assert "ICHARG" not in g.user_incar_settings  # generators are never modified
 
 
-def test_place_density_copy_resample_rescale(tmp_path: Path) -> None:
+def test_place_density_copy_resample_refuse(tmp_path: Path) -> None:
     vis = input_set(gen(), sic())
     s = vis["POSCAR"].structure
     exact = uniform_grid(s, (36, 36, 36), 8.0)
@@ -110,10 +110,10 @@ def test_place_density_copy_resample_rescale(tmp_path: Path) -> None:
     assert info["written"] == "resampled" and grid.shape == (36, 36, 36)
     assert grid.n_electrons == pytest.approx(8.0, rel=1e-9)
 
+    # another electron count is refused, never rescaled
     write_chgcar(uniform_grid(s, (36, 36, 36), 9.0), tmp_path / "nine")
-    info = place_density(tmp_path / "nine", vis, tmp_path / "run")
-    assert info["written"] == "rescaled" and info["scale"] == pytest.approx(8.0 / 9.0)
-    assert read_chgcar(tmp_path / "run" / "CHGCAR").n_electrons == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="holds 9.000000 electrons, the run has NELECT=8.0"):
+        place_density(tmp_path / "nine", vis, tmp_path / "run")
 
 
 def test_place_density_refuses_other_atom_order(tmp_path: Path) -> None:
@@ -124,26 +124,6 @@ def test_place_density_refuses_other_atom_order(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no CHGCAR in"):
         place_density(tmp_path / "empty", vis, tmp_path)
-
-
-def test_write_predicted_chgcar_normalises_to_potcar_valence(tmp_path: Path) -> None:
-    """A predictor on another valence (here 8 e) is scaled to NELECT (Si ZVAL set to 3: 7 e)."""
-    seen = {}
-
-    def predictor(structure, shape):
-        seen["order"] = [s.species_string for s in structure]
-        return uniform_grid(structure, shape, 8.0)
-
-    grid, info = write_predicted_chgcar(
-        sic(("Si", "C")), ZSorted(user_incar_settings={"ENCUT": 300}), tmp_path / "CHGCAR",
-        predictor=predictor, zval={"Si": 3.0},
-    )
-    assert seen["order"] == ["C", "Si"]  # predicted on the POSCAR VASP reads
-    assert info["nelect"] == 7.0 and info["scale"] == pytest.approx(7.0 / 8.0)
-    assert info["valence_mismatch"] == {"Si": {"model": 4.0, "potcar": 3.0}}
-    assert info["grid_shape"] == [36, 36, 36] and info["timings"]["predict_s"] >= 0
-    on_disk = read_chgcar(tmp_path / "CHGCAR")
-    assert on_disk.n_electrons == pytest.approx(7.0) and on_disk.magnetization is None
 
 
 def test_resolve_predictor_specs() -> None:

@@ -1,22 +1,28 @@
 """Predict a density for VASP and place it as the CHGCAR of a run folder.
 
+* :func:`potcar_references` reads the atomic pseudo charge density of every POTCAR of
+  the run (pymatgen's ``Potcar`` from ``PMG_VASP_PSP_DIR``): the reference VASP itself
+  superposes for ``ICHARG = 2``. Without POTCAR data (a ``POTCAR.spec`` of symbols only)
+  it refuses (:class:`PotcarDataError`): no start density is made for unknown POTCARs.
 * :func:`resolve_predictor` turns a predictor spec into ``f(structure, shape) -> DensityGrid``:
-  ``"model"`` (the shipped e3nn model, torch imported only here), ``"sad"``
-  (superposition of atomic densities of the QE pseudopotentials: the model-free
-  fallback), ``"package.module:function"`` or a callable.
-* :func:`write_predicted_chgcar` predicts on the exact structure and fine grid the
-  input set writes, normalises to VASP's NELECT and writes the CHGCAR.
+  ``"model"`` (the shipped e3nn model on the POTCAR reference, torch imported only here),
+  ``"sad"`` (VASP's own superposition of the POTCAR densities: the model-free start),
+  ``"package.module:function"`` or a callable.
+* :func:`write_predicted_chgcar` predicts on the exact structure, fine grid and MAGMOM the
+  input set writes and writes the CHGCAR. The density must integrate to NELECT by itself
+  (reference valence = POTCAR ZVAL): it is never rescaled to fit.
 * :func:`place_density` copies a CHGCAR (predicted, or a converged one for the oracle
-  arm) into a run folder, checking atom order, cell, grid and electron count.
+  arm) into a run folder, checking atom order, cell, grid, electron count and, for
+  ``ICHARG = 11``, that a predicted density was built on this run's POTCARs.
 """
 
 from __future__ import annotations
 
 import importlib
-import re
+import json
 import shutil
-import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -27,14 +33,20 @@ from monty.io import zopen
 from monty.os.path import zpath
 
 from mlcharge_workflows.density.chgcar import read_chgcar, write_chgcar
-from mlcharge_workflows.density.sad import superposition_density
+from mlcharge_workflows.density.potcar import (
+    PotcarAtomicDensity,
+    potcar_atomic_density,
+    potcar_superposition,
+)
 from mlcharge_workflows.engines.vasp.sets import (
     expected_nelect,
     input_fine_grid,
     input_set,
+    local_dir,
+    potcar_functional,
     potcar_symbols,
 )
-from mlcharge_workflows.pseudo import get_pseudo, stage_pseudos
+from mlcharge_workflows.pseudo import get_pseudo
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -45,56 +57,123 @@ if TYPE_CHECKING:
 
 Predictor = Callable[["Structure", tuple[int, int, int]], "DensityGrid"]
 
-#: Relative electron-count error below which a CHGCAR is copied byte for byte.
+#: Largest relative electron-count error of a prediction against NELECT.
 NELECT_RTOL = 1e-6
+#: Largest relative electron-count error of a CHGCAR placed into a run (VASP writes ~11
+#: significant digits; a converged density read back integrates to NELECT within this).
+PLACE_RTOL = 1e-5
+
+#: Written next to a predicted CHGCAR: the reference it was built on (checked for ICHARG=11).
+REFERENCE_FILE = "ml_reference.json"
 
 __all__ = [
+    "REFERENCE_FILE",
+    "PotcarDataError",
     "place_density",
+    "potcar_references",
     "predictor_name",
     "resolve_predictor",
     "write_predicted_chgcar",
 ]
 
 
-def _model_predictor(model_path: str | Path | None, spin: str | None = None) -> Predictor:
+class PotcarDataError(ValueError):
+    """The run's POTCARs cannot be read, so no start density consistent with them exists."""
+
+
+def potcar_references(vis: VaspInput, functional: str) -> dict[str, PotcarAtomicDensity]:
+    """Element -> atomic pseudo charge density of the run's POTCARs (``PMG_VASP_PSP_DIR``).
+
+    Raises :class:`PotcarDataError` when pymatgen cannot build the run's ``Potcar``
+    (no ``PMG_VASP_PSP_DIR``, a missing file or functional): a ``POTCAR.spec`` holds
+    symbols only, and a start density on another valence or shape would be wrong.
+    """
+    symbols = potcar_symbols(vis)
+    elements = vis["POSCAR"].site_symbols
+    if len(symbols) != len(elements):
+        raise ValueError(f"POTCAR symbols {symbols} do not match POSCAR species {elements}")
+    try:
+        from pymatgen.io.vasp import Potcar
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown-hash warnings for private POTCARs
+            potcar = Potcar(symbols, functional=functional)
+    except Exception as err:  # noqa: BLE001 - pymatgen raises several types here
+        raise PotcarDataError(
+            f"no POTCAR data for {symbols} ({functional}): {type(err).__name__}: {err}. "
+            "The ML start density is built on the run's own POTCARs (their atomic pseudo "
+            "charge density, which VASP superposes for ICHARG=2); set PMG_VASP_PSP_DIR to "
+            "your POTCAR library (a POTCAR.spec of symbols is not enough)"
+        ) from None
+    out: dict[str, PotcarAtomicDensity] = {}
+    for el, single in zip(elements, potcar, strict=True):
+        atom = potcar_atomic_density(single)
+        if atom.element != el:
+            raise ValueError(f"POTCAR {atom.symbol} is for {atom.element}, the POSCAR has {el}")
+        out[el] = atom
+    return out
+
+
+def _model_predictor(
+    model_path: str | Path | None, spin: str | None = None, device: str | None = None
+) -> Predictor:
     from mlcharge_workflows.model import load_model, model_version, predict_density  # torch: here
+    from mlcharge_workflows.model.atomic import AtomicReference
 
     model = load_model(model_path) if model_path else load_model()
     version = model_version(model)
 
-    def predict(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
-        grid = predict_density(structure, shape=shape, model=model, spin=spin)
+    def predict(
+        structure: Structure, shape: tuple[int, int, int],
+        references: dict[str, PotcarAtomicDensity] | None = None,
+    ) -> DensityGrid:
+        reference = None
+        if references is not None:
+            reference = {el: AtomicReference.from_potcar(a) for el, a in references.items()}
+        grid = predict_density(
+            structure, shape=shape, model=model, spin=spin, reference=reference, device=device
+        )
         grid.metadata["model_version"] = grid.metadata.get("model_version") or version
         return grid
 
+    predict.takes_references = True  # type: ignore[attr-defined]
     return predict
 
 
-def _sad_predictor(structure: Structure, shape: tuple[int, int, int]) -> DensityGrid:
-
-    elements = sorted({site.specie.symbol for site in structure})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = stage_pseudos(elements, tmp)
-        pseudos = {el: folder / get_pseudo(el).filename for el in elements}
-        grid = superposition_density(structure, shape, pseudos)
+def _sad_predictor(
+    structure: Structure, shape: tuple[int, int, int],
+    references: dict[str, PotcarAtomicDensity] | None = None,
+) -> DensityGrid:
+    """VASP's own start (ICHARG=2): the superposition of the POTCAR densities."""
+    if references is None:
+        raise ValueError("the 'sad' predictor superposes the run's POTCAR densities: none given")
+    magmom = structure.site_properties.get("magmom")
+    grid = potcar_superposition(structure, shape, references, magmom)
     grid.metadata["model_version"] = "sad"
+    grid.metadata["reference"] = _reference_summary(references, None)
     return grid
+
+
+_sad_predictor.takes_references = True  # type: ignore[attr-defined]
 
 
 def resolve_predictor(
     spec: str | Predictor = "model",
     model_path: str | Path | None = None,
     spin: str | None = None,
+    device: str | None = None,
 ):
     """``f(structure, shape) -> DensityGrid`` for a predictor spec (see module docstring).
 
     ``spin`` (``"atomic"`` or ``"model"``) is the shipped model's start for magnetic cells
-    (see :func:`mlcharge_workflows.model.predict_density`); other predictors ignore it.
+    (see :func:`mlcharge_workflows.model.predict_density`); ``device`` its torch device
+    (``"auto"``: CUDA when present); other predictors ignore both. The package's own
+    predictors also take ``references`` (the POTCAR densities) as a third argument.
     """
     if callable(spec):
         return spec
     if spec == "model":
-        return _model_predictor(model_path, spin)
+        return _model_predictor(model_path, spin, device)
     if spec == "sad":
         return _sad_predictor
     if isinstance(spec, str) and ":" in spec:
@@ -126,25 +205,64 @@ def _model_valence(elements: list[str]) -> dict[str, float | None]:
     return out
 
 
+def _reference_summary(
+    references: dict[str, PotcarAtomicDensity] | None, grid_meta: dict | None
+) -> dict[str, Any]:
+    """What the documents keep about the atomic reference of a prediction."""
+    if references is None:
+        return {"source": "predictor", "potcars": {}}
+    out: dict[str, Any] = {
+        "source": "POTCAR",
+        "potcars": {el: a.identity() for el, a in sorted(references.items())},
+    }
+    model_ref = (grid_meta or {}).get("reference")
+    if isinstance(model_ref, dict) and "differs_from_training" in model_ref:
+        out["differs_from_training"] = model_ref["differs_from_training"]
+        out["elements"] = model_ref.get("elements", {})
+    return out
+
+
 def _electron_info(
     grid: DensityGrid, vis: VaspInput, functional: str, zval: dict[str, float] | None
 ) -> dict[str, Any]:
     nelect, source, by_element = expected_nelect(vis, functional=functional, zval=zval)
     model = _model_valence(list(by_element))
-    mismatch = {
+    mismatch = {  # informational: the model's training valence vs this run's POTCAR
         el: {"model": model[el], "potcar": z}
         for el, z in by_element.items()
         if model[el] is not None and abs(model[el] - z) > 1e-6
     }
-    n_pred = grid.n_electrons
     return {
-        "n_electrons_predicted": n_pred,
+        "n_electrons_predicted": grid.n_electrons,
         "nelect": nelect,
         "nelect_source": source,
         "zval_potcar": by_element,
         "valence_mismatch": mismatch,
-        "scale": nelect / n_pred if n_pred > 0 else None,
+        "scale": None,  # densities are never rescaled (field kept for old documents)
     }
+
+
+def _magmom_structure(struct: Structure, incar: Any) -> Structure:
+    """The POSCAR structure with the INCAR's MAGMOM as ``magmom`` (0 for ISPIN=1).
+
+    The INCAR is what VASP reads: it holds ``user_incar_settings`` MAGMOM, site
+    ``magmom`` properties and the set's defaults, in POSCAR order.
+    """
+    struct = struct.copy()
+    if int(incar.get("ISPIN", 1)) != 2:
+        struct.add_site_property("magmom", [0.0] * len(struct))
+        return struct
+    magmom = incar.get("MAGMOM")
+    if magmom is None:
+        magmom = [1.0] * len(struct)  # VASP's default MAGMOM = NIONS*1.0
+    magmom = list(magmom)
+    if len(magmom) != len(struct) or any(np.ndim(m) for m in magmom):
+        raise ValueError(
+            f"INCAR MAGMOM has {len(magmom)} entries for {len(struct)} sites: only collinear "
+            "moments, one per site, are supported"
+        )
+    struct.add_site_property("magmom", [float(m) for m in magmom])
+    return struct
 
 
 def write_predicted_chgcar(
@@ -156,36 +274,63 @@ def write_predicted_chgcar(
     zval: dict[str, float] | None = None,
     prev_dir: str | Path | None = None,
     spin: str | None = None,
+    device: str | None = None,
 ) -> tuple[DensityGrid, dict[str, Any]]:
     """Predict the density for the inputs ``generator`` writes and save it as a CHGCAR.
 
-    The prediction uses the input set's POSCAR structure and fine grid; the total is
-    scaled to integrate to NELECT (the model predicts the valence of QE
-    pseudopotentials, which can differ from the POTCAR valence: recorded in
-    ``valence_mismatch``). Returns the written grid and a summary dictionary.
+    The prediction uses the input set's POSCAR structure, fine grid and INCAR MAGMOM, and
+    the atomic densities of the run's POTCARs as its reference (:func:`potcar_references`;
+    :class:`PotcarDataError` without POTCAR data). It must integrate to NELECT by itself:
+    a mismatch (a charged cell, a custom predictor on other valences, ``zval`` overrides
+    that disagree with the POTCARs) raises ``ValueError``; nothing is rescaled. A
+    reference file (:data:`REFERENCE_FILE`) is written next to the CHGCAR. ``prev_dir``
+    may be atomate2's ``host:/path``. Returns the written grid and a summary dictionary.
     """
-
     t0 = time.perf_counter()
+    prev_dir = local_dir(prev_dir)
     vis = input_set(generator, structure, prev_dir)
-    struct = vis["POSCAR"].structure
+    incar = vis["INCAR"]
+    struct = _magmom_structure(vis["POSCAR"].structure, incar)
     shape = input_fine_grid(vis)
-    predict = resolve_predictor(predictor, model_path, spin)
+    functional = potcar_functional(generator)
+    references = potcar_references(vis, functional)
+    if zval:
+        bad = {el: (z, references[el].z_valence) for el, z in zval.items()
+               if el in references and abs(z - references[el].z_valence) > 1e-6}
+        if bad:
+            raise ValueError(
+                f"zval overrides disagree with the run's POTCARs (given, POTCAR): {bad}"
+            )
+    predict = resolve_predictor(predictor, model_path, spin, device)
     t1 = time.perf_counter()
-    grid = predict(struct, shape)
+    if getattr(predict, "takes_references", False):
+        grid = predict(struct, shape, references)
+    else:
+        grid = predict(struct, shape)
     t2 = time.perf_counter()
     if grid.shape != tuple(shape):
         grid = grid.resampled(shape)
     grid.check_matches(struct)
-    functional = getattr(generator, "user_potcar_functional", None) or "PBE_54"
-    info = _electron_info(grid, vis, functional, zval)
-    if info["scale"] is None or not np.isfinite(info["scale"]):
-        raise ValueError(f"predicted density integrates to {info['n_electrons_predicted']} e")
-    grid = grid.normalized(info["nelect"])
-    if int(vis["INCAR"].get("ISPIN", 1)) != 2 and grid.magnetization is not None:
+    info = _electron_info(grid, vis, functional, None)
+    n_pred, nelect = info["n_electrons_predicted"], info["nelect"]
+    if not np.isfinite(n_pred) or abs(n_pred - nelect) > NELECT_RTOL * max(nelect, 1.0):
+        raise ValueError(
+            f"the predicted density holds {n_pred:.6f} electrons, the run has NELECT={nelect} "
+            f"({info['nelect_source']}); a start density is never rescaled to hide this "
+            "(charged cells and predictors on other valences are not supported)"
+        )
+    if int(incar.get("ISPIN", 1)) != 2 and grid.magnetization is not None:
         grid = replace(grid, magnetization=None)  # a non-spin run reads no magnetisation
+    reference = (
+        _reference_summary(references, grid.metadata)
+        if getattr(predict, "takes_references", False) else _reference_summary(None, None)
+    )
+    reference.update(functional=functional, potcar_symbols=potcar_symbols(vis))
     write_chgcar(grid, path)
+    (Path(path).resolve().parent / REFERENCE_FILE).write_text(
+        json.dumps({"chgcar": Path(path).name, **reference}, indent=2, default=str)
+    )
     t3 = time.perf_counter()
-    incar = vis["INCAR"]
     info.update(
         path=str(Path(path).resolve()),
         grid_shape=list(shape),
@@ -196,6 +341,8 @@ def write_predicted_chgcar(
         total_magnetization=grid.total_magnetization if grid.magnetization is not None else None,
         incar={k: incar.get(k) for k in ("ENCUT", "PREC", "ISPIN", "NGXF", "NGYF", "NGZF")},
         potcar_symbols=potcar_symbols(vis),
+        reference=reference,
+        device=grid.metadata.get("device"),
         timings={"setup_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0},
     )
     return grid, info
@@ -204,10 +351,7 @@ def write_predicted_chgcar(
 def _chgcar_in(source: str | Path) -> Path:
     """The CHGCAR file of ``source``: a file, or a run folder (``host:/path`` allowed, as
     atomate2 writes ``dir_name``; the folder must be reachable on this machine)."""
-    text = str(source)
-    if re.match(r"^[\w.-]+:/", text):
-        text = text.split(":", 1)[1]
-    source = Path(text)
+    source = Path(local_dir(source))
     if source.is_dir():
         for name in ("CHGCAR", "CHGCAR.ml"):
             candidate = Path(zpath(str(source / name)))
@@ -218,6 +362,39 @@ def _chgcar_in(source: str | Path) -> Path:
     if not candidate.exists():
         raise FileNotFoundError(f"CHGCAR not found: {source}")
     return candidate
+
+
+def _check_nscf_reference(src: Path, vis: VaspInput, functional: str) -> dict[str, Any] | None:
+    """For ``ICHARG = 11``: a predicted density must stand on this run's POTCARs.
+
+    A CHGCAR without :data:`REFERENCE_FILE` beside it is not this package's prediction
+    (e.g. a converged VASP density) and is not checked. Returns the reference record.
+    """
+    ref_file = src.parent / REFERENCE_FILE
+    if not ref_file.exists():
+        return None
+    ref = json.loads(ref_file.read_text())
+    if ref.get("source") != "POTCAR":
+        raise ValueError(
+            f"{src} was not built on POTCAR densities (reference: {ref.get('source')}): a "
+            "non-SCF run (ICHARG=11) keeps its density fixed, so it is refused"
+        )
+    try:
+        run = potcar_references(vis, functional)
+    except PotcarDataError as err:
+        raise ValueError(
+            f"ICHARG=11 refused: the run's POTCARs cannot be read to check the reference of "
+            f"{src} ({err})"
+        ) from None
+    mine = {el: a.sha256 for el, a in run.items()}
+    theirs = {el: d.get("sha256") for el, d in (ref.get("potcars") or {}).items()}
+    if mine != theirs:
+        raise ValueError(
+            f"ICHARG=11 refused: {src} was built on other POTCARs "
+            f"({sorted(theirs)}: {[d.get('symbol') for d in ref['potcars'].values()]}) than this "
+            f"run's ({[a.symbol for a in run.values()]})"
+        )
+    return ref
 
 
 def place_density(
@@ -231,11 +408,13 @@ def place_density(
     """Put the CHGCAR at ``source`` (file or run folder) into ``directory`` for the inputs ``vis``.
 
     Raises ``ValueError`` if the CHGCAR is for another cell or atom order than the POSCAR
-    of ``vis``. A CHGCAR on another grid is Fourier-resampled onto VASP's fine grid; one
-    that does not integrate to NELECT is rescaled. Otherwise the file is copied byte for
-    byte (keeping PAW occupancies, as the oracle arm needs). Returns what was done.
+    of ``vis``, or holds another electron count than NELECT (nothing is rescaled); for
+    ``ICHARG = 11`` also if it is a prediction not built on this run's POTCARs. A CHGCAR
+    on another grid is Fourier-resampled onto VASP's fine grid (the electron count is
+    kept); otherwise the file is copied byte for byte (keeping PAW occupancies, as the
+    oracle arm needs). ``functional``: the generator's (``sets.potcar_functional``).
+    Returns what was done.
     """
-
     src = _chgcar_in(source)
     struct = vis["POSCAR"].structure
     shape = tuple(input_fine_grid(vis))
@@ -246,20 +425,25 @@ def place_density(
         raise ValueError(f"{src} does not match the POSCAR VASP will read: {err}") from None
     info = _electron_info(grid, vis, functional, zval)
     info.update(source=str(src), source_grid=list(grid.shape), grid_shape=list(shape))
+    n, nelect = info["n_electrons_predicted"], info["nelect"]
+    if abs(n - nelect) > PLACE_RTOL * max(nelect, 1.0):
+        raise ValueError(
+            f"{src} holds {n:.6f} electrons, the run has NELECT={nelect} "
+            f"({info['nelect_source']}): refused (a density is never rescaled to fit)"
+        )
+    if int(vis["INCAR"].get("ICHARG", 0)) == 11:
+        info["reference"] = _check_nscf_reference(src, vis, functional)
     resample = grid.shape != shape
-    rescale = abs(info["n_electrons_predicted"] - info["nelect"]) > NELECT_RTOL * info["nelect"]
     directory = Path(directory)
     first = directory / names[0]
-    if not resample and not rescale:
+    if not resample:
         with zopen(str(src), "rb") as fin, open(first, "wb") as fout:
             shutil.copyfileobj(fin, fout)  # byte for byte, PAW occupancies included
         info["written"] = "copied"
     else:
-        if resample:
-            grid = grid.resampled(shape)
-        grid = grid.normalized(info["nelect"])
+        grid = grid.resampled(shape)
         write_chgcar(grid, first)
-        info["written"] = "resampled" if resample else "rescaled"
+        info["written"] = "resampled"
     info["has_paw_occupancies"] = bool(grid.metadata.get("data_aug"))
     for name in names[1:]:
         shutil.copyfile(first, directory / name)

@@ -5,7 +5,9 @@ Two ways an ML start is silently lost under custodian:
 * with ``LCHARG = .TRUE.`` a failed attempt overwrites CHGCAR, so the rerun starts
   from the failed density, not the predicted one;
 * some custodian corrections set ``ICHARG = 2`` (``NonConvergingErrorHandler``), so
-  the rerun starts from atoms while the task still looks ML-started.
+  the rerun starts from atoms while the task still looks ML-started;
+* some delete CHGCAR and keep ``ICHARG = 1`` (``VaspErrorHandler``'s brmix, edddav and
+  aliasing fixes), so VASP rereads no density and starts from atoms just the same.
 
 :class:`MLStartFallbackHandler` goes last in the handler list. After a failed attempt
 it restores CHGCAR from the pristine copy ``CHGCAR.ml`` (up to ``max_ml_restarts``
@@ -82,6 +84,10 @@ def new_ml_start_record(density: dict[str, Any], max_ml_restarts: int = 1) -> di
     }
 
 
+def _has_chgcar(directory: Path) -> bool:
+    return Path(zpath(str(directory / "CHGCAR"))).exists()
+
+
 def _incar(directory: Path):
     from pymatgen.io.vasp import Incar
 
@@ -143,13 +149,14 @@ class MLStartFallbackHandler(ErrorHandler):
         self.max_ml_restarts = int(max_ml_restarts)
 
     def check(self, directory: str = "./") -> bool:
-        """True if an ML-started attempt failed or its ICHARG was changed by another handler."""
+        """True if an ML-started attempt failed, or another handler changed ICHARG or
+        deleted CHGCAR."""
         directory_p = Path(directory)
         record = read_ml_start_record(directory_p)
         if record is None or record.get("status") not in ACTIVE_STATUSES:
             return False
         incar = _incar(directory_p)
-        if int(incar.get("ICHARG", 1)) != 1:
+        if int(incar.get("ICHARG", 1)) != 1 or not _has_chgcar(directory_p):
             return True
         failed, _ = _scf_failed(str(directory), int(incar.get("NELM", 60)))
         return failed
@@ -176,6 +183,11 @@ class MLStartFallbackHandler(ErrorHandler):
         restore = False
         if icharg != 1:
             reason = f"another custodian handler set ICHARG={icharg}"
+        elif not _has_chgcar(directory_p):
+            reason = (
+                "another custodian handler deleted CHGCAR while ICHARG=1 (its fix restarts "
+                "from a fresh density): the rerun starts from atoms"
+            )
         elif not ml_copy.exists():
             reason = f"{ml_copy.name} is missing, the predicted density cannot be restored"
         elif record["ml_restarts"] < self.max_ml_restarts:

@@ -59,6 +59,7 @@ from mlcharge_workflows.engines.vasp.sets import (
     grid_incar,
     input_fine_grid,
     input_set,
+    potcar_functional,
     with_incar,
 )
 
@@ -91,7 +92,7 @@ class MLDensityMaker(Maker):
     model_path
         Weights file for ``"model"`` (default: the shipped model).
     zval
-        Per-element valence overriding the POTCAR table.
+        Per-element valence, checked against the run's POTCARs (a mismatch is an error).
     store_density
         Also put the grid in the jobflow ``data`` store (the JobStore needs one).
     allow_failure
@@ -104,6 +105,9 @@ class MLDensityMaker(Maker):
         superposition, which is not an ML start: the document gets ``fallback =
         "atomic_spin_start: ..."``, no CHGCAR is kept and an ML static given it runs
         from atoms (``ICHARG = 2``) and says so; ``"model"`` uses the learned rho and m.
+    device
+        torch device of the model: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``;
+        None: ``MLCHARGE_MODEL_DEVICE``, else ``"auto"``.
     """
 
     name: str = "predict density"
@@ -114,6 +118,7 @@ class MLDensityMaker(Maker):
     store_density: bool = False
     allow_failure: bool = False
     spin: str | None = None
+    device: str | None = None
 
     @job(data="density", output_schema=MLDensityDocument)
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> MLDensityDocument:
@@ -129,6 +134,7 @@ class MLDensityMaker(Maker):
                 zval=self.zval,
                 prev_dir=prev_dir,
                 spin=self.spin,
+                device=self.device,
             )
         except Exception as err:
             if not self.allow_failure:
@@ -281,7 +287,7 @@ class MLStaticMaker(StaticMaker):
         gen = with_incar(self.input_set_generator, ML_START_INCAR)
         vis = input_set(gen, structure, prev_dir)
         shape = input_fine_grid(vis)
-        functional = getattr(gen, "user_potcar_functional", None) or "PBE_54"
+        functional = potcar_functional(gen)
         placed = place_density(source, vis, ".", functional, self.zval, ("CHGCAR", ML_CHGCAR))
         placed.update(_prediction_info(ml_density))
         write_ml_start_record(new_ml_start_record(placed, self.max_ml_restarts))
@@ -381,8 +387,8 @@ def _prediction_info(ml_density: Any) -> dict[str, Any]:
         ml_density = ml_density.model_dump()
     if not isinstance(ml_density, dict):
         return {}
-    keys = ("predictor", "model_version", "timings", "valence_mismatch", "error", "fallback",
-            "spin_start", "total_magnetization", "dir_name")
+    keys = ("predictor", "model_version", "timings", "valence_mismatch", "reference", "error",
+            "fallback", "spin_start", "total_magnetization", "dir_name")
     return {k: ml_density.get(k) for k in keys}
 
 
@@ -483,7 +489,7 @@ class MLNonSCFMaker(NonSCFMaker):
         if source is None:
             raise ValueError(f"{self.name}: no predicted density ({_prediction_info(ml_density)})")
         maker, vis = _nscf_maker(self, structure, prev_dir, mode, ML_NSCF_INCAR)
-        functional = getattr(maker.input_set_generator, "user_potcar_functional", None) or "PBE_54"
+        functional = potcar_functional(maker.input_set_generator)
         placed = place_density(source, vis, ".", functional, self.zval)
         record = new_ml_start_record(placed, 0)
         record["status"] = "nscf"

@@ -21,8 +21,9 @@ class MLDensityDocument(PredictionDocument):
     """Output of :class:`~mlcharge_workflows.engines.vasp.jobs.MLDensityMaker`.
 
     Small: the grid is a file (``path``), or in the ``data`` store when requested.
-    ``n_electrons`` is the prediction's integral before scaling to ``nelect`` (read
-    also under its old name ``n_electrons_predicted``); ``predict_wall_s`` is
+    ``n_electrons`` is the prediction's integral, equal to ``nelect`` (predictions are
+    built on the run's POTCARs and never rescaled; read also under its old name
+    ``n_electrons_predicted``); ``predict_wall_s`` is
     ``timings["total_s"]``.
     """
 
@@ -42,6 +43,12 @@ class MLDensityDocument(PredictionDocument):
     predictor: str
     incar: dict[str, Any] = Field(default_factory=dict)
     potcar_symbols: list[str] = Field(default_factory=list)
+    reference: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Atomic reference of the prediction: source (POTCAR), each POTCAR's "
+        "symbol/title/ZVAL/sha256, whether it differs from the training pseudopotentials.",
+    )
+    device: str | None = Field(None, description="torch device of the prediction.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds.")
 
     @model_validator(mode="after")

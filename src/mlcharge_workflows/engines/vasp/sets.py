@@ -44,6 +44,7 @@ __all__ = [
     "input_fine_grid",
     "input_set",
     "input_structure",
+    "potcar_functional",
     "potcar_symbols",
     "potcar_zval",
     "with_incar",
@@ -97,10 +98,41 @@ def with_incar(generator: VaspInputSet, settings: dict[str, Any]) -> VaspInputSe
     return gen
 
 
+def potcar_functional(generator: VaspInputSet) -> str:
+    """The POTCAR functional ``generator`` writes (``"PBE_54"``, ``"PBE"``, ...).
+
+    pymatgen resolves it at construction (``user_potcar_functional`` or the set's
+    ``POTCAR_FUNCTIONAL``); atomate2's default generators give ``PBE_54``, pymatgen's MP
+    sets ``PBE``.
+    """
+    functional = getattr(generator, "potcar_functional", None) or getattr(
+        generator, "user_potcar_functional", None
+    )
+    if not functional:
+        config = getattr(generator, "config_dict", None) or {}
+        functional = config.get("POTCAR_FUNCTIONAL")
+    if not functional:
+        raise ValueError(f"{type(generator).__name__} names no POTCAR functional")
+    return str(functional)
+
+
+def local_dir(prev_dir: str | Path | None) -> str | None:
+    """``prev_dir`` without atomate2's ``host:`` prefix (``dir_name`` is ``host:/path``)."""
+    if prev_dir is None:
+        return None
+    from atomate2.utils.path import strip_hostname
+
+    return strip_hostname(str(prev_dir))
+
+
 def input_set(
     generator: VaspInputSet, structure: Structure, prev_dir: str | Path | None = None
 ) -> VaspInput:
-    """The inputs ``generator`` writes for ``structure`` (POTCAR.spec, generator untouched)."""
+    """The inputs ``generator`` writes for ``structure`` (POTCAR.spec, generator untouched).
+
+    ``prev_dir`` may be atomate2's ``host:/path`` ``dir_name`` (the host is stripped).
+    """
+    prev_dir = local_dir(prev_dir)
     gen = copy.deepcopy(generator)  # get_input_set stores the structure on the generator
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
