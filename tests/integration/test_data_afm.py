@@ -33,6 +33,11 @@ def test_afm_signs_become_species_kinds_in_pw_order():
     by_label = {lab: mags[i + 1] for i, lab in enumerate(labels)}
     assert by_label[sites[0]] == pytest.approx(0.4) and by_label[sites[2]] == pytest.approx(-0.4)
     assert by_label[sites[1]] == by_label[sites[3]] == 0.0
+    ferri = Structure(lat, ["Fe", "Co"], [[0, 0, 0], [0.5, 0.5, 0.5]],
+                      site_properties={"magmom": [3.0, -2.0]})
+    labels, sites, mags = _species_block(str(pw_input(ferri, p)))
+    assert antiparallel_signs(ferri, p) == [1, -1]
+    assert {lab: mags[i + 1] for i, lab in enumerate(labels)}[sites[1]] == pytest.approx(-0.35)
     ferro = s.copy(site_properties={"magmom": [3.0, 0.0, 3.0, 0.0]})
     assert antiparallel_signs(ferro, p) is None
     labels, sites, mags = _species_block(str(pw_input(ferro, p)))

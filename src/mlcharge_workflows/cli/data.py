@@ -73,7 +73,11 @@ def generate(
     elements: str | None = typer.Option(None, "--elements", help="Comma-separated elements "
                                            "(default: every element the QE engine supports)."),
     small_fraction: float = typer.Option(0.6, "--small-fraction",
-                                         help="Fraction of primitive cells of <= 4 atoms."),
+                                         help="Fraction of primitive cells of <= 4 atoms "
+                                         "(generator 1)."),
+    generator: int = typer.Option(1, "--generator", help="Structure generator version: 1 "
+                                  "(small prototypes, the seed-0 datasets so far) or 2 (AFLOW "
+                                  "prototypes, defect supercells, slabs, FM and AFM starts)."),
     store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the "
                                      "stored coefficients; 0 keeps pw.x's whole sphere."),
     protocol: Path | None = typer.Option(None, "--protocol", help="YAML/JSON of QEProtocol "
@@ -100,6 +104,7 @@ def generate(
             elements=[e.strip() for e in elements.split(",") if e.strip()] if elements else None,
             protocol=_protocol_fields(protocol, kspacing),
             store_ecut_ry=None if store_ecut <= 0 else store_ecut,
+            generator_version=generator,
         )  # fmt: skip
         man = generate_dataset(
             out, n, settings, nprocs=nprocs, workers=workers, retry_failed=retry_failed,

@@ -49,6 +49,7 @@ from mlcharge_workflows.training.storage import (
     stored_coefficients,
     write_json_atomic,
 )
+from mlcharge_workflows.training.realistic import RealisticGenerator
 from mlcharge_workflows.training.structures import GeneratedStructure, StructureGenerator
 
 #: Default storage cutoff (Ry): None keeps pw.x's whole density sphere (exact). A lower cutoff
@@ -70,9 +71,19 @@ class GenerationSettings:
     elements: list[str] | None = None
     protocol: dict = field(default_factory=dict)
     store_ecut_ry: float | None = DEFAULT_STORE_ECUT_RY
+    generator_version: int = 1
+    generator_options: dict = field(default_factory=dict)
 
-    def generator(self) -> StructureGenerator:
-        """The structure generator of these settings."""
+    def generator(self) -> StructureGenerator | RealisticGenerator:
+        """The structure generator of these settings (version 1: :mod:`.structures`, the
+        datasets made so far; version 2: :mod:`.realistic`)."""
+        if self.generator_version == 2:
+            return RealisticGenerator(self.seed, self.elements, max_atoms=self.max_atoms,
+                                      **self.generator_options)
+        if self.generator_version != 1:
+            raise ValueError(f"unknown generator version {self.generator_version} (1 or 2)")
+        if self.generator_options:
+            raise ValueError(f"generator version 1 takes no options, got {self.generator_options}")
         return StructureGenerator(
             self.seed, self.elements, max_atoms=self.max_atoms, small_fraction=self.small_fraction
         )
@@ -287,8 +298,8 @@ def _canon(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen: StructureGenerator,
-                      protocol) -> DensityDataset:
+def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen, protocol
+                      ) -> DensityDataset:
     ds = DensityDataset(root)
     want = {
         "generator": gen.settings(),

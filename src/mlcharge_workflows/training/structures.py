@@ -33,7 +33,7 @@ from mlcharge_workflows.training import prototypes as P
 #: Initial magnetic moments (μB) for spin-polarised starts.
 MAGNETIC_MOMENTS = {"Fe": 3.0, "Co": 2.0, "Ni": 1.0, "Mn": 3.0, "Cr": 2.0}
 
-#: Elements used when the QE engine cannot be asked (same as its default registry).
+#: Elements of generator version 1 (its default; the QE engine's registry when it was made).
 DEFAULT_ELEMENTS = ("H", "B", "C", "N", "O", "Si", "Fe", "Co", "Ni", "Cu")
 
 
@@ -158,7 +158,8 @@ class StructureGenerator:
     seed
         Base seed; structure ``i`` uses ``numpy.random.default_rng([seed, i, attempt])``.
     elements
-        Element symbols (default: the QE engine's supported elements).
+        Element symbols (default: :data:`DEFAULT_ELEMENTS`, the ten of version 1; the
+        realistic generator, :mod:`.realistic`, defaults to every supported element).
     max_atoms
         Largest cell (supercells are drawn up to this size).
     small_fraction
@@ -184,7 +185,9 @@ class StructureGenerator:
         shear_probability: float = 0.35,
         min_distance_factor: float = 0.7,
     ) -> None:
-        elements = list(elements) if elements is not None else default_elements()
+        # version 1 is frozen: its default is the ten elements it was made with, so the
+        # recorded seed-0 command makes the same structures as the supported set grows
+        elements = list(elements) if elements is not None else list(DEFAULT_ELEMENTS)
         bad = [e for e in elements if not Element.is_valid_symbol(e)]
         if bad:
             raise ValueError(f"not element symbols: {bad}")

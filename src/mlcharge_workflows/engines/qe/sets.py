@@ -186,23 +186,22 @@ def band_path(structure: Structure, line_density: int) -> list[tuple[float, floa
 
 
 def antiparallel_signs(structure: Structure, protocol: QEProtocol) -> list[int] | None:
-    """+1 / -1 per site when the ``magmom`` (or ``spin_sign``) site property gives an element
-    with a protocol starting moment sites of both signs (an antiferromagnetic start), else None.
+    """+1 / -1 per site when the ``magmom`` (or ``spin_sign``) site property points the
+    moments of the protocol's magnetic elements both ways (an antiferromagnetic or
+    ferrimagnetic start: Fe up and Fe down, or Fe up and Co down), else None.
 
-    pw.x takes starting moments per species, so such a start needs two species kinds of
-    the element (``pw_input`` writes them, e.g. ``Fe1`` up and ``Fe2`` down); a start
-    with one sign per element is the protocol's ferromagnetic one.
+    pw.x takes starting moments per species, so such a start needs a species kind per
+    element and sign (``pw_input`` writes them, e.g. ``Fe1`` up and ``Fe2`` down, with the
+    protocol's moment and its negative); all moments up is the protocol's ferromagnetic start.
     """
     props = structure.site_properties
     values = props.get("spin_sign", props.get("magmom"))
     if values is None or not protocol.is_spin_polarized(structure):
         return None
     signs = [-1 if float(np.sum(v)) < 0 else 1 for v in values]
-    mixed = False
-    for el in protocol.starting_magnetization:
-        got = {sg for site, sg in zip(structure, signs) if site.specie.symbol == el}
-        mixed |= len(got) == 2
-    if not mixed:
+    got = {sg for site, sg in zip(structure, signs)
+           if site.specie.symbol in protocol.starting_magnetization}
+    if len(got) < 2:
         return None
     return [sg if site.specie.symbol in protocol.starting_magnetization else 1
             for site, sg in zip(structure, signs)]
