@@ -16,13 +16,13 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "mlcharge_workflows"
 #: Layers from the bottom up; a module may import its own layer's modules and lower ones.
 #: Entries are module prefixes below ``mlcharge_workflows`` (the longest prefix wins).
 LAYERS: list[tuple[str, ...]] = [
-    ("units", "settings", "validation", "data"),
+    ("units", "settings", "validation", "data", "_compat"),
     ("pseudo", "convergence"),
     ("density",),
     ("model",),
     ("common",),
     ("engines",),
-    ("submit.config", "submit.launchpad", "submit.worker", "submit._compat"),  # FireWorks plumbing
+    ("submit.config", "submit.launchpad", "submit.worker"),  # FireWorks plumbing
     ("training",),
     ("savings",),
     ("catalogue",),

@@ -190,7 +190,7 @@ def _launchpad_on(server) -> LaunchPad:
     """A FireWorks LaunchPad whose MongoClient is a mongomock client on ``server``."""
     import fireworks.core.launchpad as fw_launchpad
 
-    from mlcharge_workflows.submit._compat import mongomock_launchpad_client
+    from mlcharge_workflows._compat import mongomock_launchpad_client
 
     with mongomock_launchpad_client(server):
         return fw_launchpad.LaunchPad(name="fireworks", strm_lvl="WARNING")

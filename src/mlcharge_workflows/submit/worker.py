@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlcharge_workflows.submit._compat import jobflow_store, offline_rocket
+from mlcharge_workflows._compat import jobflow_store, offline_rocket
 from mlcharge_workflows.submit.launchpad import (
     OWNERS_COLLECTION,
     EmbeddedLaunchPad,

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 from atomate2.vasp.jobs.base import vasp_job
 from atomate2.vasp.jobs.core import NonSCFMaker, StaticMaker
 from atomate2.vasp.sets.core import StaticSetGenerator
-from jobflow import CURRENT_JOB, Flow, Maker, Response, job
+from jobflow import Flow, Maker, Response, job
 from pymatgen.core import Structure
 
+from mlcharge_workflows._compat import allow_replacement_output
 from mlcharge_workflows.common.fallback import ATOMIC_SPIN_START, FallbackPolicy, RunSummary
 from mlcharge_workflows.engines.vasp.density import (
     place_density,
@@ -216,11 +217,7 @@ def _predict_then(maker: Any, structure: Structure, prev_dir: Any, **kwargs: Any
         density_maker = replace(density_maker, zval=maker.zval)
     predict = density_maker.make(structure, prev_dir=prev_dir)
     run = maker.make(structure, prev_dir=prev_dir, ml_density=predict.output, **kwargs)
-    if CURRENT_JOB.job is not None:
-        # jobflow 0.4 gives the job that stores the replacement's output (an unresolved
-        # reference to run.output) this job's output schema, and validating a reference
-        # as a TaskDoc fails; run.output itself is a validated TaskDoc
-        CURRENT_JOB.job.output_schema = None
+    allow_replacement_output()  # run.output itself is a validated TaskDoc
     return Response(replace=Flow([predict, run], output=run.output, name=maker.name))
 
 

@@ -1,4 +1,4 @@
-"""The runtime patches of ``submit/_compat.py``: the upstream behaviour each works around is
+"""The runtime patches of ``mlcharge_workflows/_compat.py``: the upstream behaviour each works around is
 still there (a failure here means upstream changed: drop or adapt the patch), and every
 patch is undone when its context ends."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from jobflow import Flow, Response, job, run_locally
+from pydantic import BaseModel
 
 pytest.importorskip("fireworks")
 
@@ -23,23 +25,18 @@ def test_upstream_rocket_still_calls_zopen_without_a_mode_which_monty_rejects(tm
 
 
 def test_upstream_offline_ping_still_starts_a_heartbeat_thread() -> None:
+    """Read, not run: the thread would write FW_ping.json into whatever folder is current."""
     from fireworks.core import rocket
-    from fireworks.fw_config import FWData
 
-    if FWData().MULTIPROCESSING:
-        pytest.skip("FireWorks multiprocessing mode starts no thread")
-    stop = rocket.start_ping_launch(None, 0)
-    try:
-        assert stop is not None, "offline mode starts no ping thread any more: that patch can go"
-    finally:
-        if stop is not None:
-            stop.set()
+    source = inspect.getsource(rocket.start_ping_launch)
+    assert "Thread(" in source and "launchpad is None" not in source, (
+        "FireWorks no longer starts the offline ping thread: that part of offline_rocket can go")
 
 
 def test_offline_rocket_patches_only_inside_its_context(tmp_path) -> None:
     from fireworks.core import rocket
 
-    from mlcharge_workflows.submit._compat import offline_rocket
+    from mlcharge_workflows._compat import offline_rocket
 
     before = (rocket.zopen, rocket.start_ping_launch)
     (tmp_path / "f.json").write_text("{}")
@@ -60,7 +57,7 @@ def test_mongomock_client_only_inside_its_context() -> None:
     import fireworks.core.launchpad as fw_launchpad
     import mongomock
 
-    from mlcharge_workflows.submit._compat import mongomock_launchpad_client
+    from mlcharge_workflows._compat import mongomock_launchpad_client
 
     original = fw_launchpad.MongoClient
     server = mongomock.store.ServerStore()
@@ -76,7 +73,7 @@ def test_upstream_jobfiretask_still_reads_the_default_store_and_it_is_restored()
     from jobflow.managers.fireworks import JobFiretask
     from maggma.stores import MemoryStore
 
-    from mlcharge_workflows.submit._compat import jobflow_store
+    from mlcharge_workflows._compat import jobflow_store
 
     assert "SETTINGS.JOB_STORE" in inspect.getsource(JobFiretask.run_task)
     previous = SETTINGS.JOB_STORE
@@ -84,3 +81,38 @@ def test_upstream_jobfiretask_still_reads_the_default_store_and_it_is_restored()
     with jobflow_store(store):
         assert SETTINGS.JOB_STORE is store
     assert SETTINGS.JOB_STORE is previous
+
+
+class _Out(BaseModel):
+    x: int
+
+
+@job(output_schema=_Out)
+def _inner() -> _Out:
+    return _Out(x=1)
+
+
+@job(output_schema=_Out)
+def _outer(workaround: bool) -> Response:
+    from mlcharge_workflows._compat import allow_replacement_output
+
+    replacement = _inner()
+    if workaround:
+        allow_replacement_output()
+    return Response(replace=Flow([replacement], output=replacement.output))
+
+
+@job
+def _read(out: _Out) -> int:
+    return out.x
+
+
+def test_upstream_replace_still_validates_the_reference_and_the_workaround_runs(tmp_path) -> None:
+    """jobflow validates the replaced job's output (a reference) against its schema."""
+    plain = _outer(False)
+    with pytest.raises(RuntimeError, match="did not finish"):
+        run_locally(plain, ensure_success=True, log=False, root_dir=tmp_path)
+    fixed = _outer(True)
+    reader = _read(fixed.output)  # the replacement's output reaches the next job
+    out = run_locally(Flow([fixed, reader]), ensure_success=True, log=False, root_dir=tmp_path)
+    assert out[reader.uuid][1].output == 1

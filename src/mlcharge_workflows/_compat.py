@@ -1,9 +1,11 @@
-"""Every runtime patch of FireWorks / mongomock / jobflow, each applied only inside a context.
+"""Every workaround of FireWorks / mongomock / jobflow behaviour, in one module.
 
-Each patch names the upstream behaviour it works around and the versions it was written
-for (:data:`PINNED`); ``tests/unit/test_submit_compat.py`` checks that the behaviour is
-still there, so it fails (and the patch can go) when upstream changes. Nothing here is
-applied at import or for the process's lifetime: every patch is undone on exit.
+Each names the upstream behaviour it works around and the versions it was written for
+(:data:`PINNED`); ``tests/unit/test_compat.py`` checks that the behaviour is still
+there, so it fails (and the workaround can go) when upstream changes. Nothing here is
+applied at import or for the process's lifetime: every patch is undone when its context
+ends. The module imports nothing of the package (the bottom layer: engines and the
+FireWorks plumbing both use it); the upstream packages are imported on use.
 
 * :func:`offline_rocket` - FireWorks' offline Rocket (the embedded worker):
   ``fireworks.core.rocket`` calls ``zopen(path)`` without a mode, which monty >= 2025
@@ -17,6 +19,10 @@ applied at import or for the process's lifetime: every patch is undone on exit.
   in-memory server instead.
 * :func:`jobflow_store` - jobflow's ``JobFiretask`` with ``store=None`` uses
   ``jobflow.SETTINGS.JOB_STORE``: the worker's store for the duration of a run.
+* :func:`allow_replacement_output` - jobflow 0.4 gives the job that stores a
+  ``Response(replace=...)``'s output (an unresolved reference to the replacement's
+  output) the replaced job's ``output_schema``, and validating a reference against it
+  fails: the running job drops its schema (the replacement's own output is validated).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ PINNED = {
     "offline_rocket": {"fireworks": "2.1.4", "monty": "2026.10.21"},
     "mongomock_launchpad_client": {"fireworks": "2.1.4", "mongomock": "4.3.0"},
     "jobflow_store": {"jobflow": "0.4.0"},
+    "allow_replacement_output": {"jobflow": "0.4.0"},
 }
 
 
@@ -91,3 +98,11 @@ def jobflow_store(store: JobStore | None) -> Iterator[None]:
         yield
     finally:
         SETTINGS.JOB_STORE = previous
+
+
+def allow_replacement_output() -> None:
+    """Call in a job that returns ``Response(replace=...)`` while it has an ``output_schema``."""
+    from jobflow import CURRENT_JOB
+
+    if CURRENT_JOB.job is not None:
+        CURRENT_JOB.job.output_schema = None
