@@ -13,7 +13,7 @@ Usage (on a machine with VASP, POTCARs and atomate2 configured)::
 To run on FireWorks, with the prediction on a GPU worker::
 
     from jobflow.managers.fireworks import flow_to_workflow
-    flow.update_config({"manager_config": {"_fworker": "gpu"}}, name_filter="ml density")
+    flow.update_config({"manager_config": {"_fworker": "gpu"}}, name_filter="predict density")
     launchpad.add_wf(flow_to_workflow(flow, store=store))
 """
 
