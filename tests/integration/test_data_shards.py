@@ -169,3 +169,20 @@ def test_repository_data_opens_through_the_documented_config():
             assert e["storage"]["nmape_total_percent"] <= LIMIT_PERCENT
             if e.get("n_electrons_expected"):
                 assert ds[e["id"]].n_electrons == pytest.approx(e["n_electrons_expected"], rel=1e-3)
+
+
+def test_splits_from_are_kept_by_later_packs(tmp_path):
+    """Families a --splits-from file names keep its split in every later pack (the shipped
+    weights' test families stay unseen), even when their records arrive later."""
+    ids = sample_dataset().ids
+    late = sample_dataset()[ids[-1]]
+    fam = late.metadata["family"]
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"splits": {"test": ["x"]}, "records": {"x": {"family": fam}}}))
+    src = _partial_copy(tmp_path / "src", [i for i in ids[:6] if
+                                            sample_dataset()[i].metadata["family"] != fam])
+    into = tmp_path / "qe"
+    pack_dataset(src, into, splits_from=ref, log=lambda s: None)
+    _partial_copy(src, ids)
+    pack_dataset(src, into, log=lambda s: None)
+    assert ShardDataset(into).entries[late.id]["split"] == "test"

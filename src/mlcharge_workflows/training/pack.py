@@ -9,7 +9,8 @@ with an ``excluded`` reason: kept for the record, left out of training.
 
 Splits: a family placed by an earlier shard keeps its split; families named by
 ``splits_from`` (a dataset manifest with ``splits`` or model weights that list their
-training record ids) keep theirs; new families are dealt out by :func:`.split_by_family`.
+training record ids) keep theirs, in this pack and every later one (the map is written to
+each shard as ``family_splits_from``); new families are dealt out by :func:`.split_by_family`.
 """
 
 from __future__ import annotations
@@ -207,7 +208,12 @@ def pack_dataset(
     failures = {k: {"kind": v.get("kind"), "reason": (v.get("reason") or "")[:400]}
                 for k, v in read_failures(src).items()
                 if k not in known_fail and k not in source.ids}
-    keep = splits_from_file(splits_from) if splits_from else {}
+    inherited: dict[str, str] = {}  # family splits named by earlier packs' --splits-from
+    for doc in dest.shards:
+        inherited.update(doc.get("family_splits_from") or {})
+    if splits_from:
+        inherited.update(splits_from_file(splits_from))
+    keep = dict(inherited)
     keep.update({e["family"]: e["split"] for e in dest.entries.values()})
     items, unreadable = [], {}
     for rid in new_ids:
@@ -272,6 +278,7 @@ def pack_dataset(
                         "magnetization_floor": MAG_FLOOR,
                         "scheme": "one of each ±m pair, lexicographic Miller runs, coefficients "
                                   "rounded to a per-record step, LZMA"},
+            "family_splits_from": inherited,
             "records": [e for *_, e in chunk],
             "failures": failures if k == 0 else {},
             "summary": {"n_records": len(chunk), "bytes": size,

@@ -1,0 +1,127 @@
+"""How the test split compares with training: cell size, coordination, composition, magnetism.
+
+Usage::
+
+    python benchmarks/data_split_report.py data/qe/real            # a sharded dataset
+    python benchmarks/data_split_report.py --plan 2600 --manifest /work/datasets/real/manifest.json
+                                                                    # generator 2's plan, no DFT
+
+The plan mode splits the planned structures by family exactly as ``data pack`` does
+(:func:`split_by_family`, seed 0, 80/10/10), so the report exists before pw.x has run.
+Coordination: neighbours within 1.2 x the tabulated bond (:func:`crystal_types.bond`).
+Prints a markdown table (one column per split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections import Counter
+
+import numpy as np
+
+
+def coordination(structure) -> float:
+    """Mean number of neighbours within 1.2 x the expected bond."""
+    from mlcharge_workflows.training.crystal_types import bond
+
+    cn = []
+    for i, neigh in enumerate(structure.get_all_neighbors(5.0)):
+        a = structure[i].specie.symbol
+        cn.append(sum(nb.nn_distance <= 1.2 * bond(a, nb.specie.symbol) for nb in neigh))
+    return float(np.mean(cn))
+
+
+def row_stats(items: list[dict]) -> dict:
+    """Summary of ``[{structure, class, order, kind}]``."""
+    if not items:
+        return {}
+    n = np.array([len(x["structure"]) for x in items])
+    els = Counter(e.symbol for x in items for e in x["structure"].composition)
+    nel = np.array([len(x["structure"].composition) for x in items])
+    cls = Counter(x.get("class") or "-" for x in items)
+    orders = Counter(x.get("order") or "none" for x in items)
+    kinds = Counter(x.get("kind") or "bulk" for x in items)
+    cn = np.array([coordination(x["structure"]) for x in items])
+    vol = np.array([x["structure"].volume / len(x["structure"]) for x in items
+                    if (x.get("kind") or "bulk") != "slab"])
+    top = ", ".join(f"{e} {100 * c / len(items):.0f}" for e, c in els.most_common(8))
+    return {
+        "structures": len(items),
+        "families": len({x["family"] for x in items}),
+        "atoms mean / median / max": f"{n.mean():.1f} / {np.median(n):.0f} / {n.max()}",
+        "cells with >= 8 atoms (%)": f"{100 * (n >= 8).mean():.0f}",
+        "elements per cell (mean)": f"{nel.mean():.2f}",
+        "coordination (mean, std)": f"{cn.mean():.1f}, {cn.std():.1f}",
+        "volume per atom, bulk (Å³)": f"{vol.mean():.1f}" if vol.size else "-",
+        "bulk / supercell / slab (%)": " / ".join(
+            f"{100 * kinds[k] / len(items):.0f}" for k in ("bulk", "supercell", "slab")),
+        "magnetic: FM / AFM (%)": f"{100 * orders['fm'] / len(items):.0f} / "
+                                  f"{100 * orders['afm'] / len(items):.0f}",
+        "classes (%)": ", ".join(f"{c} {100 * k / len(items):.0f}" for c, k in cls.most_common()),
+        "most frequent elements (% of cells)": top,
+        "distinct elements": len(els),
+    }
+
+
+def from_plan(n: int, seed: int, manifest: str | None = None) -> dict[str, list[dict]]:
+    import json
+
+    from mlcharge_workflows.training.realistic import RealisticGenerator, generator_from_settings
+    from mlcharge_workflows.training.splits import split_by_family
+
+    if manifest:  # the generator a generation folder recorded
+        gen = generator_from_settings(json.loads(open(manifest).read())["definition"]["generator"])
+    else:
+        gen = RealisticGenerator(seed=seed)
+    items = {}
+    for i in range(n):
+        g = gen(i)
+        items[g.id] = {"structure": g.structure, "family": g.family, "class": g.info.get("class"),
+                       "order": g.info.get("magnetic_order"), "kind": g.info.get("kind")}
+    splits = split_by_family({k: v["family"] for k, v in items.items()}, (0.8, 0.1, 0.1), 0)
+    return {name: [items[i] for i in ids] for name, ids in splits.items()}
+
+
+def from_shards(root: str) -> dict[str, list[dict]]:
+    from mlcharge_workflows.training.shards import ShardDataset
+
+    ds = ShardDataset(root)
+    out: dict[str, list[dict]] = {}
+    for name, ids in ds.manifest["splits"].items():
+        rows = []
+        for rid in ids:
+            info = ds.info(rid)
+            gi = info["metadata"].get("generator_info") or {}
+            rows.append({"structure": info["structure"], "family": ds.entries[rid]["family"],
+                         "class": gi.get("class"), "kind": gi.get("kind"),
+                         "order": ds.entries[rid]["magnetic_start"]})
+        out[name] = rows
+    return out
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset", nargs="?", help="sharded dataset folder (data/qe/NAME)")
+    ap.add_argument("--plan", type=int, help="report on the first N structures of generator 2")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--manifest", help="with --plan: the generator of this manifest.json")
+    args = ap.parse_args()
+    if args.plan:
+        splits = from_plan(args.plan, args.seed, args.manifest)
+    elif args.dataset:
+        splits = from_shards(args.dataset)
+    else:
+        ap.error("give a dataset folder or --plan N")
+    stats = {name: row_stats(items) for name, items in splits.items()}
+    names = [n for n in ("train", "val", "test") if stats.get(n)]
+    keys = list(next(iter(stats[names[0]].values())) and stats[names[0]])
+    print("| | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for k in keys:
+        print(f"| {k} | " + " | ".join(str(stats[n].get(k, "-")) for n in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
