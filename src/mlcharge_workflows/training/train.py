@@ -10,6 +10,13 @@ Loss per structure (weights in the config), with ``N`` the electron count:
   first SCF iterations must remove); the magnetisation has no Hartree term;
 * magnetisation terms alike, scaled by ``magnetization_weight``.
 
+Each record is fitted against its own atomic reference: the atomic densities of the
+pseudopotentials it was computed with (:func:`record_reference`: a QE record's UPF files,
+an ingested VASP record's POTCAR), so the network learns only the deformation
+``rho - reference`` and records of any valence (Fe 8 e from QE, Fe_pv 14 e from VASP) train
+one model. The table saved with the weights is the training reference (the QE registry's
+files, or those the QE records name); a record on other files gets its own.
+
 Splits come from the dataset manifest when it has them, else from a hash of each record's
 composition family (stable while a dataset grows; a family never straddles splits). Shuffling uses ``default_rng([seed, epoch])``, so a resumed
 run repeats the epochs it would have run.
@@ -31,7 +38,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlcharge_workflows.model.atomic import AtomicDensityTable
+from mlcharge_workflows.model.atomic import AtomicDensityTable, AtomicReference
 from mlcharge_workflows.model.core import Cell, DensityModel, ModelConfig
 from mlcharge_workflows.model.io import save_model
 from mlcharge_workflows.model.predict import predict_density
@@ -257,16 +264,140 @@ def _starting_magnetization(records: list[DensityRecord], table: AtomicDensityTa
     return {el: v for el, v in result.items() if el in table.elements}
 
 
-def prepare_sample(model: DensityModel, rec: DensityRecord, q_core: float = 10.0) -> Sample:
-    """Cell, targets and weights of one record (the ``m3 >= 0`` half of its G sphere)."""
+def _record_potcars(rec: DensityRecord) -> dict:
+    """Element -> POTCAR atomic density of an ingested VASP record.
+
+    Looked for as ``metadata['potcar']`` (a file), ``POTCAR`` in the run folder
+    (``metadata['source_folder']``), else pymatgen's ``Potcar`` of the record's POTCAR
+    symbols from ``PMG_VASP_PSP_DIR`` (the titles must match the run's).
+    """
+    import warnings
+
+    from monty.os.path import zpath
+
+    from mlcharge_workflows.density.potcar import (
+        potcar_atomic_density,
+        read_potcar_atomic_densities,
+    )
+
+    meta = rec.metadata or {}
+    order = list(dict.fromkeys(s.specie.symbol for s in rec.structure))
+    candidates = [meta.get("potcar")]
+    if meta.get("source_folder"):
+        candidates.append(zpath(str(Path(meta["source_folder"]) / "POTCAR")))
+    atoms = None
+    for path in candidates:
+        if path and Path(path).is_file():
+            atoms = read_potcar_atomic_densities(path)
+            break
+    titles = [str(t) for t in meta.get("potcar_symbols") or []]
+    if atoms is None and titles:
+        from pymatgen.io.vasp import Potcar
+
+        symbols = [t.split()[1] if len(t.split()) > 1 else t for t in titles]
+        for functional in (meta.get("potcar_functional"), "PBE_54", "PBE_64", "PBE"):
+            if not functional:
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    potcar = Potcar(symbols, functional=functional)
+            except Exception:  # noqa: BLE001 - no library or no such functional
+                continue
+            found = [potcar_atomic_density(p) for p in potcar]
+            if all(a.title.split()[:2] == t.split()[:2] for a, t in zip(found, titles)):
+                atoms = found
+                break
+    if atoms is None:
+        raise ValueError(
+            f"record {rec.id} (VASP): no POTCAR in its run folder or in PMG_VASP_PSP_DIR, so "
+            "its atomic reference (the POTCAR densities) cannot be built"
+        )
+    by_element = {a.element: a for a in atoms}
+    missing = [el for el in order if el not in by_element]
+    if missing:
+        raise ValueError(f"record {rec.id}: the POTCAR has no dataset for {missing}")
+    return by_element
+
+
+def record_pseudopotentials(rec: DensityRecord) -> dict[str, dict]:
+    """Identity of a record's pseudopotentials per element (what its reference is built on).
+
+    QE records: ``metadata['pseudopotentials']`` (``{el: file}`` or ``{el: {"file": ...}}``)
+    resolved in the pseudo folder; absent: ``{}`` (the registry's, i.e. the training files).
+    VASP records: their POTCARs (:func:`_record_potcars`).
+    """
+    meta = rec.metadata or {}
+    if meta.get("engine") == "vasp":
+        return {el: a.identity() for el, a in _record_potcars(rec).items()}
+    out = {}
+    for key in ("pseudopotentials", "pseudos"):
+        if isinstance(meta.get(key), dict):
+            for el, entry in meta[key].items():
+                name = entry.get("file") if isinstance(entry, dict) else entry
+                if name:
+                    out.setdefault(el, {"kind": "UPF", "file": Path(str(name)).name})
+    return out
+
+
+def record_reference(
+    table: AtomicDensityTable, rec: DensityRecord, cache: dict | None = None
+) -> AtomicDensityTable | None:
+    """The atomic reference a record is fitted against: None when it is the training table.
+
+    Raises ``ValueError`` when a record's pseudopotentials cannot be found or are PAW.
+    """
+    from mlcharge_workflows.settings import get_settings
+
+    meta = rec.metadata or {}
+    elements = sorted({s.specie.symbol for s in rec.structure})
+    cache = {} if cache is None else cache
+    refs: dict[str, AtomicReference] = {}
+    if meta.get("engine") == "vasp":
+        atoms = _record_potcars(rec)
+        refs = {el: AtomicReference.from_potcar(atoms[el]) for el in elements}
+    else:
+        for el, ident in record_pseudopotentials(rec).items():
+            if el not in elements:
+                continue
+            path = Path(get_settings().pseudo_dir) / ident["file"]
+            if not path.is_file():
+                from mlcharge_workflows.pseudo import get_pseudo
+
+                info = get_pseudo(el)
+                if info.filename != ident["file"]:
+                    raise ValueError(f"record {rec.id}: pseudopotential {ident['file']} not found")
+                path = info.source
+            if ("upf", str(path)) not in cache:
+                cache[("upf", str(path))] = AtomicReference.from_upf(path)
+            refs[el] = cache[("upf", str(path))]
+    if not refs:
+        return None
+    key = tuple(sorted((el, r.identity.get("sha256")) for el, r in refs.items()))
+    if key not in cache:
+        ref_table = table.with_references(refs)
+        differs = any(v["differs_from_training"] for v in ref_table.compare(table, sorted(refs)).values())
+        cache[key] = ref_table if differs else None
+    return cache[key]
+
+
+def prepare_sample(
+    model: DensityModel, rec: DensityRecord, q_core: float = 10.0,
+    reference: AtomicDensityTable | None = None,
+) -> Sample:
+    """Cell, targets and weights of one record (the ``m3 >= 0`` half of its G sphere).
+
+    ``reference``: the record's own atomic table (:func:`record_reference`); the record's
+    electron count must be that reference's valence count.
+    """
     half = rec.mill[:, 2] >= 0
     mill = rec.mill[half]
     spin = rec.magnetization is not None
-    cell = model.prepare(rec.structure, spin=spin)
+    cell = model.prepare(rec.structure, spin=spin, reference=reference)
     if abs(cell.n_electrons - rec.n_electrons) > 1e-3 * max(cell.n_electrons, 1.0):
         raise ValueError(
-            f"record {rec.id} holds {rec.n_electrons:.4f} electrons, the model's valences give "
-            f"{cell.n_electrons:.4f}"
+            f"record {rec.id} holds {rec.n_electrons:.4f} electrons, the valences of its "
+            f"pseudopotentials give {cell.n_electrons:.4f}"
         )
     model.attach_mill(cell, mill)
     dev = model.log_alpha.device
@@ -286,6 +417,16 @@ def prepare_sample(model: DensityModel, rec: DensityRecord, q_core: float = 10.0
         true_abs=float(np.abs(grid).sum()),
         record=rec,
     )
+
+
+def _usable(model: DensityModel, rec: DensityRecord, refs: dict, log) -> bool:
+    """Whether a test record's reference can be built (else it is skipped and logged)."""
+    try:
+        record_reference(model.table, rec, refs)
+    except ValueError as exc:
+        log(f"skipping {rec.id}: {exc}")
+        return False
+    return True
 
 
 def half_to_grid(coeffs: torch.Tensor, mill: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -353,12 +494,15 @@ def quick_nmape(model: DensityModel, s: Sample) -> float:
     return nmape(rho, s.true_grid.double().cpu().numpy())
 
 
-def sad_grid(model: DensityModel, rec: DensityRecord) -> np.ndarray:
-    """The model's atomic superposition alone (the baseline it corrects) on the record's grid."""
+def sad_grid(
+    model: DensityModel, rec: DensityRecord, reference: AtomicDensityTable | None = None
+) -> np.ndarray:
+    """The atomic superposition alone (the baseline the model corrects) on the record's grid."""
     from mlcharge_workflows.model.atomic import sad_coefficients
 
-    cell = model.prepare(rec.structure, spin=False)
-    tot, _ = sad_coefficients(model.table, cell.species, cell.frac, cell.lattice, rec.mill)
+    cell = model.prepare(rec.structure, spin=False, reference=reference)
+    table = model.table if reference is None else reference
+    tot, _ = sad_coefficients(table, cell.species, cell.frac, cell.lattice, rec.mill)
     zero = np.flatnonzero((rec.mill == 0).all(axis=1))
     tot[zero] = cell.n_electrons / cell.volume
     from mlcharge_workflows.density.grid import grid_from_coefficients
@@ -372,14 +516,18 @@ def sad_nmape(model: DensityModel, rec: DensityRecord) -> float:
 
 
 def evaluate(model: DensityModel, records: list[DensityRecord]) -> dict:
-    """Test metrics through the public API: ``predict_density`` on each record's own grid."""
+    """Test metrics through the public API: ``predict_density`` on each record's own grid,
+    on the record's own atomic reference."""
     rows = []
+    refs: dict = {}
     for rec in records:
         true = rec.to_grid()
+        ref = record_reference(model.table, rec, refs)
         t0 = time.perf_counter()
-        pred = predict_density(rec.structure, rec.grid_shape, model, spin="model")
+        pred = predict_density(rec.structure, rec.grid_shape, model, spin="model", reference=ref,
+                               device=str(model.log_alpha.device))
         seconds = time.perf_counter() - t0
-        sad = sad_grid(model, rec)
+        sad = sad_grid(model, rec, ref)
         lattice = rec.structure.lattice.matrix
         row = {
             "id": rec.id,
@@ -514,16 +662,27 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         f"parameters; device {device}"
     )
     samples: dict[str, list[Sample]] = {}
+    refs: dict = {}
     for name in ("train", "val"):
         samples[name] = []
         for rec in splits[name]:
             try:
-                samples[name].append(prepare_sample(model, rec, cfg.q_core))
+                ref = record_reference(model.table, rec, refs)
+                samples[name].append(prepare_sample(model, rec, cfg.q_core, ref))
             except ValueError as exc:
                 log(f"skipping {rec.id}: {exc}")
+    splits["test"] = [r for r in splits["test"] if _usable(model, r, refs, log)]
     fit = samples["train"] + (samples["val"] if cfg.train_on_val else [])
+    own = sorted(s.id for s in fit if s.cell.table is not None)
+    if own:
+        log(f"{len(own)} records fitted against their own pseudopotentials' atomic densities")
     quad = {}
     if cfg.loss_mode == "quadratic":
+        if own:
+            raise ValueError(
+                f"loss_mode 'quadratic' fits against the training table only; records {own[:3]} "
+                "use other pseudopotentials: use loss_mode 'sampled'"
+            )
         quad = _quadratic_losses(model, fit, cfg, device, log)
     budget = 1.5e9  # bytes of cached phases
     cache_ok = {}
