@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/data_split_report.py data/qe/real            # a sharded dataset
+    python benchmarks/data_split_report.py data/qe/real --cost     # pw.x wall/CPU, failures
     python benchmarks/data_split_report.py --plan 2600 --manifest /work/datasets/real/manifest.json
                                                                     # generator 2's plan, no DFT
 
@@ -100,6 +101,42 @@ def from_shards(root: str) -> dict[str, list[dict]]:
     return out
 
 
+def cost_table(root: str) -> None:
+    """pw.x wall and CPU time per chemistry class (version 2) or prototype (version 1),
+    magnetic starts and outcomes, and the failures with their reasons."""
+    from mlcharge_workflows.training.shards import ShardDataset
+
+    ds = ShardDataset(root)
+    groups: dict[str, list[dict]] = {}
+    for rid, e in ds.entries.items():
+        gi = ds.info(rid)["metadata"].get("generator_info") or {}
+        key = gi.get("class") or (e.get("prototype") or "-").replace("sc-", "")
+        if gi.get("kind") in ("supercell", "slab"):
+            key = f"{key} ({gi['kind']})"
+        groups.setdefault(key, []).append(e)
+    print("| family | records | atoms (mean) | spin-polarised | AFM starts | wall s mean / max | "
+          "CPU s total |")
+    print("|---|---|---|---|---|---|---|")
+    tot_w = tot_c = 0.0
+    for key in sorted(groups, key=lambda k: -len(groups[k])):
+        es = groups[key]
+        w = np.array([e.get("wall_s") or 0.0 for e in es])
+        c = np.array([e.get("cpu_s") or 0.0 for e in es])
+        tot_w, tot_c = tot_w + w.sum(), tot_c + c.sum()
+        print(f"| {key} | {len(es)} | {np.mean([e['n_atoms'] for e in es]):.1f} | "
+              f"{sum(e['spin_polarized'] for e in es)} | "
+              f"{sum(e.get('magnetic_start') == 'afm' for e in es)} | "
+              f"{w.mean():.0f} / {w.max():.0f} | {c.sum():.0f} |")
+    print(f"\ntotal: {len(ds.entries)} records, pw.x wall {tot_w / 3600:.2f} h, CPU {tot_c / 3600:.2f} h")
+    outcomes = Counter((e.get("magnetic_start"), e.get("magnetic_outcome")) for e in ds.entries.values())
+    print("magnetic start -> outcome:", dict(outcomes))
+    print("excluded:", ds.manifest["excluded"] or "none")
+    fails = ds.manifest["failures"]
+    print(f"failures ({len(fails)}):", dict(Counter(f.get("kind") for f in fails.values())))
+    for rid, f in fails.items():
+        print(f"  {rid}: {f.get('kind')}: {(f.get('reason') or '').splitlines()[0][:120] if f.get('reason') else ''}")
+
+
 def main() -> None:
     warnings.simplefilter("ignore")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,7 +144,11 @@ def main() -> None:
     ap.add_argument("--plan", type=int, help="report on the first N structures of generator 2")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--manifest", help="with --plan: the generator of this manifest.json")
+    ap.add_argument("--cost", action="store_true", help="pw.x cost and failures of a dataset")
     args = ap.parse_args()
+    if args.cost:
+        cost_table(args.dataset)
+        return
     if args.plan:
         splits = from_plan(args.plan, args.seed, args.manifest)
     elif args.dataset:

@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -358,44 +358,67 @@ def generate_dataset(
         stale.unlink(missing_ok=True)  # half-written by a killed process
     done = set(ds.ids)
     failed = set(read_failures(root)) if not retry_failed else set()
-    plans = [g for g in (gen(i) for i in range(n)) if g.id not in done and g.id not in failed]
     provenance = {"command": command_line(), **code_provenance()}
-    jobs = [
-        dict(structure=g.structure, gen=_gen_dict(g), out=str(root), nprocs=nprocs,
-             protocol=settings.protocol, store_ecut_ry=settings.store_ecut_ry,
-             provenance=provenance, timeout_s=timeout_s)
-        for g in plans
-    ]  # fmt: skip
+
+    def jobs():  # planned lazily: the first pw.x starts before the last structure is drawn
+        for i in range(n):
+            g = gen(i)
+            if g.id in done or g.id in failed:
+                continue
+            yield dict(structure=g.structure, gen=_gen_dict(g), out=str(root), nprocs=nprocs,
+                       protocol=settings.protocol, store_ecut_ry=settings.store_ecut_ry,
+                       provenance=provenance, timeout_s=timeout_s)  # fmt: skip
+
     if fireworks:
-        return _submit_fireworks(root, jobs, launchpad_file, project, resubmit=retry_failed)
-    _run_pool(jobs, workers, progress, on_result)
+        return _submit_fireworks(root, list(jobs()), launchpad_file, project,
+                                 resubmit=retry_failed)
+    _run_pool(jobs(), workers, progress, on_result, total=max(0, n - len(done) - len(failed)))
     return finalize_manifest(root)
 
 
-def _run_pool(jobs: list[dict], workers: int, progress: bool, on_result) -> None:
+def _run_pool(jobs, workers: int, progress: bool, on_result, total: int | None = None) -> None:
+    """Run ``jobs`` (an iterable of job kwargs, consumed lazily: at most ``2 * workers`` in
+    flight) in a pool of ``workers`` processes."""
     from tqdm import tqdm
 
-    if not jobs:
+    it = iter(jobs)
+    first = next(it, None)
+    if first is None:
         return
     counts = {"ok": 0, "failed": 0}
-    bar = tqdm(total=len(jobs), desc="QE statics", unit="structure", disable=not progress)
+    bar = tqdm(total=total, desc="QE statics", unit="structure", disable=not progress)
     pool = ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_worker_init,
         initargs=(os.getpid(),),
     )  # fmt: skip
+    futures: dict = {}
+
+    def fill(kw=None) -> None:
+        if kw is not None:
+            futures[pool.submit(run_job_locally, kw)] = kw["gen"]["id"]
+        while len(futures) < 2 * workers:
+            kw = next(it, None)
+            if kw is None:
+                return
+            futures[pool.submit(run_job_locally, kw)] = kw["gen"]["id"]
+
     try:
-        futures = {pool.submit(run_job_locally, kw): kw["gen"]["id"] for kw in jobs}
-        for fut in as_completed(futures):
-            try:
-                res = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a dead worker process
-                res = {"id": futures[fut], "status": "failed", "kind": "worker_died",
-                       "reason": repr(exc)}  # fmt: skip
-            counts["failed" if res.get("status") == "failed" else "ok"] += 1
-            bar.set_postfix(counts)
-            bar.update()
-            if on_result is not None:
-                on_result(res)
+        fill(first)
+        while futures:
+            finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                rid = futures.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a dead worker process
+                    res = {"id": rid, "status": "failed", "kind": "worker_died",
+                           "reason": repr(exc)}  # fmt: skip
+                counts["failed" if res.get("status") == "failed" else "ok"] += 1
+                bar.set_postfix(counts)
+                bar.update()
+                if on_result is not None:
+                    on_result(res)
+            fill()
     except BaseException:
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.terminate()  # their SIGTERM handler kills pw.x too
