@@ -83,7 +83,7 @@ def test_run_pw_passes_the_environment(monkeypatch, tmp_path):
         seen.update(kwargs)
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(run_mod.subprocess, "run", fake_run)
+    monkeypatch.setattr(run_mod, "run_tied", fake_run)  # pw.x runs through run_tied
     monkeypatch.setenv("MLCHARGE_MPI_CMD", "")
     monkeypatch.setenv("MLCHARGE_PW_CMD", "python3")  # any executable: subprocess is faked
     (tmp_path / "pw.in").write_text("&control\n/\n")

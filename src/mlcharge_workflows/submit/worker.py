@@ -125,8 +125,34 @@ def _finished_offline_data(launch_dir: str | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and "fwaction" in data and "state" in data else None
 
 
-def recover_lost_runs(handle: EmbeddedLaunchPad) -> tuple[list[int], list[int]]:
+#: Extra collection of the embedded database: launches lost because their worker died.
+LOST_RUNS_COLLECTION = "mlcharge_lost_runs"
+
+#: A firework whose worker died this many times while running it is FIZZLED, not rerun:
+#: a structure that crashes native code (or exhausts memory) would otherwise take every
+#: new worker down with it, and the rest of the project would never run.
+MAX_WORKER_DEATHS = 2
+
+
+def _fizzle_launch(lp: LaunchPad, launch_id: int, reason: str) -> None:
+    """Mark a checked-out (offline) launch FIZZLED with ``reason`` as its stored error."""
+    from fireworks import FWAction
+
+    action = FWAction(stored_data={"_message": reason,
+                                   "_exception": {"_stacktrace": reason, "_details": None}})
+    lp.complete_launch(launch_id, action=action, state="FIZZLED")
+    with contextlib.suppress(Exception):  # not an offline launch: nothing to forget
+        lp.forget_offline(launch_id, launch_mode=True)
+    lp.db[OWNERS_COLLECTION].delete_many({"launch_id": launch_id})
+
+
+def recover_lost_runs(handle: EmbeddedLaunchPad,
+                      given_up: list[int] | None = None) -> tuple[list[int], list[int]]:
     """Recover or rerun the RUNNING launches of dead workers in an embedded project.
+
+    A firework whose worker has died :data:`MAX_WORKER_DEATHS` times while running it is
+    marked FIZZLED with the reason instead of being rerun; its id is appended to
+    ``given_up``.
 
     Returns
     -------
@@ -145,7 +171,21 @@ def recover_lost_runs(handle: EmbeddedLaunchPad) -> tuple[list[int], list[int]]:
                 lp.recover_offline(ld["launch_id"], ignore_errors=True)
                 recovered.append(ld["fw_id"])
             else:
-                lost_launches.append(ld["launch_id"])
+                lost = lp.db[LOST_RUNS_COLLECTION]
+                lost.insert_one({"fw_id": ld["fw_id"], "launch_id": ld["launch_id"],
+                                 "worker": owners.get(ld["launch_id"]),
+                                 "detected": datetime.now().isoformat()})
+                deaths = lost.count_documents({"fw_id": ld["fw_id"]})
+                if deaths >= MAX_WORKER_DEATHS:
+                    _fizzle_launch(lp, ld["launch_id"], (
+                        f"the worker process running this firework died {deaths} times (killed "
+                        "by a signal: out of memory, killed by hand, or a crash in native code); "
+                        f"not rerun again. Last launch folder: {ld.get('launch_dir')}. Fix the "
+                        "cause, then `lpad rerun_fws -i <fw_id>` runs it again"))
+                    if given_up is not None:
+                        given_up.append(ld["fw_id"])
+                else:
+                    lost_launches.append(ld["launch_id"])
         rerun: list[int] = []
         if lost_launches:
             _, rerun, _ = lp.detect_lostruns(
@@ -169,6 +209,37 @@ def _checkout(handle: EmbeddedLaunchPad, fworker: FWorker, launch_dir: Path,
         lp.add_offline_run(launch_id, fw.fw_id, fw.name)
         lp.db[OWNERS_COLLECTION].insert_one({"launch_id": launch_id, "worker": worker_id})
     return fw, launch_id, 0
+
+
+def structure_problem(spec: Any) -> str | None:
+    """The validation error of the first structure in a firework spec, or None.
+
+    Walks the spec (serialised jobflow arguments included) for pymatgen ``Structure``
+    dicts and checks each with :func:`mlcharge_workflows.validation.validate_structure`,
+    so a non-finite or overlapping structure never reaches spglib in the worker.
+    """
+    from mlcharge_workflows.validation import StructureError, validate_structure
+
+    stack = [spec]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            if obj.get("@class") == "Structure" and str(obj.get("@module", "")).startswith(
+                    "pymatgen.core"):
+                from pymatgen.core import Structure
+
+                try:
+                    structure = Structure.from_dict(obj)
+                    validate_structure(structure)
+                except StructureError as exc:
+                    return f"invalid structure in the firework: {exc}"
+                except Exception as exc:  # noqa: BLE001 - an unreadable dict is as bad
+                    return f"unreadable structure in the firework: {type(exc).__name__}: {exc}"
+                continue
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+    return None
 
 
 def _run_offline(fworker: FWorker, fw_id: int, launch_dir: Path) -> None:
@@ -216,7 +287,7 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
     summary = WorkerSummary()
     with WorkerRegistration(handle.paths.workers_dir) as me, \
             jobflow_store(handle.job_store()):
-        recovered, rerun = recover_lost_runs(handle)
+        recovered, rerun = recover_lost_runs(handle, given_up=summary.fizzled)
         summary.recovered += recovered
         summary.rerun += rerun
         with handle.read() as lp:
@@ -230,13 +301,23 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
                 if n_running == 0:
                     break
                 # other workers run parents of waiting fireworks, or some died: check, wait
-                recovered, rerun = recover_lost_runs(handle)
+                n_given_up = len(summary.fizzled)
+                recovered, rerun = recover_lost_runs(handle, given_up=summary.fizzled)
                 summary.recovered += recovered
                 summary.rerun += rerun
-                if not (recovered or rerun):
+                if not (recovered or rerun or len(summary.fizzled) > n_given_up):
                     time.sleep(poll_s)
                 continue
             bar.set_postfix_str(f"fw {fw.fw_id} {fw.name}")
+            problem = structure_problem(fw.spec)
+            if problem is not None:  # refused before anything can crash on it
+                with handle.transaction() as lp:
+                    _fizzle_launch(lp, launch_id, problem)
+                    remaining = _count_remaining(lp)
+                summary.fizzled.append(fw.fw_id)
+                bar.total = summary.n_launched + remaining
+                bar.update(1)
+                continue
             with _interruptible() as interrupted:
                 _run_offline(fworker, fw.fw_id, launch_dir)
             if interrupted:  # Ctrl-C / SIGTERM: not the firework's fault, back to the queue

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from mlcharge_workflows.settings import MLChargeSettings
@@ -70,6 +74,63 @@ def pw_command(nprocs: int | None = None, input_file: str = "pw.in") -> list[str
     return [*mpi, *pw, "-in", input_file]
 
 
+#: ``prctl`` option that asks the kernel to signal a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _tie_to_parent(parent_pid: int) -> None:
+    """``preexec_fn`` of a DFT process: die (SIGTERM) when the Python that started it dies.
+
+    Runs in the child between fork and exec. SIGTERM, not SIGKILL: ``mpirun`` passes it on
+    to its ranks before it exits, so the whole run goes. If the parent died before the
+    ``prctl`` took effect, exit at once.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group of ``proc`` (pw.x, mpirun and its ranks), SIGKILL after
+    ``grace_s``; returns when ``proc`` is reaped."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            # ranks of a dead mpirun may linger in the group for a moment
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+
+
+def run_tied(cmd: list[str], timeout: float | None = None, **popen_kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for DFT codes whose processes must never outlive this Python.
+
+    The command runs in its own process group (a Ctrl-C of the terminal reaches only this
+    Python, which then stops the whole group) with a parent-death signal (SIGTERM when this
+    process dies, even by SIGKILL; ``mpirun`` forwards it to its ranks). On a timeout, an
+    exception or an interrupt the whole group is terminated before this returns or raises.
+    """
+    proc = subprocess.Popen(cmd, process_group=0,
+                            preexec_fn=lambda pid=os.getpid(): _tie_to_parent(pid), **popen_kwargs)
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except BaseException:  # timeout, KeyboardInterrupt, SIGTERM turned into an exception
+        kill_group(proc)
+        raise
+    # a clean exit of mpirun leaves no rank behind; a crashed one may: clear the group
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, returncode)
+
+
 def run_pw(
     directory: str | Path,
     input_file: str = "pw.in",
@@ -109,10 +170,8 @@ def run_pw(
     crash.unlink(missing_ok=True)
     try:
         with open(out_path, "w") as out:
-            proc = subprocess.run(
-                cmd, cwd=directory, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                env=pw_environment(),
-            )
+            proc = run_tied(cmd, cwd=directory, stdout=out, stderr=subprocess.STDOUT,
+                            timeout=timeout, env=pw_environment())
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(
             f"pw.x in {directory} ran past {timeout} s and was stopped\n{_tail(out_path)}"
