@@ -10,7 +10,6 @@ while the model's saved table stays the 8-electron training one.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

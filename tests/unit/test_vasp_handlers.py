@@ -173,13 +173,12 @@ def test_under_custodian_with_unconverged_handler(tmp_path: Path, max_restarts: 
 def test_chgcar_deleted_by_another_handler_is_recorded(tmp_path: Path) -> None:
     """custodian's edddav fix deletes CHGCAR and keeps ICHARG=1: VASP would start from
     atoms while the record still said ML start. The handler detects it and abandons."""
+    import numpy as np
     from custodian.vasp.handlers import VaspErrorHandler
     from pymatgen.core import Lattice, Structure
     from pymatgen.io.vasp import Kpoints, Poscar
 
     from mlcharge_workflows.density.potcar import format_potcar_dataset
-
-    import numpy as np
 
     d = _ml_folder(tmp_path, {"ICHARG": 1, "NELM": 100, "ALGO": "Fast"}, vasprun=CONVERGED)
     s = Structure(Lattice.cubic(4.0), ["Si"], [[0, 0, 0]])

@@ -20,7 +20,6 @@ from mlcharge_workflows.density.grid import DensityGrid  # noqa: E402
 from mlcharge_workflows.engines.vasp.density import (  # noqa: E402
     place_density,
     resolve_predictor,
-    write_predicted_chgcar,
 )
 from mlcharge_workflows.engines.vasp.sets import (  # noqa: E402
     expected_nelect,
