@@ -123,7 +123,7 @@ class MLDensityMaker(Maker):
 
     @job(data="density", output_schema=MLDensityDocument)
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> MLDensityDocument:
-        """Predict, normalise to NELECT, write ``CHGCAR`` in the job folder."""
+        """Predict on the run's POTCARs (never rescaled), write ``CHGCAR`` in the job folder."""
         t0 = time.perf_counter()
         try:
             grid, info = write_predicted_chgcar(
