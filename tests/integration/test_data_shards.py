@@ -186,3 +186,16 @@ def test_splits_from_are_kept_by_later_packs(tmp_path):
     _partial_copy(src, ids)
     pack_dataset(src, into, log=lambda s: None)
     assert ShardDataset(into).entries[late.id]["split"] == "test"
+
+
+def test_cli_pack_reports_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlcharge_workflows.cli.main import app
+
+    res = CliRunner().invoke(app, ["data", "pack", str(SAMPLE_DIR), "--into", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    assert "packed 20 new records" in res.output and "holds 20" in res.output
+    res = CliRunner().invoke(app, ["data", "pack", str(tmp_path / "nothing"), "--into",
+                                   str(tmp_path / "q")])
+    assert res.exit_code == 1 and "not a dataset folder" in res.output
