@@ -137,6 +137,34 @@ def cost_table(root: str) -> None:
         print(f"  {rid}: {f.get('kind')}: {(f.get('reason') or '').splitlines()[0][:120] if f.get('reason') else ''}")
 
 
+def summary(root: str) -> None:
+    """Counts of a sharded dataset (the table of docs/dataset.md)."""
+    from pathlib import Path
+
+    from mlcharge_workflows.training.shards import ShardDataset
+
+    ds = ShardDataset(root)
+    es = list(ds.entries.values())
+    size = sum(p.stat().st_size for p in (Path(root) / "shards").glob("shard-*"))
+    els = Counter(el for e in es for el in e["elements"])
+    atoms = Counter(e["n_atoms"] for e in es)
+    split = {k: (len(v), len({ds.entries[i]["family"] for i in v}))
+             for k, v in ds.manifest["splits"].items()}
+    nm = [e["storage"]["nmape_total_percent"] for e in es]
+    print(f"| shards | {len(ds.shards)} ({size / 1e6:.2f} MB, {size / max(1, len(es)) / 1e3:.1f} kB per record) |")
+    print(f"| records | {len(es)} ({len(ds.manifest['excluded'])} excluded), "
+          f"{len(ds.manifest['failures'])} failures listed "
+          f"{dict(Counter(f.get('kind') for f in ds.manifest['failures'].values()))} |")
+    print(f"| elements | {len(els)}: " + ", ".join(f"{k} {v}" for k, v in sorted(els.items())) + " |")
+    print("| atoms per cell | " + ", ".join(f"{k}: {v}" for k, v in sorted(atoms.items()))
+          + f" ({sum(v for k, v in atoms.items() if k >= 8)} with >= 8) |")
+    print(f"| spin-polarised | {sum(e['spin_polarized'] for e in es)}; AFM starts "
+          f"{sum(e.get('magnetic_start') == 'afm' for e in es)} |")
+    print("| splits (records, families) | " + ", ".join(f"{k} {a} ({b})" for k, (a, b) in split.items()) + " |")
+    if nm:
+        print(f"| storage NMAPE | mean {np.mean(nm):.4f} %, max {np.max(nm):.4f} % |")
+
+
 def main() -> None:
     warnings.simplefilter("ignore")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -145,9 +173,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--manifest", help="with --plan: the generator of this manifest.json")
     ap.add_argument("--cost", action="store_true", help="pw.x cost and failures of a dataset")
+    ap.add_argument("--summary", action="store_true", help="counts of a dataset")
     args = ap.parse_args()
     if args.cost:
         cost_table(args.dataset)
+        return
+    if args.summary:
+        summary(args.dataset)
         return
     if args.plan:
         splits = from_plan(args.plan, args.seed, args.manifest)
