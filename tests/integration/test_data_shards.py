@@ -162,6 +162,8 @@ def test_repository_data_opens_through_the_documented_config():
 
     cfg = TrainConfig.from_yaml(REPO / "data" / "train.yaml")
     assert cfg.datasets
+    size = sum(p.stat().st_size for p in (REPO / "data").rglob("*") if p.is_file())
+    assert size < 200e6  # the repository's data budget (docs/dataset.md)
     for root in cfg.datasets:
         ds = open_dataset(root)
         assert isinstance(ds, ShardDataset) and len(ds) > 0
