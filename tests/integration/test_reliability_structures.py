@@ -9,6 +9,7 @@ refuses with the same message.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def _bad_file(tmp_path: Path, case: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-@pytest.mark.parametrize("command", ["scf", "predict", "submit"])
+@pytest.mark.parametrize("command", ["scf", "predict", "submit", "compare"])
 def test_bad_structures_named_error(tmp_path, case, command):
     """Each command refuses each bad cell with a message naming the site or lattice vector."""
     import re
@@ -107,9 +108,17 @@ def test_bad_structures_named_error(tmp_path, case, command):
         "scf": ["scf", str(path), "--workdir", str(tmp_path / "run")],
         "predict": ["predict", str(path), "-o", str(tmp_path / "out")],
         "submit": ["submit", str(path), "--project", str(tmp_path / "proj"), "--no-progress"],
+        "compare": ["compare", str(path), "-o", str(tmp_path / "rec.json"), "--workdir",
+                    str(tmp_path / "run"), "--store", str(tmp_path / "proj"), "--no-progress"],
     }[command]
     proc = _run(args, tmp_path)
     _assert_no_crash(proc, command)
+    if command == "compare":  # an error record per bad structure, exit status 3
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        (record,) = json.loads((tmp_path / "rec.json").read_text())
+        assert re.search(match, record["error"]), record["error"]
+        assert not list(tmp_path.glob("run/**/pw.in"))  # nothing ran
+        return
     assert proc.returncode in (1, 2), proc.stdout + proc.stderr
     assert re.search(match, proc.stderr), proc.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()

@@ -4,14 +4,25 @@ Argument parsing only; the work is :func:`mlcharge_workflows.compare.run_compare
 JSON list written to ``--output`` holds one public record per structure (format:
 ``docs/compare.md``); every job output also goes to the file-backed jobflow store in
 ``--store`` for ``mlcharge report``.
+
+Each structure's record is written as soon as it finishes (``--output`` and the JSON Lines
+file beside it, ``records.jsonl`` for ``records.json``), so Ctrl-C or a crash keeps every
+finished structure; ``--resume`` then skips them.
+
+Exit status: 0 every structure compared; 2 bad input, nothing run (message on stderr);
+3 finished, but at least one structure has an error record; 130 interrupted (finished
+records kept, ``--resume`` continues).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
+
+EXIT_BAD_INPUT = 2
+EXIT_STRUCTURE_ERRORS = 3
+EXIT_INTERRUPTED = 130
 
 
 def _read_protocol(text: str | None) -> dict | None:
@@ -41,27 +52,32 @@ def compare(
         None, "--protocol",
         help="QE protocol overrides: a JSON/YAML file or inline JSON, e.g. '{\"ecutwfc_ry\": 25}'.",
     ),
+    resume: bool = typer.Option(False, "--resume", help="Continue --output: skip the structures "
+                                "it already holds without error, run the others."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output."),
 ) -> None:
     """Run baseline (atomic start) and ML-initialised SCF for each structure; write records."""
-    from mlcharge_workflows.common.schemas import SavingsDocument
-    from mlcharge_workflows.compare import run_compare
+    from mlcharge_workflows.compare import CompareInterrupted, run_compare
     from mlcharge_workflows.settings import MLChargeSettings
 
     if store is None:
         store = MLChargeSettings().project_dir
     try:
-        docs = run_compare(
+        result = run_compare(
             [str(s) for s in structures], engine, oracle, nscf,
             None if model is None else str(model), workdir, store, jobs, nprocs, progress,
-            _read_protocol(protocol),
+            _read_protocol(protocol), output=output, resume=resume, overwrite=overwrite,
         )
     except ValueError as exc:
         typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    records = [SavingsDocument.model_validate(d).record() for d in docs]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(records, indent=2) + "\n")
-    n_err = sum(r["error"] is not None for r in records)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except CompareInterrupted as exc:
+        r = exc.result
+        typer.echo(f"interrupted: {len(r.docs)} finished structure(s) kept in {output} and "
+                   f"{r.jsonl}; {r.n_left} not finished. Rerun with --resume to continue.",
+                   err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    records = result.records
     for r in records:
         it = r["scf_iterations"]
         status = f"error: {r['error'].splitlines()[0]}" if r["error"] else (
@@ -69,7 +85,13 @@ def compare(
             + (f" (fallback: {r['fallback']})" if r["fallback"] else "")
         )
         typer.echo(f"{r['structure']}: {status}")
-    typer.echo(f"wrote {len(records)} records to {output} ({n_err} with errors); store: {store}")
+    resumed = f", {result.n_resumed} kept from the earlier run" if result.n_resumed else ""
+    typer.echo(f"wrote {len(records)} records to {output} ({result.n_errors} with errors"
+               f"{resumed}); store: {store}")
+    if result.n_errors:
+        typer.echo(f"{result.n_errors} structure(s) failed: exit status {EXIT_STRUCTURE_ERRORS}",
+                   err=True)
+        raise typer.Exit(EXIT_STRUCTURE_ERRORS)
 
 
 def register(app: typer.Typer) -> None:
