@@ -68,15 +68,14 @@ def qe_protocol(protocol: QEProtocol | dict | None) -> QEProtocol:
     from pydantic import ValidationError
 
     from mlcharge_workflows.engines.qe.sets import QEProtocol
+    from mlcharge_workflows.validation import check_known_fields
 
     if protocol is None or isinstance(protocol, QEProtocol):
         return protocol or QEProtocol()
-    unknown = sorted(set(protocol) - set(QEProtocol.model_fields))
-    if unknown:
-        raise ValueError(
-            f"invalid QE protocol override: unknown field(s) {unknown}; "
-            f"known: {', '.join(QEProtocol.model_fields)}"
-        )
+    try:  # a typo is refused with the nearest field named, never silently ignored
+        check_known_fields(protocol, QEProtocol.model_fields, "QE protocol")
+    except ValueError as exc:
+        raise ValueError(f"invalid QE protocol override: {exc}") from None
     try:
         return QEProtocol(**protocol)
     except (ValidationError, TypeError) as exc:

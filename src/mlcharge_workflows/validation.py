@@ -1,4 +1,5 @@
-"""One structure check for every entry point, run before any library that can crash on it.
+"""Input validation for every entry point: structures (before any library that can crash on
+them) and settings mappings (unknown keys refused with the nearest valid name).
 
 spglib and pymatgen's neighbour search are C code: a ``nan`` in a position or an ``inf`` in
 a lattice vector makes them segfault or loop, and a degenerate cell ends in numpy errors far
@@ -34,8 +35,9 @@ sites 0 (Si) and 1 (Si) are 0.054 Å apart (periodic images included), closer th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -167,6 +169,31 @@ def _check_distances(structure: Structure, frac: np.ndarray, min_distance: float
             f"sites {_site_label(structure, i)} and {_site_label(structure, j)} are {dmin:.3f} Å "
             f"apart (periodic images included), closer than {min_distance} Å, the limit of every command"
         )
+
+
+def check_known_fields(data: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    """Refuse keys of a settings mapping that are not in ``known``, suggesting the nearest.
+
+    Every command that reads settings (QE protocol files and inline overrides, training
+    configs) calls this, so a typo is never silently ignored.
+
+    >>> check_known_fields({"ecutwfcc": 45}, ["ecutwfc_ry", "ecutrho_ry"], "QE protocol")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown QE protocol field 'ecutwfcc' (did you mean 'ecutwfc_ry'?); known fields: ecutwfc_ry, ecutrho_ry
+    """
+    import difflib
+
+    known = list(known)
+    unknown = [k for k in data if k not in known]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    noun = "field" if len(unknown) == 1 else "fields"
+    raise ValueError(f"unknown {what} {noun} {', '.join(parts)}; known fields: {', '.join(known)}")
 
 
 def read_structure(path: str | Path) -> Structure:

@@ -24,23 +24,13 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _protocol_fields(path: Path | None, kspacing: float | None) -> dict:
-    fields: dict = {}
-    if path is not None:
-        import yaml
+    from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields
 
-        try:
-            loaded = yaml.safe_load(path.read_text())  # JSON is YAML
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read protocol file {path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"protocol file {path} must hold a mapping of QEProtocol fields")
-        fields.update(loaded)
+    fields: dict = {} if path is None else read_protocol_fields(path)
     if kspacing is not None:
         fields["kspacing"] = kspacing
     if fields:
-        from mlcharge_workflows.engines.qe.sets import QEProtocol
-
-        QEProtocol(**fields)  # validate now, with pydantic's message
+        qe_protocol(fields)  # the loader of every command: unknown fields refused, nearest named
     return fields
 
 
