@@ -6,7 +6,9 @@ grid as ``grid_shape``, Fourier coefficients by FFT of the CHGCAR grid (inside t
 whole grid but its Nyquist planes, or a sphere of ``store_ecut_ry``), the energy and SCF steps from
 ``vasprun.xml`` (else OSZICAR and OUTCAR), and the run's settings.
 
-Checks (a failing folder is listed in ``failures/`` with the reason, others go on):
+Checks (a failing folder is listed in ``failures/`` with the reason, others go on; so is
+a folder whose ``vasprun.xml`` or OUTCAR cannot be read, e.g. a killed run): the run's
+structure and the CHGCAR's pass :func:`mlcharge_workflows.validation.validate_structure`,
 the CHGCAR parses, its cell and atoms are the run's final structure, its grid is the
 run's fine grid (NGXF, NGYF, NGZF), it integrates to NELECT, it is finite, and the
 electronic SCF converged.
@@ -102,6 +104,15 @@ def parse_outcar(path: Path) -> dict:
     }
 
 
+def _complete_xml(path: Path) -> bool:
+    """True if ``vasprun.xml`` ends with VASP's closing ``</modeling>`` tag."""
+    from monty.io import zopen
+
+    with zopen(str(path), "rb") as fh:
+        data = fh.read()
+    return data.rstrip().endswith(b"</modeling>")
+
+
 def _run_metadata(folder: Path) -> tuple[dict, object | None]:
     """SCF facts and settings of a VASP run, and its final structure (None if unknown)."""
     from pymatgen.io.vasp import Poscar, Vasprun
@@ -113,11 +124,17 @@ def _run_metadata(folder: Path) -> tuple[dict, object | None]:
     meta: dict = {"engine": "vasp", "source_folder": str(folder.resolve())}
     structure = None
     if vasprun is not None:
-        scf = parse_vasp_scf(vasprun)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            v = Vasprun(str(vasprun), parse_dos=False, parse_eigen=False,
-                        parse_potcar_file=False, exception_on_bad_xml=False)  # fmt: skip
+        try:  # a killed or still-running VASP leaves a cut file: pymatgen raises many types
+            if not _complete_xml(vasprun):
+                raise ValueError("the file ends before </modeling>")
+            scf = parse_vasp_scf(vasprun)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                v = Vasprun(str(vasprun), parse_dos=False, parse_eigen=False,
+                            parse_potcar_file=False, exception_on_bad_xml=False)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - any parse failure is this folder's failure
+            raise IngestError("bad_vasprun", f"{vasprun}: unreadable ({type(exc).__name__}: "
+                              f"{exc}); a VASP run that was killed or is still writing?") from None
         structure = v.final_structure
         params = {**v.parameters, **v.incar}
         meta.update(
@@ -159,7 +176,14 @@ def ingest_run(folder: Path, rid: str, store_ecut_ry: float | None) -> DensityRe
     """One VASP folder as a :class:`DensityRecord`; ``IngestError`` says why it cannot be."""
     from mlcharge_workflows.density.chgcar import read_chgcar
 
+    from mlcharge_workflows.validation import validate_structure
+
     meta, run_structure = _run_metadata(folder)
+    if run_structure is not None:
+        try:
+            validate_structure(run_structure)
+        except ValueError as exc:
+            raise IngestError("bad_structure", f"{folder}: run structure: {exc}") from None
     steps = meta.get("electronic_steps") or []
     if meta.get("converged_electronic") is False or (
         meta.get("nelm") and steps and any(n >= meta["nelm"] for n in steps)
@@ -173,6 +197,10 @@ def ingest_run(folder: Path, rid: str, store_ecut_ry: float | None) -> DensityRe
         grid = read_chgcar(chgcar)
     except ValueError as exc:  # malformed, truncated, non-finite
         raise IngestError("bad_chgcar", str(exc)) from None
+    try:
+        validate_structure(grid.structure)
+    except ValueError as exc:
+        raise IngestError("bad_structure", f"{chgcar}: CHGCAR header structure: {exc}") from None
     if run_structure is not None:
         try:
             grid.check_matches(run_structure, lattice_tol=1e-3, site_tol=2e-3)
@@ -244,8 +272,9 @@ def ingest_vasp_runs(
             write_json_atomic(failure, {"id": rid, "kind": exc.kind, "reason": str(exc),
                                         "folder": str(folder.resolve())})  # fmt: skip
             continue
-        except (ValueError, OSError) as exc:  # unreadable vasprun.xml / OUTCAR
-            write_json_atomic(failure, {"id": rid, "kind": "bad_outputs", "reason": str(exc),
+        except Exception as exc:  # noqa: BLE001 - one broken folder never stops the others
+            write_json_atomic(failure, {"id": rid, "kind": "bad_outputs",
+                                        "reason": f"{type(exc).__name__}: {exc}",
                                         "folder": str(folder.resolve())})  # fmt: skip
             continue
         record.metadata["provenance"] = provenance
