@@ -204,9 +204,18 @@ class RealisticGenerator:
 
     def __call__(self, index: int) -> GeneratedStructure:
         """Structure number ``index`` (deterministic)."""
+        # the kind of cell and whether it is magnetic are drawn once per index, so that
+        # redraws (rejected attempts) do not bias the shares towards easy combinations
+        pre = np.random.default_rng([self.seed, int(index), 1_000_000])
+        u, v = pre.random(2)
+        kind = "supercell" if u < self.supercell_fraction else (
+            "slab" if u < self.supercell_fraction + self.slab_fraction else "bulk")
+        # large cells are magnetic half as often: a spin-polarised 30-atom cell costs most
+        share = self.magnetic_fraction * (0.5 if kind == "supercell" else 1.0)
+        magnetic = bool(self.magnetic_elements) and v < share
         for attempt in range(300):
             rng = np.random.default_rng([self.seed, int(index), attempt])
-            got = self._draw(rng)
+            got = self._draw(rng, kind, magnetic)
             if got is not None:
                 structure, proto, info = got
                 info["attempt"] = attempt
@@ -221,13 +230,7 @@ class RealisticGenerator:
         return [self(i) for i in range(start, start + n)]
 
     # ------------------------------------------------------------------ draws
-    def _draw(self, rng: np.random.Generator):
-        u = rng.random()
-        kind = "supercell" if u < self.supercell_fraction else (
-            "slab" if u < self.supercell_fraction + self.slab_fraction else "bulk")
-        # large cells are magnetic half as often: a spin-polarised 30-atom cell costs most
-        share = self.magnetic_fraction * (0.5 if kind == "supercell" else 1.0)
-        magnetic = bool(self.magnetic_elements) and rng.random() < share
+    def _draw(self, rng: np.random.Generator, kind: str, magnetic: bool):
         if kind == "bulk":
             got = self._bulk(rng, magnetic, self.types)
         elif kind == "supercell":
@@ -353,7 +356,7 @@ class RealisticGenerator:
             d = self._defect(sc, rng, kind, oxi)
             if d is not None:
                 defects.append(d)
-        if not defects or len(sc) > hi:
+        if not defects or not lo <= len(sc) <= hi:
             return None
         info.update(supercell=m.tolist(), defects=defects, base_atoms=len(base))
         return sc, f"sc-{label}", info, oxi
