@@ -2,12 +2,8 @@
 
 The job is engine-neutral. What differs between engines is only how a number is read
 from an arm's output (a QE task document, an atomate2 ``TaskDoc``): each engine
-supplies an :class:`ArmReader` and the job asks it, arm by arm.
-
->>> get_field({"output": {"energy": -1.5}}, "output", "energy")
--1.5
->>> get_field(None, "output") is None
-True
+supplies an :class:`ArmReader` and the job asks it, arm by arm (through
+:func:`~mlcharge_workflows.common.schemas.get_field`, which reads models and dicts alike).
 """
 
 from __future__ import annotations
@@ -22,8 +18,11 @@ from mlcharge_workflows.common.schemas import (
     ArmAttempt,
     SavingsDetails,
     SavingsDocument,
+    get_field,
     missing_arms,
 )
+
+__all__ = ["ARMS", "SAVINGS_JOB_NAME", "ArmReader", "get_field", "savings_document"]
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -35,19 +34,6 @@ SAVINGS_JOB_NAME = "savings document"
 ARMS = ("baseline", "predict", "ml", "oracle", "nscf_scf", "nscf_ml", "nscf_atomic")
 #: The SCF arms (converged flag, magnetisation, iterations).
 SCF_ARMS = ("baseline", "ml", "oracle")
-
-
-def get_field(obj: Any, *path: str) -> Any:
-    """Nested attribute-or-key access; None when anything on the way is missing.
-
-    Arm outputs reach the savings document as models (local runs) or as dicts
-    (FireWorks, stored documents): this reads both.
-    """
-    for name in path:
-        if obj is None:
-            return None
-        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-    return obj
 
 
 class ArmReader(MSONable, ABC):

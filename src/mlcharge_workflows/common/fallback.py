@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlcharge_workflows.common.schemas import get_field
+
 #: fallback reason prefixes (the part before ':' in the record's "fallback" field)
 UNSUPPORTED = "unsupported_elements"
 PREDICTION_FAILED = "prediction_failed"
@@ -60,9 +62,7 @@ class RunSummary:
         """
 
         def get(name: str) -> Any:
-            if isinstance(task, dict):
-                return task.get(name)
-            return getattr(task, name, None)
+            return get_field(task, name)
 
         mag = get("total_magnetization")
         for alias in ("magnetization", "magnetisation"):

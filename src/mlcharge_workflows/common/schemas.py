@@ -5,6 +5,8 @@ One record per structure. The record format is a public interface (documented in
 ``mlcharge report`` reads it. ``null`` marks an arm that was not run. The prediction
 document (:class:`PredictionDocument`) is the output of both engines' prediction job.
 
+>>> get_field({"output": {"energy": -1.5}}, "output", "energy")
+-1.5
 >>> rec = SavingsRecord(structure="Si.cif", engine="qe")
 >>> sorted(rec.record())[:3]
 ['band_gap_eV', 'energy_eV', 'engine']
@@ -35,6 +37,19 @@ RECORD_KEYS: tuple[str, ...] = (
     "band_gap_eV",
     "error",
 )
+
+
+def get_field(obj: Any, *path: str) -> Any:
+    """Nested attribute-or-key access; None when anything on the way is missing.
+
+    Arm outputs reach the savings document as models (local runs) or as dicts
+    (FireWorks, stored documents): this reads both.
+    """
+    for name in path:
+        if obj is None:
+            return None
+        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    return obj
 
 
 class _Arms(BaseModel):

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 #: pw.x integrates atomic densities to this radius (bohr), ``read_pseudo.f90``.
 RCUT_BOHR = 10.0
+
+#: Starting moment per species as a fraction of its valence charge (pw.x's
+#: ``starting_magnetization``, -1..1): the one default of the QE protocol and the model.
+DEFAULT_STARTING_MAGNETIZATION: dict[str, float] = {"Fe": 0.4, "Co": 0.35, "Ni": 0.3}
 #: Spacing (bohr⁻¹) of the tabulated radial transform.
 DQ_BOHR = 0.002
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from e3nn import o3
 
-from mlcharge_workflows.units import BOHR_TO_ANGSTROM
+from mlcharge_workflows.density.sad import DEFAULT_STARTING_MAGNETIZATION
 from mlcharge_workflows.model.atomic import AtomicDensityTable
 from mlcharge_workflows.model.basis import (
     OrbitalLayout,
@@ -28,6 +28,7 @@ from mlcharge_workflows.model.basis import (
 )
 from mlcharge_workflows.model.graph import radius_graph
 from mlcharge_workflows.model.network import OrbitalNetwork
+from mlcharge_workflows.units import BOHR_TO_ANGSTROM
 
 #: Exponents (Å⁻²) are kept in this range while learning.
 ALPHA_RANGE = (0.05, 64.0)
@@ -53,7 +54,7 @@ class ModelConfig:
     learn_moments: bool = False
     use_sad: bool = True
     starting_magnetization: dict[str, float] = field(
-        default_factory=lambda: {"Fe": 0.4, "Co": 0.35, "Ni": 0.3}
+        default_factory=lambda: dict(DEFAULT_STARTING_MAGNETIZATION)
     )
     ecutrho_ry: dict[str, float] = field(default_factory=dict)
 

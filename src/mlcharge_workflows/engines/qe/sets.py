@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
+from mlcharge_workflows.density.sad import DEFAULT_STARTING_MAGNETIZATION
 from mlcharge_workflows.pseudo import get_pseudo, n_valence_electrons, structure_elements
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class QEProtocol(BaseModel):
     )
     electron_maxstep: int = Field(100, ge=1)
     starting_magnetization: dict[str, float] = Field(
-        default_factory=lambda: {"Fe": 0.4, "Co": 0.35, "Ni": 0.3},
+        default_factory=lambda: dict(DEFAULT_STARTING_MAGNETIZATION),
         description="Species that make a run spin-polarised (nspin=2), with their starting moments.",
     )
     standard_orientation: bool = Field(
