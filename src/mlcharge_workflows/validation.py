@@ -196,6 +196,22 @@ def check_known_fields(data: Mapping[str, Any], known: Iterable[str], what: str)
     raise ValueError(f"unknown {what} {noun} {', '.join(parts)}; known fields: {', '.join(known)}")
 
 
+def refuse_overwrite(path: str | Path, overwrite: bool, option: str) -> None:
+    """Raise ``ValueError`` if ``path`` (a file, or a non-empty folder) holds earlier results
+    and ``overwrite`` is False; ``option`` names the command-line option in the message."""
+    path = Path(path)
+    if overwrite or not path.exists():
+        return
+    if path.is_dir():
+        if not any(path.iterdir()):
+            return
+        what = "is a folder that is not empty"
+    else:
+        what = "exists"
+    raise ValueError(f"{option} {path} {what}: earlier results would be overwritten; add "
+                     "--overwrite to replace them, or choose another path")
+
+
 def read_structure(path: str | Path) -> Structure:
     """Read a structure file pymatgen understands and :func:`validate_structure` it.
 

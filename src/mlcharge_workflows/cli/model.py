@@ -67,6 +67,8 @@ def predict(
     spin: str | None = typer.Option(
         None, "--spin", help="Magnetic cells: 'atomic' (pw.x's start) or 'model' (learned rho and m); default: MLCHARGE_MODEL_SPIN, else the weights' recorded default."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a density already "
+                                   "written at --output."),
 ) -> None:
     """Predict the density of STRUCTURE and write it as a start for QE or VASP.
 
@@ -78,6 +80,11 @@ def predict(
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not supported; choose one of {', '.join(ENGINES)}")
         struct = _read_structure(structure)
+        from mlcharge_workflows.validation import refuse_overwrite
+
+        refuse_overwrite(output if "CHGCAR" in output.name and not output.is_dir() else
+                         output / ("CHGCAR" if engine == "vasp" else "pwscf.save/charge-density.dat"),
+                         overwrite, "--output")
         from mlcharge_workflows.model import load_model, predict_density
 
         model = load_model(model_path)

@@ -68,16 +68,22 @@ def scf(
     protocol: Path | None = typer.Option(
         None, "--protocol", help="YAML/JSON file of QEProtocol fields overriding the defaults."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a --workdir that holds "
+                                   "earlier results (they are replaced)."),
 ) -> None:
     """Run one pw.x SCF and print iterations, energy, wall time, magnetisation and whether
     pw.x really read the starting density."""
     from mlcharge_workflows.engines.qe.core import run_qe_scf
-    from mlcharge_workflows.validation import read_structure
+    from mlcharge_workflows.validation import read_structure, refuse_overwrite
 
     try:
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not supported here; supported: {', '.join(ENGINES)}")
         struct = read_structure(structure)  # named error before anything can crash on it
+        if nprocs is not None and nprocs < 1:
+            raise ValueError(f"--nprocs must be >= 1, got {nprocs}")
+        if workdir is not None:
+            refuse_overwrite(workdir, overwrite, "--workdir")
         proto = _load_protocol(protocol)
         label = "atomic" if start == "atomic" else "file"
         if workdir is None:

@@ -83,7 +83,8 @@ def load_weights(path: str | Path, dtype: torch.dtype = torch.float32) -> Densit
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise ValueError(f"cannot read density model weights {path}: corrupt file ({exc})") from exc
+        raise ValueError(f"cannot read density model weights {path}: not a weights file written "
+                         f"by mlcharge, or a corrupt one ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a mlcharge density model weights file")
     if payload.get("version") != FORMAT_VERSION:

@@ -111,7 +111,9 @@ def summarize(records: Sequence[SavingsRecord]) -> dict[str, Any]:
         "n_records": len(records),
         "n_compared": len(paired),
         "n_errors": sum(r.error is not None for r in records),
-        "n_fallback": sum(r.fallback is not None for r in records),
+        # fell back = the ML arm really ran from atoms (not: every run of the structure errored)
+        "n_fallback": sum(r.fallback is not None and r.scf_iterations.ml is not None
+                          for r in records),
         "n_ml_density_used": sum(bool(r.ml_density_used) for r in records),
         # statistics of unrounded values (the table's columns are rounded for display)
         "iterations_saved_pct": _stats(_pct(r.iteration_saving) for r in records),

@@ -123,9 +123,15 @@ class TrainConfig(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"training config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:  # malformed YAML: the line and column, no traceback
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config is a YAML mapping")
+        from mlcharge_workflows.validation import check_known_fields
+
+        check_known_fields(data, cls.model_fields, f"training config ({path})")
         base = path.parent
         data["datasets"] = [str(base / d) if not Path(d).is_absolute() else d for d in data.get("datasets", [])]
         if "output" in data and not Path(data["output"]).is_absolute():

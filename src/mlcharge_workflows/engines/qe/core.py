@@ -121,6 +121,9 @@ def _read_density_file(path: Path, structure: Structure) -> DensityGrid:
             )
         path = found[0]
     if not _is_qe_binary(path):
+        if path.suffix == ".dat":  # named like pw.x's file, but not one: say so, not "CHGCAR"
+            raise ValueError(f"{path} is not a pw.x charge-density.dat (no Fortran binary record "
+                             "at its start; HDF5 and other formats are not read)")
         return read_chgcar(path)
     if (path.parent / "data-file-schema.xml").is_file():
         return read_qe_density(path)  # structure and nelec from pw.x's XML

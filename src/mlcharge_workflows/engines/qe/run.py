@@ -56,7 +56,7 @@ def pw_command(nprocs: int | None = None, input_file: str = "pw.in") -> list[str
     launcher cannot be found.
     """
     settings = MLChargeSettings()
-    nprocs = int(nprocs or settings.qe_nprocs)
+    nprocs = settings.qe_nprocs if nprocs is None else int(nprocs)  # 0 is refused, not "default"
     if nprocs < 1:
         raise ValueError(f"nprocs must be >= 1, got {nprocs}")
     pw = shlex.split(settings.pw_cmd)
