@@ -139,13 +139,15 @@ def build_flow(structure: Structure, engine: str, flow: str, label: str, **optio
     check_engine(engine)
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; choose one of {FLOWS}")
-    if engine == "qe":  # fail at submission, not hours later on a worker
+    # fail at submission, not hours later on a worker (nor in spglib: both engines)
+    if engine == "qe":
         from mlcharge_workflows.pseudo import check_structure
-
-        try:
-            check_structure(structure)
-        except ValueError as exc:
-            raise ValueError(f"{label}: {exc}") from None
+    else:
+        from mlcharge_workflows.validation import validate_structure as check_structure
+    try:
+        check_structure(structure)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from None
     return _BUILDERS[flow](structure, engine, label, **options)
 
 

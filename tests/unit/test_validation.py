@@ -156,3 +156,13 @@ def test_fuzz_distance_agrees_with_pymatgen(a, b, c, alpha, beta, gamma, frac):
             validate_structure(s)
     else:
         validate_structure(s)
+
+
+@pytest.mark.parametrize("engine", ["qe", "vasp"])
+def test_build_flow_validates_for_every_engine(engine):
+    from mlcharge_workflows.catalogue import build_flow
+
+    nan = SI.copy()
+    nan.replace(1, "Si", [np.nan, 0.25, 0.25])
+    with pytest.raises(ValueError, match=r"x\.cif: site 1 \(Si\) has non-finite coordinates"):
+        build_flow(nan, engine, "compare", "x.cif")
