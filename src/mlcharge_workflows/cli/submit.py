@@ -20,15 +20,16 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _read_protocol(path: Path) -> dict:
-    """QEProtocol fields from a YAML/JSON file, validated now (bad keys name themselves)."""
+def _read_protocol(path: Path):
+    """The QEProtocol of a YAML/JSON file, validated now (bad keys name themselves); the
+    object itself travels in the Makers to the workers and into the record."""
     from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields
 
     try:
-        return qe_protocol(read_protocol_fields(path)).model_dump()
+        return qe_protocol(read_protocol_fields(path))
     except ValueError as exc:
         _fail(f"--protocol {path}: {exc}")
-    return {}
+    return None
 
 
 def submit(
