@@ -1,13 +1,19 @@
-"""Pseudopotential registry: element -> Debian UPF file, valence, kind and suggested cutoffs.
+"""Pseudopotential registry: element -> UPF file, valence, kind and suggested cutoffs.
 
-Every file is a PBE norm-conserving (NC) or ultrasoft (US) potential shipped by Debian's
-``quantum-espresso-data`` (``settings.pseudo_dir``) or, for H and Cu, gzipped in the
-examples of ``quantum-espresso``. Debian has no scalar-relativistic PBE file for Co (only a
-fully relativistic US one, which pw.x 6.7 refuses without spin-orbit, and a PBEsol one), so
-Co is generated once with QE's own ``ld1.x`` from the parameters of that fully relativistic
-file, made scalar-relativistic, and cached (:data:`CACHE_DIR`). PAW files are avoided on
-purpose: a PAW start needs one-centre occupancies (becsum) consistent with the density,
-which a predicted density does not carry (see docs/qe-protocol.md).
+Every file is a PBE norm-conserving (NC) or ultrasoft (US) potential: shipped by Debian's
+``quantum-espresso-data`` (``settings.pseudo_dir``), gzipped in the examples of
+``quantum-espresso`` (H, Cu), or generated once with QE's own ``ld1.x`` and cached
+(:data:`CACHE_DIR`) from :data:`LD1_RECIPES`: Co (Debian has only a fully relativistic and a
+PBEsol file) and the elements Debian has no PBE NC/US file for (Li, Na, Mg, Al, P, S, F, Cl,
+K, Ca, Ti, Zn; pslibrary's generation parameters). A generated element is supported only
+with a passing record in :data:`VALIDATION_FILE` (ghost states, ld1.x transferability tests,
+PBE lattice constant; ``benchmarks/pseudo_validation.py``); a failed record keeps any element
+out of :func:`supported_elements`.
+
+A user's own NC/US file enters through :func:`pseudo_from_file` and
+:func:`resolve_pseudos` (element -> :class:`PseudoInfo`, overrides replacing the registry).
+PAW files are refused on purpose: a PAW start needs one-centre occupancies (becsum)
+consistent with the density, which a predicted density does not carry (docs/qe-protocol.md).
 
 Examples
 --------
@@ -21,6 +27,8 @@ True
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -30,12 +38,16 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import numpy as np
 
 from mlcharge_workflows.settings import MLChargeSettings
 from mlcharge_workflows.validation import MIN_DISTANCE, validate_structure  # noqa: F401
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from pymatgen.core import Structure
 
 #: Where Debian's ``quantum-espresso`` package keeps its examples (some gzipped UPF files).
@@ -49,8 +61,7 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ml
 #: relativistic ``CorelUSPBE.RRKJ3.UPF``, generated scalar-relativistic with PBE. Checked with
 #: pw.x (35/350 Ry, k-spacing 0.3 Å⁻¹): fcc Co energy minimum near a = 3.54 Å, 1.61 μB/atom
 #: at a = 3.52 Å (PBE literature: 3.52-3.54 Å, 1.6-1.7 μB).
-LD1_INPUTS = {
-    "Co.pbe-nd-rrkjus_ld1.UPF": """ &input
+_CO_INPUT = """ &input
    title='Co', zed=27.0, rel=1, config='[Ar] 3d8.0 4s1.0 4p0.0', iswitch=3, dft='PBE'
  /
  &inputp
@@ -64,32 +75,251 @@ LD1_INPUTS = {
 4P  2  1  0.00  0.50  2.40  2.60  0.0
 3D  3  2  8.00  0.00  1.50  2.10  0.0
 3D  3  2  0.00 -0.43  1.50  2.10  0.0
-""",
+"""
+
+
+def _psl(element: str, zed: float, config: str, tag: str, inputp: str, cards: str) -> str:
+    """An ld1.x input in pslibrary's layout: scalar-relativistic (rel=1), PBE, US (pseudotype=3)."""
+    return (
+        f" &input\n   title='{element}', zed={zed}, rel=1, config='{config}', iswitch=3, dft='PBE'\n /\n"
+        f" &inputp\n   pseudotype=3, file_pseudopw='{element}.pbe-{tag}-rrkjus_ld1.UPF',\n"
+        f"   author='ADC (pslibrary)',\n   {inputp}\n /\n"
+        f"{cards.strip()}\n"
+    )
+
+
+@dataclass(frozen=True)
+class Ld1Recipe:
+    """How one registry file is generated with ld1.x and tested.
+
+    ``tests`` are valence configurations for ld1.x's transferability test (``iswitch=2``):
+    the first is the generation configuration, the others give excitation energies that are
+    compared with the all-electron atom's. ``origin`` says where the parameters come from.
+    """
+
+    filename: str
+    input: str
+    tests: tuple[str, ...]
+    origin: str
+
+
+# Generation parameters of pslibrary (A. Dal Corso, Comput. Mater. Sci. 95, 337 (2014); the
+# public dalcorso/pslibrary repository, us_ps_collection.job): the ``rrkjus_psl.0.x`` entries
+# for Li (0.2.1), Na (0.2), Al, P, S, F, Cl (0.1) and Zn (0.2.2), and the earliest
+# ``$fct-rrkjus`` entries of the same file for Mg, K, Ca and Ti. Only rel=1, dft='PBE', the
+# author and the file name are set here.
+_PSL = "pslibrary us_ps_collection.job"
+LD1_RECIPES: dict[str, Ld1Recipe] = {
+    "Co": Ld1Recipe(
+        "Co.pbe-nd-rrkjus_ld1.UPF", _CO_INPUT,
+        ("3d8 4s1 4p0", "3d7 4s2 4p0", "3d8 4s0.5 4p0.5", "3d8 4s0 4p0"),
+        "radii of Debian's CorelUSPBE.RRKJ3.UPF, made scalar-relativistic PBE"),
+    "Li": Ld1Recipe("Li.pbe-s-rrkjus_ld1.UPF", _psl(
+        "Li", 3.0, "1s2 2s1 2p0 3d-2", "s",
+        "lloc=-1, rcloc=1.3, which_augfun='PSQ', rmatch_augfun=0.8, tm=.true.", """
+4
+1S  1  0  2.00  0.00  0.70  1.20  0.0
+2S  2  0  1.00  0.00  0.70  1.20  0.0
+2P  2  1  0.00  0.30  2.00  2.20  0.0
+2P  2  1  0.00  1.70  2.00  2.20  0.0"""),
+        ("1s2 2s1 2p0", "1s2 2s0 2p1", "1s2 2s0.5 2p0", "1s2 2s0 2p0"), f"{_PSL}: Li 0.2.1"),
+    "Na": Ld1Recipe("Na.pbe-spn-rrkjus_ld1.UPF", _psl(
+        "Na", 11.0, "[Ne] 3s0.5 3p0 3d-2", "spn",
+        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.6, tm=.true.", """
+5
+2S  1  0  2.00  0.00  1.50  1.80  0.0
+3S  2  0  0.50  0.00  1.50  1.80  0.0
+2P  2  1  6.00  0.00  1.50  2.00  0.0
+3P  3  1  0.00  0.00  1.50  2.00  0.0
+3D  3  2 -2.00  0.30  2.00  2.00  0.0"""),
+        ("2s2 2p6 3s0.5 3p0", "2s2 2p6 3s1 3p0", "2s2 2p6 3s0 3p1", "2s2 2p6 3s0 3p0"),
+        f"{_PSL}: Na 0.2"),
+    "Mg": Ld1Recipe("Mg.pbe-n-rrkjus_ld1.UPF", _psl(
+        "Mg", 12.0, "[Ne] 3s2.0 3p0 3d-2", "n",
+        "lloc=2, which_augfun='PSQ', rmatch_augfun=2.0, nlcc=.true., new_core_ps=.true.,\n"
+        "   rcore=2.1, tm=.true.", """
+5
+3S  1  0  2.00  0.00  2.30  2.50  0.0
+3S  2  0  0.00  6.50  1.40  2.50  0.0
+3P  2  1  0.00  0.00  2.40  2.60  0.0
+3P  3  1  0.00  6.30  1.40  2.60  0.0
+3D  3  2 -2.00  0.30  2.30  2.30  0.0"""),
+        ("3s2 3p0", "3s1 3p1", "3s1 3p0", "3s1.5 3p0.5"), f"{_PSL}: Mg (earliest entry)"),
+    "Al": Ld1Recipe("Al.pbe-n-rrkjus_ld1.UPF", _psl(
+        "Al", 13.0, "[Ne] 3s2 3p1 3d-2.0 4f-2.0", "n",
+        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.8, nlcc=.true., tm=.true.", """
+5
+3S  1  0  2.00  0.00  2.00  2.10  0.0
+3S  1  0  0.00  6.00  1.40  2.10  0.0
+3P  2  1  1.00  0.00  2.00  2.10  0.0
+3P  2  1  0.00  6.00  1.40  2.10  0.0
+3D  3  2 -2.00 -0.30  1.90  1.90  0.0"""),
+        ("3s2 3p1", "3s1 3p2", "3s2 3p0", "3s1 3p1"), f"{_PSL}: Al 0.1"),
+    "P": Ld1Recipe("P.pbe-n-rrkjus_ld1.UPF", _psl(
+        "P", 15.0, "[Ne] 3s2 3p3 3d-2", "n",
+        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.9, nlcc=.true., new_core_ps=.true.,\n"
+        "   rcore=1.3, tm=.true.", """
+5
+3S  1  0  2.00  0.00  2.00  2.10  0.0
+3S  1  0  0.00  6.00  2.00  2.10  0.0
+3P  2  1  3.00  0.00  2.00  2.10  0.0
+3P  2  1  0.00  6.00  2.00  2.10  0.0
+3D  3  2 -2.00 -0.30  1.90  1.90  0.0"""),
+        ("3s2 3p3", "3s1 3p4", "3s2 3p2", "3s1 3p3"), f"{_PSL}: P 0.1"),
+    "S": Ld1Recipe("S.pbe-n-rrkjus_ld1.UPF", _psl(
+        "S", 16.0, "[Ne] 3s2 3p4 3d-2", "n",
+        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.9, nlcc=.true., new_core_ps=.true.,\n"
+        "   rcore=1.2, tm=.true.", """
+5
+3S  1  0  2.00  0.00  2.00  2.10  0.0
+3S  1  0  0.00  6.00  2.00  2.10  0.0
+3P  2  1  4.00  0.00  2.00  2.10  0.0
+3P  2  1  0.00  6.00  2.00  2.10  0.0
+3D  3  2 -2.00 -0.30  1.90  1.90  0.0"""),
+        ("3s2 3p4", "3s1 3p5", "3s2 3p3", "3s1 3p4"), f"{_PSL}: S 0.1"),
+    "F": Ld1Recipe("F.pbe-n-rrkjus_ld1.UPF", _psl(
+        "F", 9.0, "1s2.0 2s2.0 2p5.0 3d-2.0", "n",
+        "lloc=2, which_augfun='PSQ', rmatch_augfun=0.90, nlcc=.true., new_core_ps=.true.,\n"
+        "   rcore=0.5", """
+5
+2S  1  0  2.00  0.00  1.20  1.40  0.0
+2S  1  0  0.00  0.05  1.20  1.40  0.0
+2P  2  1  5.00  0.00  1.20  1.40  0.0
+2P  2  1  0.00  0.05  1.20  1.40  0.0
+3D  3  2 -2.00  0.15  1.20  1.20  0.0"""),
+        ("2s2 2p5", "2s1 2p6", "2s2 2p4", "2s1 2p5"), f"{_PSL}: F 0.1"),
+    "Cl": Ld1Recipe("Cl.pbe-n-rrkjus_ld1.UPF", _psl(
+        "Cl", 17.0, "[Ne] 3s2 3p5 3d-2", "n",
+        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.75, nlcc=.true., new_core_ps=.true.,\n"
+        "   rcore=1.0, tm=.true.", """
+5
+3S  1  0  2.00  0.00  1.60  1.80  0.0
+3S  1  0  0.00  6.20  1.00  1.80  0.0
+3P  2  1  5.00  0.00  1.90  2.10  0.0
+3P  2  1  0.00  6.20  1.00  2.10  0.0
+3D  3  2 -2.00  0.15  1.80  1.80  0.0"""),
+        ("3s2 3p5", "3s1 3p6", "3s2 3p4", "3s1 3p5"), f"{_PSL}: Cl 0.1"),
+    "K": Ld1Recipe("K.pbe-spn-rrkjus_ld1.UPF", _psl(
+        "K", 19.0, "[Ar] 3d-2 4s1 4p0", "spn",
+        "lloc=-1, rcloc=2.2, which_augfun='PSQ', rmatch_augfun=1.0, nlcc=.true.,\n"
+        "   new_core_ps=.true., rcore=0.9, tm=.true.", """
+7
+3S  1  0  2.00  0.00  1.50  1.70  0.0
+4S  2  0  1.00  0.00  1.00  1.70  0.0
+4S  2  0  0.00  6.00  1.00  1.70  0.0
+3P  2  1  6.00  0.00  1.50  1.80  0.0
+4P  3  1  0.00  6.00  1.50  1.80  0.0
+3D  3  2 -2.00  0.10  1.70  2.10  0.0
+3D  3  2 -2.00  1.30  1.70  2.10  0.0"""),
+        ("3s2 3p6 4s1 4p0", "3s2 3p6 4s0 4p1", "3s2 3p6 4s0.5 4p0", "3s2 3p6 4s0 4p0"),
+        f"{_PSL}: K (earliest entry)"),
+    "Ca": Ld1Recipe("Ca.pbe-spn-rrkjus_ld1.UPF", _psl(
+        "Ca", 20.0, "[Ar] 3d0.0 4s2.0 4p0", "spn",
+        "lloc=-1, rcloc=2.4, which_augfun='PSQ', rmatch_augfun=1.5, nlcc=.true.,\n"
+        "   new_core_ps=.true., rcore=0.8, tm=.true.", """
+6
+3S  1  0  2.00  0.00  1.50  1.70  0.0
+4S  2  0  2.00  0.00  1.50  1.70  0.0
+3P  2  1  6.00  0.00  1.50  1.80  0.0
+4P  3  1  0.00  3.30  2.80  3.00  0.0
+3D  3  2 -2.00  0.10  2.00  2.30  0.0
+3D  3  2 -2.00  0.30  2.00  2.30  0.0"""),
+        ("3s2 3p6 3d0 4s2 4p0", "3s2 3p6 3d1 4s1 4p0", "3s2 3p6 3d0 4s1 4p1",
+         "3s2 3p6 3d0 4s1 4p0"), f"{_PSL}: Ca (earliest entry)"),
+    "Ti": Ld1Recipe("Ti.pbe-spn-rrkjus_ld1.UPF", _psl(
+        "Ti", 22.0, "[Ar] 3d2.0 4s2 4p0", "spn",
+        "lloc=-1, rcloc=2.0, which_augfun='PSQ', rmatch_augfun=0.8, nlcc=.true.,\n"
+        "   rcore=1.5, tm=.true.", """
+6
+3S  1  0  2.00  0.00  1.10  1.50  0.0
+4S  2  0  2.00  0.00  1.10  1.50  0.0
+3P  2  1  6.00  0.00  1.40  1.50  0.0
+4P  3  1  0.00  3.30  0.90  1.80  0.0
+3D  3  2  2.00  0.00  1.40  1.70  0.0
+3D  3  2 -2.00  0.30  1.40  1.70  0.0"""),
+        ("3s2 3p6 3d2 4s2 4p0", "3s2 3p6 3d3 4s1 4p0", "3s2 3p6 3d2 4s1 4p1",
+         "3s2 3p6 3d2 4s1 4p0"), f"{_PSL}: Ti (earliest entry)"),
+    "Zn": Ld1Recipe("Zn.pbe-dn-rrkjus_ld1.UPF", _psl(
+        "Zn", 30.0, "[Ar] 3d10. 4s2. 4p0.0", "dn",
+        "lloc=-1, rcloc=1.7, which_augfun='PSQ', rmatch_augfun=1.3, nlcc=.true.,\n"
+        "   rcore=0.7, tm=.true.", """
+6
+4S  1  0  2.00  0.00  2.10  2.20  0.0
+4S  1  0  0.00  6.10  1.40  2.20  0.0
+4P  2  1  0.00  0.00  2.20  2.30  0.0
+4P  2  1  0.00  6.30  1.40  2.30  0.0
+3D  3  2 10.00  0.00  1.50  1.80  0.0
+3D  3  2  0.00 -0.60  1.50  1.80  0.0"""),
+        ("3d10 4s2 4p0", "3d10 4s1 4p1", "3d10 4s1 4p0", "3d9 4s2 4p1"), f"{_PSL}: Zn 0.2.2"),
 }
+
+#: ld1.x inputs of the generated registry files, by file name.
+LD1_INPUTS = {r.filename: r.input for r in LD1_RECIPES.values()}
+
+#: Most species (``ntyp``) pw.x 6.7 accepts in one run (its ``ntypx``); an antiferromagnetic
+#: start that splits an element into two kinds counts twice.
+MAX_SPECIES = 10
 
 PseudoKind = Literal["NC", "US", "PAW"]
 
-# element: (file name, where: None = pseudo_dir, "ld1" = generated (LD1_INPUTS), else a folder
-#           relative to QE_EXAMPLES_DIR holding <file name>.gz; ecutwfc (Ry), ecutrho (Ry))
+
+class _Entry(NamedTuple):
+    filename: str
+    where: str | None  # None: pseudo_dir; "ld1": generated (LD1_RECIPES); else a folder of
+    #                    QE_EXAMPLES_DIR holding <filename>.gz
+    ecutwfc_ry: float
+    ecutrho_ry: float
+    needs_record: bool = False  # supported only with a passing record in VALIDATION_FILE
+
+
 # Cutoffs are moderate values for fast comparisons (not converged to 1 meV/atom); the
-# protocol takes the maximum over the species of a structure.
-_REGISTRY: dict[str, tuple[str, str | None, float, float]] = {
-    "H": ("H_HSCV_PBE-1.0.UPF", "CPV/EXX-wf-example", 50.0, 200.0),
-    "B": ("B.pbe-n-rrkjus_psl.1.0.0.UPF", None, 35.0, 280.0),
-    "C": ("C.pbe-rrkjus.UPF", None, 30.0, 240.0),
-    "N": ("N.pbe-n-rrkjus_psl.1.0.0.UPF", None, 40.0, 320.0),
-    "O": ("O.pbe-rrkjus.UPF", None, 35.0, 280.0),
-    "Si": ("Si.pbe-rrkj.UPF", None, 30.0, 120.0),
-    "Fe": ("Fe.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
-    "Co": ("Co.pbe-nd-rrkjus_ld1.UPF", "ld1", 35.0, 350.0),
-    "Ni": ("Ni.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
-    "Cu": ("Cu_US_PBE_3pj_lowE.UPF", "XSpectra/pseudo", 35.0, 350.0),
+# protocol takes the maximum over the species of a structure. Elements added with ld1.x
+# files (Li ... Zn) are supported only once benchmarks/pseudo_validation.py has recorded a
+# pass for them; their cutoffs are those of that validation (docs/qe-protocol.md).
+_REGISTRY: dict[str, _Entry] = {
+    "H": _Entry("H_HSCV_PBE-1.0.UPF", "CPV/EXX-wf-example", 50.0, 200.0),
+    "B": _Entry("B.pbe-n-rrkjus_psl.1.0.0.UPF", None, 35.0, 280.0),
+    "C": _Entry("C.pbe-rrkjus.UPF", None, 30.0, 240.0),
+    "N": _Entry("N.pbe-n-rrkjus_psl.1.0.0.UPF", None, 40.0, 320.0),
+    "O": _Entry("O.pbe-rrkjus.UPF", None, 35.0, 280.0),
+    "Si": _Entry("Si.pbe-rrkj.UPF", None, 30.0, 120.0),
+    "Fe": _Entry("Fe.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
+    "Co": _Entry("Co.pbe-nd-rrkjus_ld1.UPF", "ld1", 35.0, 350.0),
+    "Ni": _Entry("Ni.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
+    "Cu": _Entry("Cu_US_PBE_3pj_lowE.UPF", "XSpectra/pseudo", 35.0, 350.0),
+    "Li": _Entry(LD1_RECIPES["Li"].filename, "ld1", 65.0, 520.0, True),
+    "Na": _Entry(LD1_RECIPES["Na"].filename, "ld1", 40.0, 320.0, True),
+    "Mg": _Entry(LD1_RECIPES["Mg"].filename, "ld1", 30.0, 240.0, True),
+    "Al": _Entry(LD1_RECIPES["Al"].filename, "ld1", 30.0, 240.0, True),
+    "P": _Entry(LD1_RECIPES["P"].filename, "ld1", 30.0, 240.0, True),
+    "S": _Entry(LD1_RECIPES["S"].filename, "ld1", 30.0, 240.0, True),
+    "F": _Entry(LD1_RECIPES["F"].filename, "ld1", 45.0, 360.0, True),
+    "Cl": _Entry(LD1_RECIPES["Cl"].filename, "ld1", 35.0, 280.0, True),
+    "K": _Entry(LD1_RECIPES["K"].filename, "ld1", 35.0, 370.0, True),
+    "Ca": _Entry(LD1_RECIPES["Ca"].filename, "ld1", 35.0, 280.0, True),
+    "Ti": _Entry(LD1_RECIPES["Ti"].filename, "ld1", 45.0, 480.0, True),
+    "Zn": _Entry(LD1_RECIPES["Zn"].filename, "ld1", 40.0, 320.0, True),
 }
+
+#: Validation records of the generated files (written by benchmarks/pseudo_validation.py):
+#: element -> {"passed": bool, "reason": str, "md5": ..., ld1.x tests, lattice constant}.
+VALIDATION_FILE = Path(__file__).parent / "data" / "pseudo" / "validation.json"
+
+#: Why PAW files are refused (docs/qe-protocol.md).
+PAW_REASON = (
+    "a PAW run also needs one-centre occupancies (becsum) consistent with the start density, "
+    "which a predicted density does not carry (measured: GaAs from its own converged density "
+    "with atomic becsum took 18 SCF iterations, against 11 from atoms)"
+)
+
+#: Cutoffs (Ry) of a user file for an element the registry does not know and whose header
+#: suggests none.
+DEFAULT_CUTOFFS_RY = (45.0, 360.0)
 
 
 @dataclass(frozen=True)
 class PseudoInfo:
-    """One registry entry, with what was read from its UPF header."""
+    """One pseudopotential file (registry or user's), with what was read from its UPF."""
 
     element: str
     filename: str  # name in the run's pseudo folder
@@ -99,6 +329,9 @@ class PseudoInfo:
     functional: str
     ecutwfc_ry: float
     ecutrho_ry: float
+    has_rhoatom: bool = True  # PP_RHOATOM present (the atomic reference density)
+    md5: str = ""  # of the file's bytes
+    origin: str = "registry"  # "registry" or "user"
 
 
 def _open_text(path: Path) -> str:
@@ -109,7 +342,8 @@ def _open_text(path: Path) -> str:
 
 
 def read_upf_header(path: str | Path) -> dict:
-    """Element, kind (NC/US/PAW), z_valence, functional and spin-orbit flag of a UPF v1/v2 file."""
+    """Element, kind (NC/US/PAW), z_valence, functional, spin-orbit flag and PP_RHOATOM presence
+    of a UPF v1/v2 file (v2 also: the suggested ``wfc_cutoff``/``rho_cutoff`` in Ry, 0 if none)."""
     path = Path(path)
     text = _open_text(path)
     m = re.search(r"<PP_HEADER(.*?)(/>|</PP_HEADER>)", text, re.DOTALL)
@@ -128,12 +362,21 @@ def read_upf_header(path: str | Path) -> dict:
             kind = "US"
         else:
             kind = "NC"
+        def number(key: str) -> float:
+            try:
+                return float(attrs.get(key, "0").replace("D", "E").replace("d", "e"))
+            except ValueError:
+                return 0.0
+
         return {
             "element": attrs.get("element", "").strip(),
             "kind": kind,
-            "z_valence": float(attrs["z_valence"].replace("D", "E").replace("d", "e")),
+            "z_valence": number("z_valence"),
             "functional": " ".join(attrs.get("functional", "").split()),
             "has_so": attrs.get("has_so", "").strip().lower() in ("t", "true"),
+            "has_rhoatom": "<PP_RHOATOM" in text,
+            "wfc_cutoff": number("wfc_cutoff"),
+            "rho_cutoff": number("rho_cutoff"),
         }
     lines = [ln.strip() for ln in head.lstrip(">").strip().splitlines()]  # UPF v1
 
@@ -151,6 +394,7 @@ def read_upf_header(path: str | Path) -> dict:
         "z_valence": float(line_with("Z valence").split()[0]),
         "functional": " ".join(func_line.split("Exchange-Correlation")[0].split()),
         "has_so": "Fully-Relativistic" in text[: m.start()],
+        "has_rhoatom": "<PP_RHOATOM" in text,
     }
 
 
@@ -178,10 +422,48 @@ def _ld1_command() -> str:
     return ld1
 
 
+def run_ld1(text: str, cwd: str | Path) -> str:
+    """Run ld1.x on the input ``text`` in folder ``cwd``; its output, or ``RuntimeError``."""
+    proc = subprocess.run([_ld1_command()], input=text, cwd=cwd, capture_output=True, text=True,
+                          errors="replace")
+    crash = Path(cwd) / "CRASH"
+    if proc.returncode != 0 or crash.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise RuntimeError(f"ld1.x failed (status {proc.returncode}) in {cwd}:\n{tail}")
+    return proc.stdout
+
+
+#: Generation dates written by ld1.x, replaced so that a generated file is the same bytes
+#: on every day and machine with the same ld1.x.
+_DATE_PATTERNS = ((re.compile(r'date="[^"]*"'), 'date=""'),
+                  (re.compile(r"Generation date:[^\n]*"), "Generation date: (removed)"))
+
+
+_NUMERIC_LINE = re.compile(r"^[\s0-9eEdD+\-.]+$")
+
+
+def _wrap_long_numeric_lines(text: str, width: int = 4) -> str:
+    """Wrap lines of numbers longer than 200 characters, ``width`` numbers a line.
+
+    ld1.x 6.7 writes a matrix (PP_DIJ, PP_Q) on one line; with 7 projectors that line is
+    over 1024 characters, which QE's own UPF reader (ld1.x, pw.x) refuses ("line too long").
+    """
+    out = []
+    for line in text.split("\n"):
+        if len(line) > 200 and _NUMERIC_LINE.match(line):
+            nums = line.split()
+            out.extend("  " + "  ".join(nums[i : i + width]) for i in range(0, len(nums), width))
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 def generate_pseudo(filename: str, folder: Path = CACHE_DIR) -> Path:
     """Generate ``filename`` (a key of :data:`LD1_INPUTS`) with ld1.x into ``folder``.
 
-    Written atomically (temporary folder, then rename), so concurrent callers are safe.
+    The generation date is removed from the file, so its checksum depends only on the input
+    and the ld1.x build. Written atomically (temporary folder, then rename), so concurrent
+    callers are safe.
     """
     if folder == CACHE_DIR:
         folder = _cache_folder()
@@ -190,13 +472,14 @@ def generate_pseudo(filename: str, folder: Path = CACHE_DIR) -> Path:
         return dest
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        proc = subprocess.run(
-            [_ld1_command()], input=LD1_INPUTS[filename], cwd=tmp, capture_output=True, text=True
-        )
+        run_ld1(LD1_INPUTS[filename], tmp)
         made = Path(tmp) / filename
-        if proc.returncode != 0 or not made.is_file():
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-            raise RuntimeError(f"ld1.x failed to generate {filename} (status {proc.returncode}):\n{tail}")
+        if not made.is_file():
+            raise RuntimeError(f"ld1.x ran but wrote no {filename} in {tmp}")
+        text = made.read_text()
+        for pattern, repl in _DATE_PATTERNS:
+            text = pattern.sub(repl, text)
+        made.write_text(_wrap_long_numeric_lines(text))
         os.replace(made, dest)
     return dest
 
@@ -238,38 +521,187 @@ def _locate(filename: str, where: str | None, pseudo_dir: Path) -> Path:
     )
 
 
+@cache
+def _validation_records(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def validation_record(element: str) -> dict | None:
+    """The recorded validation of ``element``'s registry file, or ``None`` if there is none."""
+    return _validation_records(VALIDATION_FILE).get(element)
+
+
+def excluded_elements() -> dict[str, str]:
+    """Registry elements kept out of :func:`supported_elements`, with the reason."""
+    out = {}
+    for el, entry in _REGISTRY.items():
+        rec = validation_record(el)
+        if rec is not None and not rec.get("passed", False):
+            out[el] = f"its pseudopotential failed validation: {rec.get('reason') or 'no reason recorded'}"
+        elif rec is None and entry.needs_record:
+            out[el] = "its generated pseudopotential has no validation record yet"
+    return out
+
+
 def supported_elements() -> list[str]:
-    """Elements the registry has a pseudopotential for, in registry order."""
-    return list(_REGISTRY)
+    """Elements the registry has a validated pseudopotential for, in registry order.
+
+    An element whose file failed validation (or, for files generated with ld1.x, has no
+    passing record in :data:`VALIDATION_FILE`) is left out; :func:`excluded_elements` says why.
+    """
+    excluded = excluded_elements()
+    return [el for el in _REGISTRY if el not in excluded]
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @cache
 def _get_pseudo(element: str, pseudo_dir: Path) -> PseudoInfo:
-    filename, where, ecutwfc, ecutrho = _REGISTRY[element]
-    source = _locate(filename, where, pseudo_dir)
+    entry = _REGISTRY[element]
+    source = _locate(entry.filename, entry.where, pseudo_dir)
     head = read_upf_header(source)
     if head["element"] != element:
         raise ValueError(f"{source} is for element {head['element']!r}, not {element!r}")
     return PseudoInfo(
         element=element,
-        filename=filename,
+        filename=entry.filename,
         source=source,
         kind=head["kind"],
         z_valence=head["z_valence"],
         functional=head["functional"],
-        ecutwfc_ry=ecutwfc,
-        ecutrho_ry=ecutrho,
+        ecutwfc_ry=entry.ecutwfc_ry,
+        ecutrho_ry=entry.ecutrho_ry,
+        has_rhoatom=head["has_rhoatom"],
+        md5=_md5(source),
     )
 
 
-def get_pseudo(element: str) -> PseudoInfo:
-    """Registry entry of ``element``; ``ValueError`` listing the supported ones if unknown."""
+def get_pseudo(element: str, *, validated_only: bool = True) -> PseudoInfo:
+    """Registry entry of ``element``; ``ValueError`` listing the supported ones if unknown.
+
+    An element kept out by a failed (or missing) validation raises ``ValueError`` with the
+    reason; ``validated_only=False`` returns its entry anyway (for the validation itself).
+    """
     if element not in _REGISTRY:
         raise ValueError(
             f"element {element!r} has no pseudopotential in the registry; "
             f"supported elements: {', '.join(supported_elements())}"
         )
+    if validated_only:
+        reason = excluded_elements().get(element)
+        if reason:
+            raise ValueError(
+                f"element {element!r} is not supported: {reason}; "
+                f"supported elements: {', '.join(supported_elements())}"
+            )
     return _get_pseudo(element, Path(MLChargeSettings().pseudo_dir))
+
+
+def pseudo_from_file(
+    path: str | Path,
+    element: str | None = None,
+    *,
+    ecutwfc_ry: float | None = None,
+    ecutrho_ry: float | None = None,
+) -> PseudoInfo:
+    """A :class:`PseudoInfo` for any NC or US UPF file (v1 or v2, plain or gzipped).
+
+    Refused with ``ValueError`` naming the file: PAW (:data:`PAW_REASON`), fully relativistic
+    (pw.x needs spin-orbit for it), no ``PP_RHOATOM`` (the atomic reference density of a
+    start density is built from it), an element other than ``element``.
+
+    Cutoffs: the arguments; else the larger of the registry's (if it knows the element) and
+    the file's suggestion (UPF v2 ``wfc_cutoff``/``rho_cutoff``); else
+    :data:`DEFAULT_CUTOFFS_RY`. ``ecutrho`` is at least 4 × ``ecutwfc`` (8 × for US).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"pseudopotential file {path} does not exist")
+    head = read_upf_header(path)
+    el = head["element"]
+    if element is not None and el != element:
+        raise ValueError(f"{path} is a pseudopotential for {el!r}, not for {element!r}")
+    if head["kind"] == "PAW":
+        raise ValueError(f"{path} is a PAW data set, refused: {PAW_REASON}; use a NC or US file for {el}")
+    if head["has_so"]:
+        raise ValueError(f"{path} is fully relativistic (spin-orbit); pw.x runs here are scalar-"
+                         f"relativistic: use a scalar-relativistic NC or US file for {el}")
+    if not head["has_rhoatom"]:
+        raise ValueError(f"{path} has no PP_RHOATOM: the atomic reference density cannot be built")
+    if path.suffix == ".gz":
+        filename = path.name[: -len(".gz")]
+        source = _decompressed(path, f"user-{_md5(path)[:8]}-{filename}")
+    else:
+        filename, source = path.name, path
+    if ecutwfc_ry is None or ecutrho_ry is None:
+        reg = _REGISTRY.get(el)
+        wfc_c = [c for c in (head.get("wfc_cutoff", 0.0), reg and reg.ecutwfc_ry) if c]
+        rho_c = [c for c in (head.get("rho_cutoff", 0.0), reg and reg.ecutrho_ry) if c]
+        wfc = ecutwfc_ry or (float(np.ceil(max(wfc_c))) if wfc_c else DEFAULT_CUTOFFS_RY[0])
+        rho = ecutrho_ry or (float(np.ceil(max(rho_c))) if rho_c else DEFAULT_CUTOFFS_RY[1])
+        ecutwfc_ry, ecutrho_ry = wfc, max(rho, (8 if head["kind"] == "US" else 4) * wfc)
+    if ecutrho_ry < 4 * ecutwfc_ry:
+        raise ValueError(f"{path}: ecutrho {ecutrho_ry} Ry is below 4 × ecutwfc ({ecutwfc_ry} Ry)")
+    return PseudoInfo(
+        element=el,
+        filename=filename,
+        source=source,
+        kind=head["kind"],
+        z_valence=head["z_valence"],
+        functional=head["functional"],
+        ecutwfc_ry=float(ecutwfc_ry),
+        ecutrho_ry=float(ecutrho_ry),
+        has_rhoatom=True,
+        md5=_md5(source),
+        origin="user",
+    )
+
+
+def resolve_pseudos(
+    structure: Structure | Iterable[str],
+    overrides: Mapping[str, str | Path | PseudoInfo] | None = None,
+) -> dict[str, PseudoInfo]:
+    """The pseudopotential of every element of ``structure`` (or of a list of symbols).
+
+    ``overrides`` maps an element to a UPF path (read with :func:`pseudo_from_file`) or a
+    :class:`PseudoInfo`; the other elements come from the registry (:func:`get_pseudo`).
+    Overrides for elements the structure lacks are ignored. ``ValueError`` if an override is
+    for another element, if two elements would share a file name in the run's pseudo folder,
+    or if the files mix exchange-correlation functionals (pw.x refuses that).
+
+    Examples
+    --------
+    >>> infos = resolve_pseudos(["Si", "C"])
+    >>> infos["Si"].filename, infos["Si"].origin
+    ('Si.pbe-rrkj.UPF', 'registry')
+    """
+    elements = structure_elements(structure) if hasattr(structure, "sites") else list(dict.fromkeys(structure))
+    overrides = dict(overrides or {})
+    out: dict[str, PseudoInfo] = {}
+    for el in elements:
+        given = overrides.get(el)
+        if given is None:
+            out[el] = get_pseudo(el)
+        elif isinstance(given, PseudoInfo):
+            if given.element != el:
+                raise ValueError(f"override for {el!r} is a pseudopotential for {given.element!r}")
+            out[el] = given
+        else:
+            out[el] = pseudo_from_file(given, el)
+    names: dict[str, str] = {}
+    for el, info in out.items():
+        if info.filename in names:
+            raise ValueError(f"{names[info.filename]} and {el} would both use the file name "
+                             f"{info.filename!r} in the run's pseudo folder")
+        names[info.filename] = el
+    functionals = {" ".join(("PBE" if is_pbe(i.functional) else i.functional).split()).upper()
+                   for i in out.values()}
+    if len(functionals) > 1:
+        detail = ", ".join(f"{el}: {i.functional}" for el, i in out.items())
+        raise ValueError(f"the pseudopotentials mix exchange-correlation functionals ({detail})")
+    return out
 
 
 def structure_elements(structure: Structure) -> list[str]:
@@ -280,9 +712,11 @@ def structure_elements(structure: Structure) -> list[str]:
     return list(seen)
 
 
-def n_valence_electrons(structure: Structure) -> float:
-    """Number of valence electrons of a neutral structure with the registry's pseudopotentials."""
-    return float(sum(get_pseudo(site.specie.symbol).z_valence for site in structure))
+def n_valence_electrons(structure: Structure, pseudos: Mapping[str, PseudoInfo] | None = None) -> float:
+    """Valence electrons of a neutral structure (registry files, or ``pseudos`` per element)."""
+    pseudos = pseudos or {}
+    return float(sum((pseudos.get(el) or get_pseudo(el)).z_valence
+                     for el in (site.specie.symbol for site in structure)))
 
 
 def check_structure(structure: Structure) -> None:
@@ -294,21 +728,32 @@ def check_structure(structure: Structure) -> None:
     ones).
     """
     validate_structure(structure)
-    unknown = sorted({s.specie.symbol for s in structure} - set(_REGISTRY))
+    unknown = sorted({s.specie.symbol for s in structure} - set(supported_elements()))
     if unknown:
         raise ValueError(
             f"unsupported element(s) {', '.join(unknown)}; "
             f"supported elements: {', '.join(supported_elements())}"
         )
+    if len(structure_elements(structure)) > MAX_SPECIES:
+        raise ValueError(
+            f"structure has {len(structure_elements(structure))} elements; pw.x 6.7 accepts at "
+            f"most {MAX_SPECIES} species per run (ntypx)"
+        )
 
 
-def stage_pseudos(elements: list[str], folder: str | Path) -> Path:
-    """Copy the UPF files of ``elements`` into ``folder`` (a run's ``pseudo/``)."""
+def stage_pseudos(elements: list[str], folder: str | Path,
+                  pseudos: Mapping[str, PseudoInfo] | None = None) -> Path:
+    """Copy the UPF files of ``elements`` into ``folder`` (a run's ``pseudo/``).
+
+    ``pseudos`` (element -> :class:`PseudoInfo`, e.g. from :func:`resolve_pseudos`) replaces
+    the registry's file for the elements it names.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    pseudos = pseudos or {}
     for el in elements:
-        info = get_pseudo(el)
+        info = pseudos.get(el) or get_pseudo(el)
         dest = folder / info.filename
-        if not dest.exists():
+        if not dest.exists() or (info.md5 and _md5(dest) != info.md5):
             shutil.copyfile(info.source, dest)
     return folder
