@@ -362,16 +362,18 @@ def read_upf_header(path: str | Path) -> dict:
             kind = "US"
         else:
             kind = "NC"
-        def number(key: str) -> float:
+        def number(key: str, required: bool = False) -> float:
             try:
                 return float(attrs.get(key, "0").replace("D", "E").replace("d", "e"))
             except ValueError:
+                if required:
+                    raise ValueError(f"{path}: unreadable {key}={attrs.get(key)!r} in PP_HEADER") from None
                 return 0.0
 
         return {
             "element": attrs.get("element", "").strip(),
             "kind": kind,
-            "z_valence": number("z_valence"),
+            "z_valence": number("z_valence", required=True),
             "functional": " ".join(attrs.get("functional", "").split()),
             "has_so": attrs.get("has_so", "").strip().lower() in ("t", "true"),
             "has_rhoatom": "<PP_RHOATOM" in text,

@@ -262,3 +262,11 @@ def test_resolve_pseudos_overrides_and_checks(tmp_path):
     assert (staged / infos["Si"].filename).read_bytes() == open(user_si, "rb").read()
     assert read_upf_header(staged / "C.pbe-rrkjus.UPF")["element"] == "C"
     assert pseudo_from_file(staged / infos["Si"].filename).md5 == infos["Si"].md5
+
+
+def test_unreadable_valence_is_an_error_not_zero(tmp_path):
+    src = open(f"{PSEUDO_DIR}/Si.pbe-nl-rrkjus_psl.1.0.0.UPF").read()
+    bad = tmp_path / "Si.bad.UPF"
+    bad.write_text(src.replace('z_valence="', 'z_valence="four', 1))
+    with pytest.raises(ValueError, match="unreadable z_valence"):
+        read_upf_header(bad)
