@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlcharge_workflows.cli import compare, data, model, scf, submit
+from mlcharge_workflows.cli import compare, data, migrate, model, scf, submit
 
 app = typer.Typer(
     name="mlcharge",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (scf, data, model, compare, submit):
+for _module in (scf, data, model, compare, submit, migrate):
     _module.register(app)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -51,6 +52,21 @@ if TYPE_CHECKING:
 
 #: Extra collection of the embedded database: which worker owns which running launch.
 OWNERS_COLLECTION = "mlcharge_launch_owners"
+
+#: Fireworks past which ``mlcharge submit`` says the project has outgrown the embedded mode.
+#: Every transaction rewrites the whole ``launchpad.json`` (and reloads it after another
+#: process wrote it): measured with ``benchmarks/launchpad_scaling.py`` (docs/benchmarks.md),
+#: a transaction costs about 0.15 s at 1,000 fireworks and grows linearly; a worker makes
+#: two or more per firework, so past this size the bookkeeping costs more than short DFT
+#: runs. ``mlcharge migrate --launchpad my_launchpad.yaml`` moves the project to MongoDB.
+EMBEDDED_LIMIT = 2000
+
+#: File written into an embedded project once ``mlcharge migrate`` has moved it.
+MIGRATED_FILE = "MIGRATED.json"
+
+
+class ProjectMigrated(LaunchPadConfigError):
+    """The embedded project was moved to MongoDB; use its ``--launchpad`` instead."""
 
 
 class LaunchPadHandle:
@@ -99,6 +115,11 @@ class EmbeddedLaunchPad(LaunchPadHandle):
 
     def __init__(self, project: str | Path | None = None) -> None:
         self.paths: ProjectPaths = project_paths(project).create()
+        moved = self.paths.root / MIGRATED_FILE
+        if moved.is_file():
+            raise ProjectMigrated(
+                f"the embedded project {self.paths.root} was moved to MongoDB "
+                f"({moved.read_text().strip()}): give --launchpad <its my_launchpad.yaml>")
         self.description = f"embedded project {self.paths.root}"
         self._cache: tuple | None = None
         with self._locked():
@@ -294,3 +315,125 @@ def flow_to_fireworks(flow):
     from jobflow.managers.fireworks import flow_to_workflow
 
     return strict_workflow(flow_to_workflow(flow, store=None))
+
+
+# ------------------------------------------------------------------ outgrowing, migration
+def outgrown_message(handle: LaunchPadHandle) -> str | None:
+    """A clear note when an embedded project holds more than :data:`EMBEDDED_LIMIT` fireworks."""
+    if not isinstance(handle, EmbeddedLaunchPad):
+        return None
+    with handle.read() as lp:
+        n = lp.fireworks.count_documents({})
+    if n <= EMBEDDED_LIMIT:
+        return None
+    size = handle.paths.launchpad_file.stat().st_size / 1e6
+    return (f"note: this project has outgrown the embedded mode: {n} fireworks "
+            f"({size:.0f} MB launchpad.json, limit {EMBEDDED_LIMIT}); every transaction "
+            "rewrites the whole file, so workers spend more and more time on bookkeeping. "
+            "Move it to MongoDB: `mlcharge migrate --launchpad my_launchpad.yaml"
+            + (f" --project {handle.paths.root}" if handle.paths.root else "") + "` "
+            "(see docs/reliability.md).")
+
+
+class MigrationError(RuntimeError):
+    """The migration failed; nothing was left in the target (message says why)."""
+
+
+def migrate_embedded(project: str | Path | None, launchpad_file: str | Path,
+                     store: JobStore | None = None, timeout_ms: int | None = None) -> dict:
+    """Move an embedded project (FireWorks database and jobflow store) into MongoDB.
+
+    The embedded project is locked for the whole move (no worker or submission can change
+    it meanwhile) and must have no RUNNING/RESERVED firework; the target LaunchPad must be
+    empty (a fresh ``lpad reset`` is fine) and ``store`` (default: jobflow's configured
+    ``JOB_STORE``, which must not be in-memory) must not already hold the project's job
+    outputs. Every document is copied and counted; on any failure everything inserted is
+    removed again (:class:`MigrationError`: nothing half-moved). On success the project
+    gets ``MIGRATED.json`` and refuses further embedded use. Returns counts per collection.
+    """
+    from datetime import datetime
+
+    src_paths = project_paths(project)
+    if (src_paths.root / MIGRATED_FILE).is_file():
+        raise ProjectMigrated(f"{src_paths.root} was already migrated: "
+                              f"{(src_paths.root / MIGRATED_FILE).read_text().strip()}")
+    if not src_paths.exists():
+        raise LaunchPadConfigError(f"no mlcharge project in {src_paths.root}")
+    handle = EmbeddedLaunchPad(project)
+    target = MongoLaunchPad(launchpad_file, timeout_ms=timeout_ms)
+    if store is None:
+        from jobflow import SETTINGS
+        from maggma.stores import MemoryStore
+
+        store = SETTINGS.JOB_STORE
+        if isinstance(store.docs_store, MemoryStore):
+            raise LaunchPadConfigError(
+                "jobflow's JOB_STORE is an in-memory store: give the MongoDB store the job "
+                "outputs should move to (--store jobflow.yaml)")
+    tlp = target.lp
+    counts: dict = {"launchpad": {}, "store": {}}
+    inserted_lp: list[str] = []
+    saved_assigner = None
+    inserted_store: list[tuple[object, str, list]] = []
+    with handle.transaction(commit=False) as lp:
+        busy = lp.fireworks.count_documents({"state": {"$in": ["RUNNING", "RESERVED"]}})
+        if busy:
+            raise MigrationError(f"{busy} firework(s) are RUNNING or RESERVED in {src_paths.root}: "
+                                 "stop the workers (or let them finish) and migrate again. Nothing was moved.")
+        names = sorted(n for n in lp.db.list_collection_names() if not n.startswith("system."))
+        for name in names:
+            if name != "fw_id_assigner" and tlp.db[name].count_documents({}) > 0:
+                raise MigrationError(f"target LaunchPad {launchpad_file} is not empty "
+                                     f"(collection {name!r} holds documents); give an empty "
+                                     "database (lpad reset). Nothing was moved.")
+        source_store = handle.job_store()
+        source_store.connect()
+        store.connect()
+        try:
+            for name in names:
+                docs = list(lp.db[name].find({}))
+                if name == "fw_id_assigner":
+                    saved_assigner = list(tlp.db[name].find({}))
+                    tlp.db[name].delete_many({})
+                inserted_lp.append(name)
+                if docs:
+                    tlp.db[name].insert_many(docs)
+                if tlp.db[name].count_documents({}) != len(docs):
+                    raise MigrationError(f"collection {name}: {len(docs)} documents copied but "
+                                         f"{tlp.db[name].count_documents({})} found in the target")
+                counts["launchpad"][name] = len(docs)
+            pairs = [("docs", source_store.docs_store, store.docs_store, ["uuid", "index"])]
+            for key, src_add in source_store.additional_stores.items():
+                if key not in store.additional_stores:
+                    raise MigrationError(f"the target store has no additional store {key!r} "
+                                         "(the project's job outputs use it)")
+                pairs.append((key, src_add, store.additional_stores[key], ["blob_uuid"]))
+            for label, src_s, dst_s, keys in pairs:
+                docs = [{k: v for k, v in d.items() if k != "_id"} for d in src_s.query({})]
+                if not docs:
+                    counts["store"][label] = 0
+                    continue
+                first = keys[0]
+                ids = sorted({d[first] for d in docs if first in d})
+                if dst_s.count({first: {"$in": ids}}):
+                    raise MigrationError(f"the target store already holds outputs of this "
+                                         f"project ({label}); nothing to migrate twice")
+                inserted_store.append((dst_s, first, ids))
+                dst_s.update(docs, key=keys)
+                counts["store"][label] = len(docs)
+        except BaseException as exc:
+            for name in inserted_lp:  # every such collection was empty before (or restored)
+                tlp.db[name].delete_many({})
+                if name == "fw_id_assigner" and saved_assigner:
+                    tlp.db[name].insert_many(saved_assigner)
+            for dst_s, first, ids in inserted_store:
+                dst_s.remove_docs({first: {"$in": ids}})
+            if isinstance(exc, MigrationError):
+                raise MigrationError(f"{exc}. Nothing was moved.") from None
+            raise MigrationError(f"migration failed ({type(exc).__name__}: {exc}); everything "
+                                 "copied was removed from the target, the embedded project is "
+                                 "unchanged. Nothing was moved.") from exc
+        _atomic_write(src_paths.root / MIGRATED_FILE, json.dumps({
+            "launchpad": str(Path(launchpad_file).resolve()), "moved": datetime.now().isoformat(),
+            "counts": counts}))
+    return counts
