@@ -72,7 +72,8 @@ def from_plan(n: int, seed: int, manifest: str | None = None) -> dict[str, list[
     from mlcharge_workflows.training.splits import split_by_family
 
     if manifest:  # the generator a generation folder recorded
-        gen = generator_from_settings(json.loads(open(manifest).read())["definition"]["generator"])
+        with open(manifest) as fh:
+            gen = generator_from_settings(json.load(fh)["definition"]["generator"])
     else:
         gen = RealisticGenerator(seed=seed)
     items = {}

@@ -81,7 +81,7 @@ def test_pack_sample_measured_error_size_and_provenance(tmp_path):
     assert doc["definition"]["protocol"]["kspacing"] == 0.6
     fams = {rid: e["family"] for rid, e in ds.entries.items()}
     check_disjoint(ds.manifest["splits"], fams)
-    assert sorted(sum(ds.manifest["splits"].values(), [])) == ds.ids
+    assert sorted(i for ids in ds.manifest["splits"].values() for i in ids) == ds.ids
 
 
 def test_pack_appends_without_rewriting_and_keeps_family_splits(tmp_path):

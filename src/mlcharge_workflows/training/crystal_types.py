@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from pymatgen.core import Composition, Element, Species, Structure
+from pymatgen.core import Element, Species, Structure
 
 from mlcharge_workflows.training import prototypes as P
 

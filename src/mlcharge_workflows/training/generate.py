@@ -40,6 +40,7 @@ import psutil
 from jobflow import job
 
 from mlcharge_workflows.training.dataset import DensityDataset, DensityRecord
+from mlcharge_workflows.training.realistic import RealisticGenerator
 from mlcharge_workflows.training.storage import (
     code_provenance,
     command_line,
@@ -49,7 +50,6 @@ from mlcharge_workflows.training.storage import (
     stored_coefficients,
     write_json_atomic,
 )
-from mlcharge_workflows.training.realistic import RealisticGenerator
 from mlcharge_workflows.training.structures import GeneratedStructure, StructureGenerator
 
 #: Default storage cutoff (Ry): None keeps pw.x's whole density sphere (exact). A lower cutoff
@@ -365,9 +365,10 @@ def generate_dataset(
             g = gen(i)
             if g.id in done or g.id in failed:
                 continue
-            yield dict(structure=g.structure, gen=_gen_dict(g), out=str(root), nprocs=nprocs,
-                       protocol=settings.protocol, store_ecut_ry=settings.store_ecut_ry,
-                       provenance=provenance, timeout_s=timeout_s)  # fmt: skip
+            yield {"structure": g.structure, "gen": _gen_dict(g), "out": str(root),
+                   "nprocs": nprocs, "protocol": settings.protocol,
+                   "store_ecut_ry": settings.store_ecut_ry, "provenance": provenance,
+                   "timeout_s": timeout_s}
 
     if fireworks:
         return _submit_fireworks(root, list(jobs()), launchpad_file, project,

@@ -129,7 +129,7 @@ def encode_record(
     shape = tuple(rec.grid_shape)
     ref_total = grid_from_coefficients(rec.total, rec.mill, shape)
     n_full = len(full_mill)
-    storage: dict = {"n_coefficients": int(len(mill)), "target_percent": target_percent}
+    storage: dict = {"n_coefficients": len(mill), "target_percent": target_percent}
     arrays: dict[str, np.ndarray] = {}
     runs = mill_runs(mill)
     if runs is not None and np.abs(runs).max() < 2**15:
