@@ -135,3 +135,16 @@ def test_migrate_cli_needs_a_persistent_store(project, mongo, monkeypatch):
                                       str(project)])
     assert result.exit_code == 2 and "in-memory store" in result.output
     assert not (project / MIGRATED_FILE).exists()
+
+
+def test_submit_says_when_the_project_has_outgrown_embedded_mode(tmp_path, monkeypatch):
+    monkeypatch.setitem(_BUILDERS, "compare", dummy_flow)
+    monkeypatch.setattr(launchpad_mod, "EMBEDDED_LIMIT", 3)
+    (tmp_path / "Si.cif").write_text(SI_CIF)
+    args = ["submit", str(tmp_path / "Si.cif"), "--project", str(tmp_path / "p"), "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0 and "outgrown" not in first.output  # 2 fireworks
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0
+    assert "has outgrown the embedded mode: 4 fireworks" in second.output
+    assert "mlcharge migrate --launchpad my_launchpad.yaml" in second.output

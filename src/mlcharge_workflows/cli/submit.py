@@ -85,6 +85,11 @@ def submit(
         then = (f", then `mlcharge report{report_args} --output report.html`"
                 if flow == "compare" else " (outputs go to the project's job store)")
         typer.echo(f"next: `mlcharge worker{worker_args}`{then}")
+        from mlcharge_workflows.submit.launchpad import EmbeddedLaunchPad, outgrown_message
+
+        note = outgrown_message(EmbeddedLaunchPad(project))  # past EMBEDDED_LIMIT fireworks
+        if note:
+            typer.echo(note, err=True)
 
 
 def worker(
