@@ -23,8 +23,12 @@ VASP_OUTPUTS = Path(__file__).parent / "test_data" / "vasp" / "outputs"
 DIAMOND = [[0, 0, 0], [0.25, 0.25, 0.25]]
 
 
-def fcc_cell(species: list[str], a: float, frac_coords: list[list[float]]) -> Structure:
-    """Primitive fcc cell of lattice constant ``a`` (Å) with the given sites."""
+def fcc_cell(species: list[str], a: float, frac_coords=((0, 0, 0),)) -> Structure:
+    """Primitive fcc cell of lattice constant ``a`` (Å) with the given sites.
+
+    Test modules that need a cell at import time (parametrize, module constants) use
+    ``from conftest import fcc_cell``; tests take the fixtures below.
+    """
     h = a / 2
     return Structure(Lattice([[0, h, h], [h, 0, h], [h, h, 0]]), species, frac_coords)
 

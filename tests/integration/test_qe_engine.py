@@ -24,6 +24,7 @@ from mlcharge_workflows.pseudo import stage_pseudos
 from mlcharge_workflows.engines.qe.run import run_pw
 from mlcharge_workflows.engines.qe.sets import QEProtocol, pw_input, write_pw_input
 from mlcharge_workflows.units import RY_TO_EV
+from conftest import fcc_cell as fcc  # noqa: E402 - tests/conftest.py
 
 pytestmark = pytest.mark.pwx
 
@@ -31,9 +32,6 @@ SI_LIGHT = QEProtocol(ecutwfc_ry=20, kspacing=0.5, line_density=5)
 NI_LIGHT = QEProtocol(ecutwfc_ry=25, ecutrho_ry=200, kspacing=0.6)
 
 
-def fcc(species, a, positions):
-    lat = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
-    return Structure(lat, species, positions)
 
 
 SI = fcc(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]])

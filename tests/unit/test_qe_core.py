@@ -12,11 +12,9 @@ from mlcharge_workflows.density.qe_file import grid_to_qe, write_qe_charge_densi
 from mlcharge_workflows.engines.qe.core import load_start_density, run_qe_scf
 from mlcharge_workflows.engines.qe.schemas import QETaskDocument
 from mlcharge_workflows.engines.qe.sets import QEProtocol
+from conftest import fcc_cell as fcc  # noqa: E402 - tests/conftest.py
 
 
-def fcc(species, a, positions):
-    lat = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
-    return Structure(lat, species, positions)
 
 
 SI = fcc(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]])

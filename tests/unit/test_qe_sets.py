@@ -14,11 +14,9 @@ from mlcharge_workflows.engines.qe.sets import (
     qe_oriented,
     write_pw_input,
 )
+from conftest import fcc_cell as fcc  # noqa: E402 - tests/conftest.py
 
 
-def fcc(species, a, positions=((0, 0, 0),)):
-    lat = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
-    return Structure(lat, species, positions)
 
 
 def test_kpoint_grid_from_spacing():
