@@ -108,7 +108,7 @@ def test_compare_cli_fallback_for_unknown_element_and_error_record(tmp_path, si)
 
     from mlcharge_workflows.cli.main import app
     from mlcharge_workflows.common.store import savings_documents
-    from mlcharge_workflows.submit.config import project_job_store, project_paths
+    from mlcharge_workflows.submit.config import project_job_store
 
     si.to(filename=str(tmp_path / "Si.cif"))
     close = Structure(Lattice.cubic(4.0), ["C", "C"], [[0, 0, 0], [0.05, 0, 0]])  # 0.2 Å apart
@@ -144,7 +144,7 @@ def test_compare_cli_fallback_for_unknown_element_and_error_record(tmp_path, si)
     assert garbage_rec["scf_iterations"] == {"baseline": None, "ml": None, "oracle": None}
 
     # every record is in the file-backed store for `mlcharge report`
-    stored = {d.structure: d.record() for d in savings_documents(project_job_store(project_paths(tmp_path / "project")))}
+    stored = {d.structure: d.record() for d in savings_documents(project_job_store(tmp_path / "project"))}
     assert stored == {r["structure"]: r for r in records}
 
 

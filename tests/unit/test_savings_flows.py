@@ -18,12 +18,7 @@ from mlcharge_workflows.engines.qe.flows import (
     QEComparisonMaker,
 )
 from mlcharge_workflows.engines.qe.jobs import QEPredictDensityMaker
-from mlcharge_workflows.submit.config import project_job_store as _store
-from mlcharge_workflows.submit.config import project_paths
-
-
-def project_job_store(folder):
-    return _store(project_paths(folder))
+from mlcharge_workflows.submit.config import project_job_store
 
 
 def test_comparison_flow_arms_and_configuration(si) -> None:

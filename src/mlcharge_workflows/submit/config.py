@@ -95,8 +95,9 @@ def project_paths(project: str | Path | None = None) -> ProjectPaths:
     return ProjectPaths(root.expanduser().resolve())
 
 
-def project_job_store(paths: ProjectPaths) -> JobStore:
-    """The embedded jobflow store: documents and a "data" store in montydb (sqlite).
+def project_job_store(paths: ProjectPaths | str | Path) -> JobStore:
+    """The embedded jobflow store of a project (its :class:`ProjectPaths` or its folder):
+    documents and a "data" store in montydb (sqlite).
 
     montydb's sqlite storage commits every write, is safe against several processes
     and survives a killed process, so the submitter, any number of workers and the
@@ -105,6 +106,8 @@ def project_job_store(paths: ProjectPaths) -> JobStore:
     from jobflow import JobStore
     from maggma.stores import MontyStore
 
+    if not isinstance(paths, ProjectPaths):
+        paths = project_paths(paths)
     paths.store_dir.mkdir(parents=True, exist_ok=True)
     common = {"database_path": str(paths.store_dir), "database_name": DATABASE_NAME}
     docs = MontyStore(DOCS_COLLECTION, key="uuid", **common)
