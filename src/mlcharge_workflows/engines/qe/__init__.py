@@ -1,5 +1,9 @@
 """Quantum ESPRESSO (pw.x) engine: protocol, runs, parsing, jobflow makers.
 
+Laid out like :mod:`mlcharge_workflows.engines.vasp`: ``sets`` (protocol, pw.x input),
+``run`` (pw.x) and ``core`` (one SCF / non-SCF run), ``parse``, ``schemas``, ``density``
+(the prediction on pw.x's grid), ``jobs`` (Makers), ``flows`` (the comparison).
+
 The public API is re-exported here lazily (importing a submodule stays cheap):
 
 >>> from mlcharge_workflows.engines.qe import QEProtocol, run_qe_scf  # doctest: +SKIP
@@ -14,11 +18,14 @@ from typing import Any
 _EXPORTS = {
     "core": ["align_density", "load_start_density", "read_converged_density", "run_qe_nscf",
              "run_qe_scf"],
-    "jobs": ["QENonSCFMaker", "QEStaticMaker"],
+    "density": ["grid_from_data", "grid_to_data", "predict_grid", "prediction_density"],
+    "flows": ["MLQEBandStructureMaker", "QEArmReader", "QEComparisonMaker"],
+    "jobs": ["MLQENonSCFMaker", "MLQEStaticMaker", "QEAtomicNonSCFMaker", "QENonSCFMaker",
+             "QEPredictDensityMaker", "QEStaticMaker"],
     "parse": ["PwOutput", "band_edges", "band_gap", "parse_pw_output", "parse_pw_xml"],
     "run": ["run_pw"],
-    "schemas": ["QETaskDocument"],
-    "sets": ["QEProtocol", "pw_input", "qe_oriented"],
+    "schemas": ["MLStaticDocument", "QETaskDocument"],
+    "sets": ["QEProtocol", "default_nbnd", "pw_input", "qe_oriented"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
