@@ -63,7 +63,7 @@ def _expected(path: Path) -> str | None:
     return None
 
 
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=12, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(lattice=LATTICE, frac=FRAC)
 def test_fuzz_submit(tmp_path, lattice, frac):

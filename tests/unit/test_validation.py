@@ -102,7 +102,8 @@ COORDS = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=2000, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(
     lattice=st.lists(FLOATS, min_size=9, max_size=9),
     scale=st.sampled_from([1.0, 1.0, 0.05, 40.0]),
@@ -133,7 +134,7 @@ def test_fuzz_validation_never_crashes(lattice, scale, frac, duplicate):
     assert _pymatgen_min_distance(s) >= MIN_DISTANCE - 1e-9
 
 
-@settings(max_examples=150, deadline=2000)
+@settings(max_examples=150, deadline=2000, database=None, derandomize=True)
 @given(
     a=st.floats(2, 9), b=st.floats(2, 9), c=st.floats(2, 9),
     alpha=st.floats(50, 130), beta=st.floats(50, 130), gamma=st.floats(50, 130),
