@@ -148,3 +148,37 @@ def test_submit_says_when_the_project_has_outgrown_embedded_mode(tmp_path, monke
     assert second.exit_code == 0
     assert "has outgrown the embedded mode: 4 fireworks" in second.output
     assert "mlcharge migrate --launchpad my_launchpad.yaml" in second.output
+
+
+def test_mongo_firework_lost_twice_is_fizzled(mongo, tmp_path, monkeypatch):
+    """MongoDB mode: a firework whose worker died twice (no ping) is given up with a reason."""
+    import datetime
+
+    from fireworks import FWorker
+
+    from mlcharge_workflows.submit.worker import recover_mongo_lost_runs
+
+    lp_file, target = mongo
+    lp = target.lp
+    monkeypatch.setitem(_BUILDERS, "compare", dummy_flow)
+    (tmp_path / "Si.cif").write_text(SI_CIF)
+    fw_id = min(submit_structures([tmp_path / "Si.cif"], launchpad_file=lp_file,
+                                  progress=False).workflows.values())
+    old = (datetime.datetime.now(datetime.timezone.utc)
+           - datetime.timedelta(hours=5)).isoformat()
+
+    def lose() -> None:  # a worker checks it out, then dies: the launch stops pinging
+        lp.checkout_fw(FWorker(), str(tmp_path), fw_id=fw_id)
+        launch = lp.launches.find_one({"fw_id": fw_id, "state": "RUNNING"})
+        for entry in launch["state_history"]:
+            entry["updated_on"] = old
+        lp.launches.replace_one({"_id": launch["_id"]}, launch)
+
+    lose()
+    assert recover_mongo_lost_runs(lp, 3600) == ([fw_id], [])
+    assert lp.fireworks.find_one({"fw_id": fw_id})["state"] == "READY"
+    lose()
+    assert recover_mongo_lost_runs(lp, 3600) == ([], [fw_id])
+    assert lp.fireworks.find_one({"fw_id": fw_id})["state"] == "FIZZLED"
+    last = lp.get_fw_by_id(fw_id).launches[-1]
+    assert "died 2 times" in last.action.stored_data["_message"]

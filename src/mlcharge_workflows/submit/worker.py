@@ -371,6 +371,41 @@ def _requeue(handle: EmbeddedLaunchPad, launch_id: int, fw_id: int) -> None:
         lp.db[OWNERS_COLLECTION].delete_many({"launch_id": launch_id})
 
 
+def recover_mongo_lost_runs(lp: LaunchPad, expiration_s: float) -> tuple[list[int], list[int]]:
+    """Rerun the lost runs of a MongoDB LaunchPad, giving up on a firework lost twice.
+
+    A launch is lost when it has not pinged for ``expiration_s``. FireWorks marks a lost
+    launch FIZZLED without an action before rerunning its firework, so earlier deaths of a
+    firework are its FIZZLED launches without an action; at :data:`MAX_WORKER_DEATHS` the
+    launch is FIZZLED with the reason and the firework is not rerun. Returns
+    ``(rerun, given_up)`` firework ids.
+    """
+    lost, _, _ = lp.detect_lostruns(expiration_secs=expiration_s)
+    rerun_launches, given_up = [], []
+    for ld in lp.launches.find({"launch_id": {"$in": list(lost)}}, {"launch_id": 1, "fw_id": 1,
+                                                                   "launch_dir": 1}):
+        fw = lp.fireworks.find_one({"fw_id": ld["fw_id"]}, {"launches": 1,
+                                                            "archived_launches": 1})
+        ids = list((fw or {}).get("launches", [])) + list((fw or {}).get("archived_launches", []))
+        earlier = lp.launches.count_documents({"launch_id": {"$in": ids}, "state": "FIZZLED",
+                                               "action": None})
+        deaths = earlier + 1
+        if deaths >= MAX_WORKER_DEATHS:
+            _fizzle_launch(lp, ld["launch_id"], (
+                f"the worker process running this firework died {deaths} times (no ping for "
+                f"{expiration_s:.0f} s: killed, out of memory or a crash in native code); not "
+                f"rerun again. Last launch folder: {ld.get('launch_dir')}. Fix the cause, then "
+                "`lpad rerun_fws -i <fw_id>` runs it again"))
+            given_up.append(ld["fw_id"])
+        else:
+            rerun_launches.append(ld["launch_id"])
+    rerun: list[int] = []
+    if rerun_launches:
+        _, rerun, _ = lp.detect_lostruns(expiration_secs=expiration_s, rerun=True,
+                                         launch_query={"launch_id": {"$in": rerun_launches}})
+    return list(rerun), given_up
+
+
 def run_mongo_worker(handle: LaunchPadHandle, nlaunches: int = 0, fworker: FWorker | None = None,
                      launch_root: Path | None = None, lostrun_expiration_s: int | None = None,
                      store: JobStore | None = None) -> WorkerSummary:
@@ -392,8 +427,9 @@ def run_mongo_worker(handle: LaunchPadHandle, nlaunches: int = 0, fworker: FWork
     lp = handle.lp  # type: ignore[attr-defined]
     summary = WorkerSummary()
     expiration = RUN_EXPIRATION_SECS if lostrun_expiration_s is None else lostrun_expiration_s
-    _, rerun, _ = lp.detect_lostruns(expiration_secs=expiration, rerun=True)
-    summary.rerun += list(rerun)
+    rerun, given_up = recover_mongo_lost_runs(lp, expiration)
+    summary.rerun += rerun
+    summary.fizzled += given_up
     root = Path(launch_root or os.getcwd()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     with jobflow_store(store):
