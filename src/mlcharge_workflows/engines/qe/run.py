@@ -78,16 +78,28 @@ def pw_command(nprocs: int | None = None, input_file: str = "pw.in") -> list[str
 _PR_SET_PDEATHSIG = 1
 
 
-def _tie_to_parent(parent_pid: int) -> None:
+_PRCTL: list = []
+
+
+def _prctl():
+    """libc's ``prctl`` (resolved in the parent: no ``dlopen`` between fork and exec)."""
+    if not _PRCTL:
+        try:
+            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):  # not Linux: no parent-death signal
+            _PRCTL.append(None)
+    return _PRCTL[0]
+
+
+def _tie_to_parent(parent_pid: int, prctl) -> None:
     """``preexec_fn`` of a DFT process: die (SIGTERM) when the Python that started it dies.
 
     Runs in the child between fork and exec. SIGTERM, not SIGKILL: ``mpirun`` passes it on
     to its ranks before it exits, so the whole run goes. If the parent died before the
     ``prctl`` took effect, exit at once.
     """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(1)
 
@@ -118,8 +130,10 @@ def run_tied(cmd: list[str], timeout: float | None = None, **popen_kwargs) -> su
     process dies, even by SIGKILL; ``mpirun`` forwards it to its ranks). On a timeout, an
     exception or an interrupt the whole group is terminated before this returns or raises.
     """
+    prctl = _prctl()
     proc = subprocess.Popen(cmd, process_group=0,
-                            preexec_fn=lambda pid=os.getpid(): _tie_to_parent(pid), **popen_kwargs)
+                            preexec_fn=lambda pid=os.getpid(): _tie_to_parent(pid, prctl),
+                            **popen_kwargs)
     try:
         returncode = proc.wait(timeout=timeout)
     except BaseException:  # timeout, KeyboardInterrupt, SIGTERM turned into an exception
