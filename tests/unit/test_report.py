@@ -144,3 +144,33 @@ def test_report_cli(records, tmp_path):
     assert res.exit_code == 2 and "does not exist" in res.output
     res = runner.invoke(app, ["report", "--json", str(f), "-o", "x.pdf"])
     assert res.exit_code == 2 and "suffix" in res.output
+
+
+def test_threshold_table_gives_both_definitions_by_spin_with_the_oracle(tmp_path) -> None:
+    from mlcharge_workflows.common.schemas import SavingsDocument
+    from mlcharge_workflows.savings.report import summarize, threshold_table, write_report
+
+    def doc(name, base, ml, orc, mag):
+        return SavingsDocument(
+            structure=name, engine="qe", scf_iterations={"baseline": base, "ml": ml, "oracle": orc},
+            scf_iterations_by_threshold={"mp": {"baseline": base - 2, "ml": ml - 2, "oracle": 1},
+                                         "protocol": {"baseline": base, "ml": ml, "oracle": orc}},
+            details={"total_magnetization": {"baseline": mag}, "cpu_s": {
+                "baseline": 10.0, "ml": 6.0, "predict": 1.0}})
+
+    recs = [doc("a", 12, 6, 2, None), doc("b", 10, 9, 2, None), doc("c", 20, 22, 3, 2.0)]
+    rows = {(r["threshold"], r["group"]): r for r in threshold_table(recs)}
+    all_p = rows[("protocol", "all")]
+    # per structure 0.5, 0.1, -0.1 -> median 10 %; medians 12 -> 9 -> drop 25 %
+    assert all_p["median_saving_pct"] == 10.0 and all_p["drop_of_median_pct"] == 25.0
+    assert all_p["faster_pct"] == pytest.approx(66.67) and all_p["slower_pct"] == pytest.approx(33.33)
+    assert all_p["worst_slowdown_pct"] == 10.0
+    assert rows[("protocol", "magnetic")]["n"] == 1 and rows[("protocol", "non-magnetic")]["n"] == 2
+    assert rows[("mp", "all")]["median_baseline"] == 10 and rows[("mp", "all")]["median_ml"] == 7
+    assert rows[("protocol", "all")]["oracle_median_saving_pct"] == pytest.approx(83.33)
+    # thresholds no record reached are left out rather than shown as zeros
+    assert ("quacc", "all") not in rows
+    summary = summarize(recs)
+    assert summary["total_cpu_s"]["net_saved_pct"] == pytest.approx(30.0)
+    html = write_report(recs, tmp_path / "r.html").read_text()
+    assert "Savings by convergence threshold" in html and "drop_of_median_pct" in html

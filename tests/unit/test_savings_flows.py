@@ -164,3 +164,35 @@ def test_savings_document_flags_an_ml_arm_without_a_converged_run(si) -> None:
                                     requested={"baseline": True, "predict": True, "ml": True})
     assert doc.error == "arm(s) did not finish: ml (no run converged)"
     assert doc.scf_iterations.ml == 200 and doc.energy_eV.ml is None
+
+
+def test_iterations_by_threshold_from_each_arms_history(si) -> None:
+    base_hist = [1e-2, 1e-4, 2e-6, 5e-7, 1e-8, 5e-9, 8e-10, 5e-10]  # protocol: < 1e-9 (2 atoms)
+    ml = {"fallback": "energy: ...", "ml_density_used": False, "scf_iterations_total": 11,
+          "wall_s_total": 2.0, "energy_eV": -214.1, "converged": True, "task": None,
+          "attempts": [
+              {"start": "ml", "scf_iterations": 4, "rejected": "energy differs",
+               "scf_accuracy_Ry": [1e-5, 1e-7, 1e-9, 1e-10]},
+              {"start": "atomic", "scf_iterations": 7, "scf_accuracy_Ry": base_hist[:7]},
+          ]}
+    doc = savings_document.original(
+        "Si", si, QEArmReader(), _task(scf_iterations=8, scf_accuracy_Ry=base_hist),
+        {"path": "p"}, ml, oracle=_task(scf_iterations=2, scf_accuracy_Ry=[1e-9, 1e-11]),
+    )
+    table = doc.record()["scf_iterations_by_threshold"]
+    assert set(table) >= {"qe_default", "mp", "quacc", "protocol", "aiida_fast", "aiida_moderate"}
+    # pw.x's default 1e-6 Ry per cell: baseline reaches it at iteration 4; the ML arm paid its
+    # rejected attempt (4) plus 4 iterations of the accepted rerun from atoms
+    assert table["qe_default"] == {"baseline": 4, "ml": 8, "oracle": 1}
+    assert table["protocol"] == {"baseline": 7, "ml": 11, "oracle": 2}  # 1e-9 is not < 1e-9
+    # a history that never reached a threshold gives None, not its length
+    assert table["aiida_moderate"] == {"baseline": None, "ml": None, "oracle": 2}
+    # backward compatible: every earlier key is still there, in order
+    assert list(doc.record())[: len(RECORD_KEYS) - 1] == list(RECORD_KEYS[:-1])
+
+
+def test_no_histories_give_an_empty_threshold_table(si) -> None:
+    ml = {"ml_density_used": True, "scf_iterations_total": 5, "attempts": [
+        {"start": "ml", "scf_iterations": 5}], "energy_eV": -1.0, "task": None}
+    doc = savings_document.original("Si", si, QEArmReader(), _task(), {"path": "p"}, ml)
+    assert doc.record()["scf_iterations_by_threshold"] == {}

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from jobflow import job
 from monty.json import MSONable
 
+from mlcharge_workflows.convergence import THRESHOLDS, iterations_to
+
 from mlcharge_workflows.common.schemas import (
+    SCFIterations,
     ArmAttempt,
     SavingsDetails,
     SavingsDocument,
@@ -22,7 +25,8 @@ from mlcharge_workflows.common.schemas import (
     missing_arms,
 )
 
-__all__ = ["ARMS", "SAVINGS_JOB_NAME", "ArmReader", "get_field", "savings_document"]
+__all__ = ["ARMS", "SAVINGS_JOB_NAME", "ArmReader", "get_field", "iterations_by_threshold",
+           "savings_document"]
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -81,6 +85,10 @@ class ArmReader(MSONable, ABC):
     def fallback(self, prediction: Any, ml: Any) -> str | None:
         """Why the ML arm ran (or reran) from atoms."""
 
+    def accuracy_history(self, out: Any) -> list[float]:
+        """Estimated SCF accuracy after each iteration of a run (Ry per cell); [] if unknown."""
+        return list(get_field(out, "scf_accuracy_Ry") or [])
+
     def dir_name(self, out: Any) -> str | None:
         """Folder of the arm's (accepted) run."""
         return get_field(out, "dir_name")
@@ -100,6 +108,40 @@ class ArmReader(MSONable, ABC):
     def details(self, arms: dict[str, Any]) -> dict[str, Any]:
         """Engine-specific entries of :class:`SavingsDetails`."""
         return {}
+
+
+def iterations_by_threshold(
+    reader: ArmReader, arms: dict[str, Any], n_atoms: int
+) -> dict[str, SCFIterations]:
+    """Iterations of each SCF arm to each threshold of ``THRESHOLDS``, from the run histories.
+
+    The ML arm pays every rejected attempt in full and its accepted run up to the
+    threshold. A threshold an arm's history never reached is None; an engine without
+    histories gives an empty table.
+    """
+    histories: dict[str, list[float]] = {}
+    paid: dict[str, int] = {}
+    for arm in ("baseline", "oracle"):
+        if arms[arm] is not None:
+            histories[arm] = reader.accuracy_history(arms[arm])
+            paid[arm] = 0
+    if arms["ml"] is not None:
+        attempts = reader.ml_attempts(arms["ml"])
+        accepted = [a for a in attempts if get_field(a, "rejected") is None]
+        if accepted:
+            histories["ml"] = list(get_field(accepted[-1], "scf_accuracy_Ry") or [])
+            paid["ml"] = sum(get_field(a, "scf_iterations") or 0 for a in attempts
+                             if get_field(a, "rejected") is not None)
+    if not any(histories.values()):
+        return {}
+    table = {}
+    for t in THRESHOLDS:
+        counts = {}
+        for arm, history in histories.items():
+            n = iterations_to(history, t.cell_ry(n_atoms)) if history else None
+            counts[arm] = None if n is None else n + paid[arm]
+        table[t.name] = SCFIterations(**counts)
+    return table
 
 
 @job(output_schema=SavingsDocument)
@@ -157,5 +199,6 @@ def savings_document(
         band_gap_eV={"scf": r.band_gap_eV(nscf_scf), "nscf_ml": r.band_gap_eV(nscf_ml),
                      "nscf_atomic": r.band_gap_eV(nscf_atomic)},
         error=("arm(s) did not finish: " + ", ".join(missing)) if missing else None,
+        scf_iterations_by_threshold=iterations_by_threshold(r, arms, len(structure)),
         details=details,
     )

@@ -36,6 +36,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "fallback",
     "band_gap_eV",
     "error",
+    "scf_iterations_by_threshold",
 )
 
 
@@ -112,6 +113,13 @@ class SavingsRecord(BaseModel):
     )
     band_gap_eV: BandGaps = Field(default_factory=BandGaps)
     error: str | None = Field(None, description="What failed; other fields hold what finished.")
+    scf_iterations_by_threshold: dict[str, SCFIterations] = Field(
+        default_factory=dict,
+        description="Per threshold of mlcharge_workflows.convergence.THRESHOLDS: the iterations "
+        "each arm needed to reach it, read from its own accuracy history (ML arm: every "
+        "rejected attempt in full plus the accepted run to the threshold). Empty when the "
+        "engine keeps no history.",
+    )
 
     def record(self) -> dict[str, Any]:
         """The public record: exactly :data:`RECORD_KEYS`, JSON-ready."""
@@ -164,6 +172,9 @@ class ArmAttempt(BaseModel):
     density_read_from_file: bool | None = None
     dir_name: str | None = None
     rejected: str | None = Field(None, description="Why this run was not accepted.")
+    scf_accuracy_Ry: list[float] = Field(
+        default_factory=list, description="Estimated SCF accuracy after each iteration (Ry per cell)."
+    )
 
 
 class SavingsDetails(BaseModel):

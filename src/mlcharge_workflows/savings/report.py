@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mlcharge_workflows.common.schemas import SavingsDocument, SavingsRecord
+from mlcharge_workflows.convergence import THRESHOLDS, savings_summary
 from mlcharge_workflows.common.store import document_from_dict, savings_documents
 
 REPORT_SUFFIXES = (".html", ".png", ".csv", ".json")
@@ -87,11 +88,25 @@ def record_row(rec: SavingsRecord) -> dict[str, Any]:
         "gap_scf_eV": _round(g.scf, 3), "gap_nscf_ml_eV": _round(g.nscf_ml, 3),
         "gap_nscf_atomic_eV": _round(g.nscf_atomic, 3),
         "ml_density_used": rec.ml_density_used, "fallback": rec.fallback, "error": rec.error,
+        **{f"iter_{name}_{arm}": getattr(rec.scf_iterations_by_threshold.get(name), arm, None)
+           for name in ("mp", "qe_default") for arm in ("baseline", "ml")},
     }
 
 
 def _round(x: float | None, nd: int) -> float | None:
     return None if x is None else round(float(x), nd)
+
+
+def _cpu_totals(records: Sequence[SavingsRecord]) -> dict[str, float | None]:
+    """pw.x CPU time summed over structures with both arms timed, prediction included."""
+    base = ml = 0.0
+    for r in records:
+        cpu = getattr(getattr(r, "details", None), "cpu_s", None) or {}
+        if cpu.get("baseline") is not None and cpu.get("ml") is not None:
+            base += cpu["baseline"]
+            ml += cpu["ml"] + (cpu.get("predict") or 0.0)
+    return {"baseline": round(base, 2), "ml_plus_predict": round(ml, 2),
+            "net_saved_pct": round(100 * (1 - ml / base), 2) if base > 0 else None}
 
 
 def summarize(records: Sequence[SavingsRecord]) -> dict[str, Any]:
@@ -125,7 +140,55 @@ def summarize(records: Sequence[SavingsRecord]) -> dict[str, Any]:
                          if base_wall > 0 else None},
         "abs_energy_diff_meV_per_atom": _stats(de),
         "gap_abs_error_eV": {"nscf_ml": _stats(gaps_ml), "nscf_atomic": _stats(gaps_at)},
+        "total_cpu_s": _cpu_totals(records),
+        "thresholds": threshold_table(records),
     }
+
+
+def _spin_polarized(rec: SavingsRecord) -> bool | None:
+    """Was the baseline spin-polarised (a magnetisation was reported)? None if unknown."""
+    if not isinstance(rec, SavingsDocument):
+        return None
+    mag = rec.details.total_magnetization
+    return mag.get("baseline") is not None if mag else None
+
+
+def _pct_or_none(x: float | None) -> float | None:
+    return None if x is None else round(100.0 * x, 2)
+
+
+def threshold_table(records: Sequence[SavingsRecord]) -> list[dict[str, Any]]:
+    """Savings at every threshold of ``THRESHOLDS``, both definitions, by spin, with the oracle.
+
+    One row per threshold and group ("all", "non-magnetic", "magnetic": whether the baseline
+    run was spin-polarised). ``median_saving_pct`` is the median of per-structure savings,
+    ``drop_of_median_pct`` is ``1 - median(ml)/median(baseline)`` (ChargE3Net's definition).
+    Records without a history at that threshold are left out of its row.
+    """
+    groups = {"all": lambda r: True, "non-magnetic": lambda r: _spin_polarized(r) is False,
+              "magnetic": lambda r: _spin_polarized(r) is True}
+    rows = []
+    for t in THRESHOLDS:
+        for group, keep in groups.items():
+            cells = [r.scf_iterations_by_threshold.get(t.name) for r in records
+                     if keep(r) and r.error is None]
+            cells = [c for c in cells if c is not None]
+            ml = savings_summary([c.baseline for c in cells], [c.ml for c in cells])
+            orc = savings_summary([c.baseline for c in cells], [c.oracle for c in cells])
+            if not ml["n"]:
+                continue
+            rows.append({
+                "threshold": t.name, "value": f"{t.value:g} {t.unit}/{t.per}", "group": group,
+                "n": ml["n"], "median_baseline": ml["median_baseline"],
+                "median_ml": ml["median_ml"],
+                "median_saving_pct": _pct_or_none(ml["median_saving"]),
+                "drop_of_median_pct": _pct_or_none(ml["drop_of_median"]),
+                "faster_pct": _pct_or_none(ml["faster"]), "slower_pct": _pct_or_none(ml["slower"]),
+                "worst_slowdown_pct": _pct_or_none(ml["worst_slowdown"]),
+                "oracle_median_saving_pct": _pct_or_none(orc["median_saving"]),
+                "oracle_drop_of_median_pct": _pct_or_none(orc["drop_of_median"]),
+            })
+    return rows
 
 
 def _fmt(x: Any, unit: str = "", nd: int = 1) -> str:
@@ -151,6 +214,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"oracle ceiling (start from the converged density): median {_fmt(orc['median'], '%')}",
         f"net wall time, prediction included: {_fmt(wall['baseline'], ' s')} baseline vs "
         f"{_fmt(wall['ml_plus_predict'], ' s')} ML -> {_fmt(wall['net_saved_pct'], '%')} saved",
+        f"net CPU time, prediction included: {_fmt(summary['total_cpu_s']['baseline'], ' s')} "
+        f"baseline vs {_fmt(summary['total_cpu_s']['ml_plus_predict'], ' s')} ML -> "
+        f"{_fmt(summary['total_cpu_s']['net_saved_pct'], '%')} saved",
         f"energy agreement |E_ML - E_baseline|: median {_fmt(de['median'], ' meV/atom', 3)}, "
         f"max {_fmt(de['max'], ' meV/atom', 3)}",
         f"NSCF band gap error vs SCF density: ML start MAE {_fmt(gml['mean'], ' eV', 3)}, "
@@ -192,6 +258,20 @@ tr.err td{background:#fff1f0}img{max-width:100%;display:block;margin:0.5em 0}
 .fig{display:flex;flex-wrap:wrap;gap:1em}.fig img{width:32%;min-width:300px}"""
 
 
+def _threshold_html(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>No run kept an SCF accuracy history (VASP runs, or records of older versions).</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('n/a' if row[c] is None else str(row[c]))}</td>"
+                         for c in cols) + "</tr>" for row in rows)
+    return (f"<p>Iterations to each threshold read from each run's own accuracy history; "
+            f"median_saving = median of per-structure 1 - ml/baseline; drop_of_median = "
+            f"1 - median(ml)/median(baseline) (ChargE3Net's definition).</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
 def write_html(records: Sequence[SavingsRecord], path: str | Path) -> Path:
     """A self-contained HTML report: summary, plots (embedded PNGs), per-structure table."""
     from mlcharge_workflows.savings.plots import PLOTS, figure_png, single_figure
@@ -220,6 +300,7 @@ def write_html(records: Sequence[SavingsRecord], path: str | Path) -> Path:
 <h1>{html.escape(_title(records))}</h1>
 <p>Generated {datetime.now().isoformat(timespec="seconds")} by <code>mlcharge report</code>.</p>
 <h2>Summary</h2><ul>{summary_html}</ul>
+<h2>Savings by convergence threshold</h2>{_threshold_html(summary["thresholds"])}
 <h2>Plots</h2><div class="fig">{imgs}</div>
 <h2>Per structure</h2><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>
 <h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary, indent=1))}</pre>

@@ -224,6 +224,7 @@ def _attempt(start: str, task: QETaskDocument | None, rejected: str | None) -> A
         start=start, scf_iterations=iters, energy_eV=task.energy_eV, converged=task.converged,
         total_magnetization=task.total_magnetization, wall_s=wall, cpu_s=task.cpu_time_s,
         density_read_from_file=task.density_initialised, dir_name=task.dir_name, rejected=rejected,
+        scf_accuracy_Ry=list(task.scf_accuracy_Ry),
     )
 
 
