@@ -320,8 +320,11 @@ def run_compare(
                 res_path.unlink(missing_ok=True)
                 proc = ctx.Process(target=_child, args=(task, str(res_path)),
                                    name=f"compare-{i}", daemon=False)
-                proc.start()
-                running[proc.sentinel] = (proc, i, task, res_path, time.perf_counter())
+                try:
+                    proc.start()
+                finally:  # an interrupt inside start() must not leave an unknown child
+                    if proc.pid is not None:
+                        running[proc.sentinel] = (proc, i, task, res_path, time.perf_counter())
             for sentinel in wait(list(running), timeout=5.0):
                 proc, i, task, res_path, t0 = running.pop(sentinel)
                 proc.join()

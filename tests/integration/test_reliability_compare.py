@@ -77,9 +77,12 @@ def test_output_checked_before_any_run(tmp_path):
 def test_interrupt_keeps_finished_then_resume(tmp_path):
     structures = [_si(tmp_path / f"Si{i}.cif", a) for i, a in enumerate((5.43, 5.50, 5.36))]
     jsonl = tmp_path / "out" / "records.jsonl"
+    # SIGINT handled as at a terminal, even when the suite runs as a background job
+    # (which starts every child with SIGINT ignored)
     proc = subprocess.Popen(_compare(tmp_path, structures, "--jobs", "1"), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 400
     while time.time() < deadline:  # wait for the first record, then Ctrl-C
         if jsonl.is_file() and jsonl.read_text().count("\n") >= 1:
