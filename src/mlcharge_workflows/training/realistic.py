@@ -6,19 +6,19 @@ manifest, with a digest of pymatgen's AFLOW library), like version 1
 
 A draw picks a kind of cell, then a chemistry class and a structure type:
 
-* **bulk** (default 82 %): an AFLOW prototype (:mod:`.crystal_types`, primitive cells of
-  up to ``max_atoms``; cells of up to 8 atoms drawn ``small_weight`` times as often as
-  larger ones), decorated for the class: oxide, nitride, carbide, boride, silicide,
+* **bulk** (default 87 %): an AFLOW prototype (:mod:`.crystal_types`, primitive cells of
+  up to ``max_atoms``, drawn with weight ``(4 / max(n, 4)) ** size_exponent``), decorated
+  for the class: oxide, nitride, carbide, boride, silicide,
   hydride, halide (F, Cl), sulfide / phosphide, intermetallic or element. The
   prototype's anion sites take the class's anion, its cation and metal sites supported
   metals (nonmetal cations: B, C, N, Si, P, S). Oxides, halides and compounds of
   main-group metals must be charge-balanced; carbides, borides, silicides and
   transition-metal nitrides, hydrides, sulfides and phosphides (metallic) need not be.
   Binary ionic prototypes are also used inverted (anti-fluorite, anti-ReO3, ...).
-* **defect supercells** (default 12 %): a bulk cell of up to 8 atoms repeated to
+* **defect supercells** (default 8 %): a bulk cell of up to 8 atoms repeated to
   ``supercell_atoms`` (20-32) atoms, with 1-3 defects: vacancies, substitutions (metal by
   metal, anion by anion) and interstitials of H, B, C, N or O at the emptiest point.
-* **slabs** (default 6 %): (100), (110) or (111) slabs of a small bulk cell, at least 5 Å
+* **slabs** (default 5 %): (100), (110) or (111) slabs of a small bulk cell, at least 5 Å
   thick, with 9-12 Å of vacuum, of up to ``max_atoms`` atoms.
 
 The cell is scaled to tabulated bonds (:func:`.crystal_types.scale_to_bonds`), strained
@@ -104,8 +104,9 @@ class RealisticGenerator:
         ``(min, max)`` atoms of the defect supercells.
     supercell_fraction, slab_fraction
         Shares of defect supercells and slabs (the rest are bulk cells).
-    small_weight
-        How much more often a prototype of up to 8 atoms is drawn than a larger one.
+    size_exponent
+        A prototype of ``n`` atoms is drawn with weight ``(4 / max(n, 4)) ** size_exponent``
+        (pw.x's cost grows with the cell: 8 atoms 0.25, 16 atoms 0.06).
     magnetic_fraction, afm_fraction
         Share of draws with a magnetic element; share of the magnetic cells (with two or
         more magnetic atoms) started antiferromagnetic.
@@ -123,11 +124,11 @@ class RealisticGenerator:
         elements: Sequence[str] | None = None,
         max_atoms: int = 16,
         supercell_atoms: tuple[int, int] = (20, 32),
-        supercell_fraction: float = 0.12,
-        slab_fraction: float = 0.06,
-        small_weight: float = 3.0,
-        magnetic_fraction: float = 0.4,
-        afm_fraction: float = 0.3,
+        supercell_fraction: float = 0.08,
+        slab_fraction: float = 0.05,
+        size_exponent: float = 2.0,
+        magnetic_fraction: float = 0.35,
+        afm_fraction: float = 0.35,
         magnetic_elements: Sequence[str] | None = None,
         strain: float = 0.05,
         rattle: tuple[float, float] = (0.02, 0.08),
@@ -166,7 +167,7 @@ class RealisticGenerator:
         self.supercell_atoms = (lo, hi)
         self.supercell_fraction = float(supercell_fraction)
         self.slab_fraction = float(slab_fraction)
-        self.small_weight = float(small_weight)
+        self.size_exponent = float(size_exponent)
         self.magnetic_fraction = float(magnetic_fraction)
         self.afm_fraction = float(afm_fraction)
         mags = default_magnetic_elements() if magnetic_elements is None else list(magnetic_elements)
@@ -194,7 +195,7 @@ class RealisticGenerator:
             "version": GENERATOR_VERSION, "seed": self.seed, "elements": self.elements,
             "max_atoms": self.max_atoms, "supercell_atoms": list(self.supercell_atoms),
             "supercell_fraction": self.supercell_fraction, "slab_fraction": self.slab_fraction,
-            "small_weight": self.small_weight, "magnetic_fraction": self.magnetic_fraction,
+            "size_exponent": self.size_exponent, "magnetic_fraction": self.magnetic_fraction,
             "afm_fraction": self.afm_fraction, "magnetic_elements": self.magnetic_elements,
             "strain": self.strain, "rattle": list(self.rattle),
             "rattle_probability": self.rattle_probability,
@@ -261,7 +262,7 @@ class RealisticGenerator:
         pool = [t for t in pool if t.has_anion == anion_class]
         if not pool:
             return None
-        w = np.array([self.small_weight if t.n_atoms <= 8 else 1.0 for t in pool])
+        w = np.array([(4.0 / max(t.n_atoms, 4)) ** self.size_exponent for t in pool])
         return pool[rng.choice(len(pool), p=w / w.sum())]
 
     def _bulk(self, rng, magnetic: bool, pool):
