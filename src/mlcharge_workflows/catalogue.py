@@ -57,8 +57,40 @@ def read_protocol_fields(source: str | Path) -> dict[str, Any]:
     return data
 
 
-def qe_protocol(protocol: QEProtocol | dict | None) -> QEProtocol:
+def parse_pseudo_options(values: list[str] | None) -> dict[str, str]:
+    """``["Si=/path/Si.UPF", ...]`` (the repeatable ``--pseudo EL=FILE``) as a dict.
+
+    >>> parse_pseudo_options(["Si=Si.pbe-nl-rrkjus_psl.1.0.0.UPF"])
+    {'Si': 'Si.pbe-nl-rrkjus_psl.1.0.0.UPF'}
+    """
+    out: dict[str, str] = {}
+    for value in values or []:
+        el, sep, path = value.partition("=")
+        el, path = el.strip(), path.strip()
+        if not sep or not el or not path:
+            raise ValueError(f"--pseudo {value!r}: expected ELEMENT=FILE, e.g. Si=Si.pbe-n-rrkjus.UPF")
+        if el in out and out[el] != path:
+            raise ValueError(f"--pseudo names two files for {el}: {out[el]} and {path}")
+        out[el] = path
+    return out
+
+
+def with_pseudo_options(fields: dict | None, pseudo: list[str] | None) -> dict | None:
+    """Protocol ``fields`` with the ``--pseudo EL=FILE`` values merged into
+    ``pseudopotentials`` (None when neither gives anything)."""
+    files = parse_pseudo_options(pseudo)
+    if not files:
+        return fields
+    fields = dict(fields or {})
+    fields["pseudopotentials"] = {**(fields.get("pseudopotentials") or {}), **files}
+    return fields
+
+
+def qe_protocol(protocol: QEProtocol | dict | None, pseudo: list[str] | dict | None = None) -> QEProtocol:
     """A :class:`QEProtocol` from itself, a dict of its fields (validated) or None (defaults).
+
+    ``pseudo`` (``--pseudo EL=FILE`` values or ``{element: UPF path}``) is merged into the
+    protocol's ``pseudopotentials`` (it wins over the protocol's file for the same element).
 
     Raises
     ------
@@ -70,6 +102,11 @@ def qe_protocol(protocol: QEProtocol | dict | None) -> QEProtocol:
     from mlcharge_workflows.engines.qe.sets import QEProtocol
     from mlcharge_workflows.validation import check_known_fields
 
+    if pseudo:
+        if isinstance(protocol, QEProtocol):
+            protocol = protocol.model_dump()
+        files = [f"{el}={path}" for el, path in pseudo.items()] if isinstance(pseudo, dict) else pseudo
+        protocol = with_pseudo_options(protocol, files)
     if protocol is None or isinstance(protocol, QEProtocol):
         return protocol or QEProtocol()
     try:  # a typo is refused with the nearest field named, never silently ignored
@@ -142,10 +179,15 @@ def build_flow(structure: Structure, engine: str, flow: str, label: str, **optio
     # fail at submission, not hours later on a worker (nor in spglib: both engines)
     if engine == "qe":
         from mlcharge_workflows.pseudo import check_structure
+
+        options["protocol"] = qe_protocol(options.get("protocol"))
+        user_files = options["protocol"].pseudopotentials
     else:
         from mlcharge_workflows.validation import validate_structure as check_structure
+
+        user_files = None
     try:
-        check_structure(structure)
+        check_structure(structure, user_files) if user_files else check_structure(structure)
     except ValueError as exc:
         raise ValueError(f"{label}: {exc}") from None
     return _BUILDERS[flow](structure, engine, label, **options)
@@ -199,8 +241,9 @@ def _ml_bands(structure: Structure, engine: str, label: str, **options: Any) -> 
         from mlcharge_workflows.engines.qe.jobs import QENonSCFMaker
         from mlcharge_workflows.engines.qe.sets import default_nbnd
 
-        bands = QENonSCFMaker(name="qe bands", mode="line", nbnd=default_nbnd(structure),
-                              protocol=qe_protocol(options.get("protocol")),
+        protocol = qe_protocol(options.get("protocol"))
+        bands = QENonSCFMaker(name="qe bands", mode="line", nbnd=default_nbnd(structure, protocol),
+                              protocol=protocol,
                               nprocs=options.get("nprocs")).make(structure, static.output.dir_name)
     else:
         from atomate2.vasp.jobs.core import NonSCFMaker

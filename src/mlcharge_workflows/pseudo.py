@@ -661,6 +661,12 @@ def pseudo_from_file(
     )
 
 
+@cache
+def _pseudo_from_file_cached(path: str, element: str, mtime_ns: int, size: int) -> PseudoInfo:
+    """:func:`pseudo_from_file` once per file version (a protocol resolves its files often)."""
+    return pseudo_from_file(path, element)
+
+
 def resolve_pseudos(
     structure: Structure | Iterable[str],
     overrides: Mapping[str, str | Path | PseudoInfo] | None = None,
@@ -691,7 +697,10 @@ def resolve_pseudos(
                 raise ValueError(f"override for {el!r} is a pseudopotential for {given.element!r}")
             out[el] = given
         else:
-            out[el] = pseudo_from_file(given, el)
+            path = Path(given).expanduser()
+            stat = path.stat() if path.is_file() else None
+            out[el] = (_pseudo_from_file_cached(str(path.resolve()), el, stat.st_mtime_ns, stat.st_size)
+                       if stat else pseudo_from_file(path, el))
     names: dict[str, str] = {}
     for el, info in out.items():
         if info.filename in names:
@@ -704,6 +713,13 @@ def resolve_pseudos(
         detail = ", ".join(f"{el}: {i.functional}" for el, i in out.items())
         raise ValueError(f"the pseudopotentials mix exchange-correlation functionals ({detail})")
     return out
+
+
+def pseudo_record(pseudos: Mapping[str, PseudoInfo]) -> dict[str, dict]:
+    """What a record says of the files a run used: element -> filename, source, md5, kind,
+    z_valence, origin."""
+    return {el: {"filename": i.filename, "source": str(i.source), "md5": i.md5, "kind": i.kind,
+                 "z_valence": i.z_valence, "origin": i.origin} for el, i in sorted(pseudos.items())}
 
 
 def structure_elements(structure: Structure) -> list[str]:
@@ -721,16 +737,17 @@ def n_valence_electrons(structure: Structure, pseudos: Mapping[str, PseudoInfo] 
                      for el in (site.specie.symbol for site in structure)))
 
 
-def check_structure(structure: Structure) -> None:
+def check_structure(structure: Structure, pseudopotentials: Mapping[str, object] | None = None) -> None:
     """Raise ``ValueError`` for a structure pw.x cannot run with the registry.
 
     Checks: :func:`mlcharge_workflows.validation.validate_structure` (non-finite numbers,
     empty or degenerate cell, disorder, atoms closer than :data:`MIN_DISTANCE` Å, periodic
     images included), then every element in the registry (the message lists the supported
-    ones).
+    ones) or given a file in ``pseudopotentials`` (element -> UPF path).
     """
     validate_structure(structure)
-    unknown = sorted({s.specie.symbol for s in structure} - set(supported_elements()))
+    known = set(supported_elements()) | set(pseudopotentials or {})  # a user file covers its element
+    unknown = sorted({s.specie.symbol for s in structure} - known)
     if unknown:
         raise ValueError(
             f"unsupported element(s) {', '.join(unknown)}; "

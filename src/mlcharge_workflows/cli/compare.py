@@ -25,11 +25,11 @@ EXIT_STRUCTURE_ERRORS = 3
 EXIT_INTERRUPTED = 130
 
 
-def _read_protocol(text: str | None) -> dict | None:
-    """Protocol overrides from a JSON/YAML file or an inline JSON object."""
-    from mlcharge_workflows.catalogue import read_protocol_fields
+def _read_protocol(text: str | None, pseudo: list[str] | None = None) -> dict | None:
+    """Protocol overrides from a JSON/YAML file or an inline JSON object, and ``--pseudo``."""
+    from mlcharge_workflows.catalogue import read_protocol_fields, with_pseudo_options
 
-    return None if text is None else read_protocol_fields(text)
+    return with_pseudo_options(None if text is None else read_protocol_fields(text), pseudo)
 
 
 def compare(
@@ -55,6 +55,8 @@ def compare(
     resume: bool = typer.Option(False, "--resume", help="Continue --output: skip the structures "
                                 "it already holds without error, run the others."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output."),
+    pseudo: list[str] = typer.Option([], "--pseudo", help="QE: EL=FILE, a UPF file (NC or US) "
+                                     "replacing the registry's for that element (repeatable)."),
 ) -> None:
     """Run baseline (atomic start) and ML-initialised SCF for each structure; write records."""
     from mlcharge_workflows.compare import CompareInterrupted, run_compare
@@ -66,7 +68,7 @@ def compare(
         result = run_compare(
             [str(s) for s in structures], engine, oracle, nscf,
             None if model is None else str(model), workdir, store, jobs, nprocs, progress,
-            _read_protocol(protocol), output=output, resume=resume, overwrite=overwrite,
+            _read_protocol(protocol, pseudo), output=output, resume=resume, overwrite=overwrite,
         )
     except ValueError as exc:
         typer.echo(f"Error: {exc}", err=True)

@@ -69,6 +69,8 @@ def predict(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a density already "
                                    "written at --output."),
+    pseudo: list[str] = typer.Option([], "--pseudo", help="QE: EL=FILE, a UPF file (NC or US) "
+                                     "replacing the registry's for that element (repeatable)."),
 ) -> None:
     """Predict the density of STRUCTURE and write it as a start for QE or VASP.
 
@@ -79,6 +81,8 @@ def predict(
     try:
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not supported; choose one of {', '.join(ENGINES)}")
+        if pseudo and engine != "qe":
+            raise ValueError("--pseudo is for --engine qe (VASP: the POTCARs of the run)")
         struct = _read_structure(structure)
         from mlcharge_workflows.validation import refuse_overwrite
 
@@ -100,12 +104,15 @@ def predict(
             target.parent.mkdir(parents=True, exist_ok=True)
             written = write_chgcar(grid, target)
         else:
+            from mlcharge_workflows.catalogue import qe_protocol
             from mlcharge_workflows.density.qe_file import write_qe_start_density
-            from mlcharge_workflows.engines.qe.sets import PREFIX, QEProtocol
+            from mlcharge_workflows.engines.qe.sets import PREFIX
 
-            ecut = ecutrho if ecutrho is not None else QEProtocol().cutoffs(struct)[1]
+            proto = qe_protocol(None, pseudo)
+            ecut = ecutrho if ecutrho is not None else proto.cutoffs(struct)[1]
+            reference = {el: str(i.source) for el, i in proto.pseudos(struct).items()}
             t1 = time.perf_counter()
-            grid = predict_density(struct, model=model, ecutrho_ry=ecut, spin=spin)
+            grid = predict_density(struct, model=model, ecutrho_ry=ecut, spin=spin, reference=reference)
             t_pred = time.perf_counter() - t1
             written = write_qe_start_density(
                 output / f"{PREFIX}.save", grid, ecut, expected_electrons=grid.metadata["n_electrons"]
@@ -127,6 +134,12 @@ def predict(
             "with starting moments (the engine's own atomic start), NOT a model prediction; "
             "--spin model writes the learned rho and m",
         )
+    ref = grid.metadata.get("reference") or {}
+    for el, info in sorted((ref.get("elements") or {}).items()):
+        src = info.get("source") or "training"
+        name = src.get("file", src.get("kind")) if isinstance(src, dict) else src
+        typer.echo(f"reference        {el}: {name}"
+                   + (" (differs from the training pseudopotential)" if info.get("differs_from_training") else ""))
     typer.echo(f"prediction time  {t_pred:.3f} s (total {time.perf_counter() - t0:.3f} s)")
     typer.echo(f"written          {written}")
 

@@ -16,10 +16,10 @@ ENGINES = ("qe",)
 EXIT_DENSITY_NOT_READ = 3
 
 
-def _load_protocol(path: Path | None):
+def _load_protocol(path: Path | None, pseudo: list[str] | None = None):
     from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields
 
-    return qe_protocol(None if path is None else read_protocol_fields(path))
+    return qe_protocol(None if path is None else read_protocol_fields(path), pseudo)
 
 
 def _report_lines(doc) -> list[str]:
@@ -46,6 +46,8 @@ def _report_lines(doc) -> list[str]:
         )
     else:
         lines.append("magnetisation    none (not spin-polarised)")
+    for el, info in doc.pseudopotentials.items():
+        lines.append(f"pseudopotential  {el}: {info['filename']} ({info['origin']}, md5 {info['md5']})")
     lines.append(f"run folder       {doc.dir_name}")
     lines.extend(f"warning          {w}" for w in doc.warnings)
     return lines
@@ -70,6 +72,8 @@ def scf(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a --workdir that holds "
                                    "earlier results (they are replaced)."),
+    pseudo: list[str] = typer.Option([], "--pseudo", help="QE: EL=FILE, a UPF file (NC or US) "
+                                     "replacing the registry's for that element (repeatable)."),
 ) -> None:
     """Run one pw.x SCF and print iterations, energy, wall time, magnetisation and whether
     pw.x really read the starting density."""
@@ -84,7 +88,7 @@ def scf(
             raise ValueError(f"--nprocs must be >= 1, got {nprocs}")
         if workdir is not None:
             refuse_overwrite(workdir, overwrite, "--workdir")
-        proto = _load_protocol(protocol)
+        proto = _load_protocol(protocol, pseudo)
         label = "atomic" if start == "atomic" else "file"
         if workdir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -20,15 +20,16 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _read_protocol(path: Path):
-    """The QEProtocol of a YAML/JSON file, validated now (bad keys name themselves); the
-    object itself travels in the Makers to the workers and into the record."""
+def _read_protocol(path: Path | None, pseudo: list[str] | None = None):
+    """The QEProtocol of a YAML/JSON file and ``--pseudo``, validated now (bad keys and
+    files name themselves); the object itself travels in the Makers to the workers and into
+    the record."""
     from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields
 
     try:
-        return qe_protocol(read_protocol_fields(path))
+        return qe_protocol(None if path is None else read_protocol_fields(path), pseudo)
     except ValueError as exc:
-        _fail(f"--protocol {path}: {exc}")
+        _fail(f"--protocol {path}: {exc}" if path is not None else f"--pseudo: {exc}")
     return None
 
 
@@ -49,6 +50,8 @@ def submit(
     ml_fworker: str | None = typer.Option(None, "--ml-fworker", help="FireWorks worker name "
                                              "that must run the density prediction (e.g. gpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    pseudo: list[str] = typer.Option([], "--pseudo", help="QE: EL=FILE, a UPF file (NC or US) "
+                                     "replacing the registry's for that element (repeatable)."),
 ) -> None:
     """Add one workflow per structure to the LaunchPad (all or nothing)."""
     from mlcharge_workflows.submit import LaunchPadConfigError, submit_structures
@@ -68,10 +71,11 @@ def submit(
         options["model_path"] = str(model.resolve())
     if ml_fworker:
         options["ml_fworker"] = ml_fworker
-    if protocol is not None:
+    if protocol is not None or pseudo:
         if engine != "qe":
-            _fail("--protocol is for --engine qe (VASP settings come from atomate2's input sets)")
-        options["protocol"] = _read_protocol(protocol)
+            _fail("--protocol and --pseudo are for --engine qe (VASP settings and POTCARs come "
+                  "from atomate2's input sets)")
+        options["protocol"] = _read_protocol(protocol, pseudo)
     try:
         result = submit_structures(structures, engine=engine, flow=flow, launchpad_file=launchpad,
                                    project=project, progress=progress, flow_options=options)

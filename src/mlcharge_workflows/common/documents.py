@@ -183,6 +183,8 @@ def savings_document(
         dir_names={k: r.dir_name(v) for k, v in arms.items()},
         input_structure=structure.as_dict(),
         wall_s_oracle=r.wall_s("oracle", oracle),
+        prediction_reference=get_field(prediction, "reference"),
+        partial_start=get_field(prediction, "partial_start"),
         **r.details(arms),
     )
     return SavingsDocument(

@@ -196,6 +196,11 @@ class SavingsDetails(BaseModel):
     nprocs: int | None = Field(None, description="MPI processes of every DFT run (all arms alike).")
     dir_names: dict[str, str | None] = Field(default_factory=dict)
     input_structure: dict[str, Any] | None = Field(None, description="pymatgen Structure dict.")
+    prediction_reference: dict[str, Any] | None = Field(
+        None, description="The prediction's atomic reference (per element source, and "
+        "'differs_from_training' when the run's pseudopotentials are not the training ones).")
+    partial_start: list[str] | None = Field(
+        None, description="Elements the model does not know that got their reference density only.")
 
 
 class SavingsDocument(SavingsRecord):
@@ -251,6 +256,14 @@ class PredictionDocument(BaseModel):
     fallback: str | None = Field(None, description="Why the prediction is not used as an ML start.")
     error: str | None = Field(None, description="Why no density was predicted (the job did not fail).")
     density: dict[str, Any] | None = Field(None, description="The grid (kept in the data store).")
+    reference: dict[str, Any] | None = Field(
+        None, description="Where the atomic reference came from, per element, and "
+        "'differs_from_training' (the run's pseudopotentials are not the training ones).")
+    pseudopotentials: dict[str, dict] | None = Field(
+        None, description="Element -> the file the start density was built on (name, md5, origin).")
+    partial_start: list[str] | None = Field(
+        None, description="Elements the model does not know, given their reference density only "
+        "(the known atoms keep their learned deformation).")
 
     @property
     def n_electrons_predicted(self) -> float | None:

@@ -27,7 +27,7 @@ from mlcharge_workflows.density.grid import DensityGrid
 from mlcharge_workflows.engines.qe.parse import band_edges, parse_pw_output, parse_pw_xml
 from mlcharge_workflows.pseudo import (
     check_structure,
-    n_valence_electrons,
+    pseudo_record,
     stage_pseudos,
     structure_elements,
 )
@@ -55,7 +55,7 @@ ELECTRON_TOL = 0.02
 
 def _prepare(structure: Structure, protocol: QEProtocol) -> Structure:
     """Checked copy without oxidation states, in the frame pw.x sees (see ``qe_oriented``)."""
-    check_structure(structure)
+    check_structure(structure, protocol.pseudopotentials)
     s = structure.copy()
     s.remove_oxidation_states()
     if "magmom" in s.site_properties:
@@ -153,7 +153,7 @@ def load_start_density(
 def _load_prepared(
     start: DensityGrid | str | Path, structure: Structure, protocol: QEProtocol
 ) -> tuple[DensityGrid, str]:
-    nelec = n_valence_electrons(structure)
+    nelec = protocol.n_electrons(structure)
     if isinstance(start, DensityGrid):
         grid, source = start, str(start.metadata.get("source", "DensityGrid"))
     else:
@@ -172,7 +172,7 @@ def _load_prepared(
         grid.check_electron_count(nelec, ELECTRON_TOL)
     except ValueError as err:
         raise ValueError(
-            f"start density {source}: {err}; the registry's pseudopotentials give "
+            f"start density {source}: {err}; the run's pseudopotentials give "
             f"{nelec:g} valence electrons for {structure.composition.formula}"
         ) from None
     if protocol.is_spin_polarized(structure) and grid.magnetization is None:
@@ -330,6 +330,7 @@ def _document(
         ecutwfc_ry=ecutwfc,
         ecutrho_ry=ecutrho,
         protocol=protocol,
+        pseudopotentials=pseudo_record(protocol.pseudos(structure)),
         pw_version=parsed.version,
         warnings=_symmetry_warning(structure, parsed.n_symmetry_ops),
     )
@@ -390,7 +391,7 @@ def run_qe_scf(
         grid, source = _load_prepared(start, structure, protocol)  # before touching files
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)
+    stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR, protocol.pseudos(structure))
     extra: dict = {}
     (directory / START_COPY).unlink(missing_ok=True)  # a stale copy would mislead
     if grid is not None:
@@ -470,7 +471,7 @@ def run_qe_nscf(
     grid, source = _load_prepared(density, structure, protocol)
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR)
+    stage_pseudos(structure_elements(structure), directory / PSEUDO_SUBDIR, protocol.pseudos(structure))
     prep, copy = _place_start_density(structure, directory, protocol, nprocs, grid)
     calculation = "bands" if mode == "line" else "nscf"
     elapsed, parsed, kpoints = _write_and_run(

@@ -69,22 +69,78 @@ def model_version(model_path: str | None = None) -> str:
     return version_of(load_density_model(model_path))
 
 
+def model_moments(structure: Structure, protocol: QEProtocol, model: Any) -> list[float]:
+    """Starting moments (μB) the model is given: the protocol's fraction x the valence of the
+    *training* pseudopotential of each element (the moments the model learned from), with
+    the signs of an antiferromagnetic ``magmom`` (pw.x's kinds up and down).
+
+    pw.x's own start is fraction x the run's valence, which doubles for a semicore file
+    (Fe 3s3p: 16 electrons): fed to the model that would ask for twice the moment (measured:
+    bcc Fe predicted 5.7 μB instead of 2.7, 43 iterations instead of 19 from atoms).
+    """
+    from mlcharge_workflows.engines.qe.sets import antiparallel_signs
+
+    train_z = dict(zip(model.table.elements, (float(z) for z in model.table.z_valence)))
+    run = protocol.starting_moments(structure)
+    pseudos = protocol.pseudos(structure)
+    # an antiferromagnetic start (``magmom``/``spin_sign`` both ways) keeps its signs, as pw.x does
+    signs = antiparallel_signs(structure, protocol) or [1] * len(structure)
+    return [sign * m * train_z.get(site.specie.symbol, pseudos[site.specie.symbol].z_valence)
+            / pseudos[site.specie.symbol].z_valence for m, sign, site in zip(run, signs, structure)]
+
+
 def predict_grid(
-    structure: Structure, shape: tuple[int, int, int], model_path: str | None, protocol: QEProtocol
+    structure: Structure, shape: tuple[int, int, int], model_path: str | None, protocol: QEProtocol,
+    partial: bool = False,
 ) -> DensityGrid:
     """Predicted density (and magnetisation for spin-polarised runs) on ``shape`` (e/Å³).
 
     Starting moments follow the protocol (``magmom`` = fraction x valence of the species),
-    so the predicted magnetic state is the one pw.x is asked to find.
+    so the predicted magnetic state is the one pw.x is asked to find. The learned deformation
+    is added to the atomic densities (``PP_RHOATOM``) of the run's own pseudopotentials
+    (the protocol's, registry or user's), so the density integrates to the run's valence.
+
+    ``partial``: atoms of elements the model does not know get their reference density only
+    (``PP_RHOATOM``, with the protocol's starting moment), the others the model's prediction
+    for the cell without them (``metadata['partial_start']`` lists the elements);
+    ``ValueError`` when no element is known. Without ``partial`` an unknown element is a
+    ``ValueError`` from the model.
     """
     from mlcharge_workflows.model import predict_density
 
     s = structure.copy()
     if protocol.is_spin_polarized(s):
-        s.add_site_property("magmom", protocol.starting_moments(s))
+        s.add_site_property("magmom", model_moments(s, protocol, load_density_model(model_path)))
     elif "magmom" in s.site_properties:
         s.remove_site_property("magmom")
-    return predict_density(s, shape=shape, model=load_density_model(model_path))
+    pseudos = protocol.pseudos(structure)
+    reference = {el: str(info.source) for el, info in pseudos.items()}
+    missing = unsupported_elements(structure, model_path) if partial else []
+    if not missing:
+        return predict_density(s, shape=shape, model=load_density_model(model_path),
+                               reference=reference)
+    from mlcharge_workflows.density.grid import DensityGrid
+    from mlcharge_workflows.density.sad import superposition_density
+
+    known = [i for i, site in enumerate(s) if site.specie.symbol not in missing]
+    if not known:
+        raise ValueError(f"the model knows none of the elements ({', '.join(missing)})")
+    ml = predict_density(s.copy().remove_sites([i for i in range(len(s)) if i not in known]),
+                         shape=shape, model=load_density_model(model_path),
+                         reference={el: r for el, r in reference.items() if el not in missing})
+    rest = s.copy().remove_sites(known)
+    spin = protocol.is_spin_polarized(structure)
+    mag = {el: protocol.starting_magnetization.get(el, 0.0) for el in missing} if spin else None
+    if "magmom" in rest.site_properties:
+        rest.remove_site_property("magmom")
+    atoms = superposition_density(rest, shape, {el: pseudos[el].source for el in missing}, mag)
+    magnetization = None
+    if spin:
+        known_m = ml.magnetization if ml.magnetization is not None else np.zeros(shape)
+        magnetization = known_m + atoms.magnetization
+    meta = {**ml.metadata, "partial_start": sorted(missing),
+            "n_electrons": ml.metadata["n_electrons"] + atoms.n_electrons}
+    return DensityGrid(structure, ml.total + atoms.total, magnetization, metadata=meta)
 
 
 def prediction_density(prediction: Any) -> str | DensityGrid | None:

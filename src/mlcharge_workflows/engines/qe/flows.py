@@ -134,7 +134,7 @@ class QEComparisonMaker(BaseComparisonMaker):
         return QEStaticMaker(**self._kw()).make(structure, start_density=baseline.dir_name)
 
     def nscf_jobs(self, structure: Structure, baseline: Any, prediction: Any) -> tuple[Job, Job, Job]:  # noqa: D102
-        kw = dict(mode=self.nscf_mode, nbnd=default_nbnd(structure), **self._kw())
+        kw = dict(mode=self.nscf_mode, nbnd=default_nbnd(structure, self.protocol), **self._kw())
         return (
             QENonSCFMaker(**kw).make(structure, baseline.dir_name),
             MLQENonSCFMaker(skip_without_prediction=True, **kw).make(structure, prediction),

@@ -60,7 +60,7 @@ from mlcharge_workflows.engines.qe.density import (
 )
 from mlcharge_workflows.engines.qe.schemas import MLStaticDocument, QETaskDocument
 from mlcharge_workflows.engines.qe.sets import OUTDIR, PREFIX, QEProtocol, default_nbnd
-from mlcharge_workflows.pseudo import get_pseudo, n_valence_electrons, structure_elements
+from mlcharge_workflows.pseudo import pseudo_record, structure_elements
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -73,6 +73,10 @@ __all__ = [
     "QEPredictDensityMaker",
     "QEStaticMaker",
 ]
+
+#: What the prediction does for elements the model does not know (see
+#: :class:`QEPredictDensityMaker`): measured in docs/benchmarks.md ("Unsupported elements").
+UNSUPPORTED_DEFAULT: Literal["partial", "atoms"] = "partial"
 
 #: File the prediction job writes, relative to its folder.
 PREDICTED_FILE = f"{OUTDIR}/{PREFIX}.save/charge-density.dat"
@@ -162,12 +166,18 @@ class QEPredictDensityMaker(Maker):
         Weights file; None uses ``MLCHARGE_MODEL_PATH`` or the shipped model.
     manager_config
         jobflow manager settings of the job, e.g. ``{"_fworker": "gpu"}`` for FireWorks.
+    unsupported
+        Elements the model does not know: ``"partial"`` (their atoms get the reference
+        density of their pseudopotential, the others the learned one; the document's
+        ``partial_start`` lists them) or ``"atoms"`` (no ML start: ``fallback`` names them
+        and the SCF starts from atoms). A cell with no known element always falls back.
     """
 
     name: str = "predict density"
     protocol: QEProtocol = field(default_factory=QEProtocol)
     model_path: str | None = None
     manager_config: dict = field(default_factory=dict)
+    unsupported: Literal["partial", "atoms"] = UNSUPPORTED_DEFAULT
 
     def make(self, structure: Structure):  # noqa: D102 - see _predict
         job_ = self._predict(structure)
@@ -185,13 +195,17 @@ class QEPredictDensityMaker(Maker):
         base.update(model_version=model_version(self.model_path),
                     model_load_s=time.perf_counter() - t0)
         missing = unsupported_elements(structure, self.model_path)
-        if missing:
+        if self.unsupported not in ("partial", "atoms"):
+            raise ValueError(f"unsupported must be 'partial' or 'atoms', got {self.unsupported!r}")
+        known = {site.specie.symbol for site in structure} - set(missing)
+        if missing and (self.unsupported == "atoms" or not known):
             return PredictionDocument(**base, fallback=f"{UNSUPPORTED}: {', '.join(missing)}")
         t0, c0 = time.perf_counter(), time.process_time()
         _, ecutrho = self.protocol.cutoffs(structure)
         shape = qe_fft_grid(structure.lattice.matrix, ecutrho)
         try:
-            grid = predict_grid(structure, shape, self.model_path, self.protocol)
+            grid = predict_grid(structure, shape, self.model_path, self.protocol,
+                                partial=bool(missing))
         except ValueError as exc:
             return PredictionDocument(**base, fallback=f"{PREDICTION_FAILED}: {exc}")
         if grid.metadata.get("spin_start") == "atomic":
@@ -201,7 +215,7 @@ class QEPredictDensityMaker(Maker):
                 "magnetic cells (MLCHARGE_MODEL_SPIN=model uses its learned rho and m)",
             )
         n_pred = grid.n_electrons
-        grid = grid.normalized(n_valence_electrons(structure))
+        grid = grid.normalized(self.protocol.n_electrons(structure))  # grid sum vs exact count only
         out = write_qe_start_density(cwd / PREDICTED_FILE.rsplit("/", 1)[0], grid, ecutrho)
         return PredictionDocument(
             **base,
@@ -212,6 +226,9 @@ class QEPredictDensityMaker(Maker):
             predict_wall_s=time.perf_counter() - t0,
             predict_cpu_s=time.process_time() - c0,
             density=grid_to_data(grid),
+            reference=grid.metadata.get("reference"),
+            pseudopotentials=pseudo_record(self.protocol.pseudos(structure)),
+            partial_start=missing or None,
         )
 
 
@@ -313,7 +330,7 @@ class MLQENonSCFMaker(Maker):
                 return None
             raise ValueError(f"no predicted density to run non-SCF from ({why or 'no density'})")
         return run_qe_nscf(structure, Path.cwd(), density, mode=self.mode, protocol=self.protocol,
-                           nprocs=self.nprocs, nbnd=self.nbnd or default_nbnd(structure),
+                           nprocs=self.nprocs, nbnd=self.nbnd or default_nbnd(structure, self.protocol),
                            task_label=f"{self.name} {self.mode}")
 
 
@@ -341,8 +358,8 @@ class QEAtomicNonSCFMaker(Maker):
         _, ecutrho = self.protocol.cutoffs(structure)
         grid = superposition_density(
             structure, qe_fft_grid(structure.lattice.matrix, ecutrho),
-            {el: get_pseudo(el).source for el in els}, mag,
+            {el: info.source for el, info in self.protocol.pseudos(structure).items()}, mag,
         )
         return run_qe_nscf(structure, Path.cwd(), grid, mode=self.mode, protocol=self.protocol,
-                           nprocs=self.nprocs, nbnd=self.nbnd or default_nbnd(structure),
+                           nprocs=self.nprocs, nbnd=self.nbnd or default_nbnd(structure, self.protocol),
                            task_label=f"{self.name} {self.mode}")

@@ -77,6 +77,11 @@ class QETaskDocument(BaseModel):
     ecutrho_ry: float
     kpoints: list = Field(default_factory=list, description="MP divisions or crystal_b entries.")
     protocol: QEProtocol
+    pseudopotentials: dict[str, dict] = Field(
+        default_factory=dict,
+        description="Element -> the UPF file the run used: filename, source path, md5, kind, "
+        "z_valence, origin ('registry' or 'user').",
+    )
     pw_version: str | None = None
     eigenvalues_eV: list[list[list[float]]] | None = Field(
         None, description="(nspin, nk, nbnd) for nscf/bands runs."

@@ -26,7 +26,12 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from mlcharge_workflows.density.sad import DEFAULT_STARTING_MAGNETIZATION
-from mlcharge_workflows.pseudo import get_pseudo, n_valence_electrons, structure_elements
+from mlcharge_workflows.pseudo import (
+    PseudoInfo,
+    n_valence_electrons,
+    resolve_pseudos,
+    structure_elements,
+)
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -43,8 +48,9 @@ PSEUDO_SUBDIR = "pseudo"
 class QEProtocol(BaseModel):
     """Settings shared by every arm of a comparison (cutoffs in Ry, k-spacing in Å⁻¹).
 
-    ``ecutwfc_ry`` / ``ecutrho_ry`` of ``None`` take the maximum of the registry's
-    suggestions over the species of the structure.
+    ``ecutwfc_ry`` / ``ecutrho_ry`` of ``None`` take the maximum of the pseudopotentials'
+    suggestions over the species of the structure. ``pseudopotentials`` (element -> UPF
+    path, any NC/US file) replaces the registry's file of those elements in every run.
     """
 
     ecutwfc_ry: float | None = Field(
@@ -75,6 +81,22 @@ class QEProtocol(BaseModel):
     )
     nscf_kspacing: float = Field(0.15, gt=0, description="k-spacing of uniform (DOS) nscf runs.")
     line_density: int = Field(20, gt=0, description="Band-path points per Å⁻¹ (line mode).")
+    pseudopotentials: dict[str, str] = Field(
+        default_factory=dict,
+        description="Element -> UPF file (NC or US) replacing the registry's file of that element.",
+    )
+
+    @field_validator("pseudopotentials")
+    @classmethod
+    def _check_pseudos(cls, value: dict[str, str]) -> dict[str, str]:
+        from mlcharge_workflows.pseudo import pseudo_from_file
+
+        out = {}
+        for el, path in value.items():
+            resolved = str(Path(path).expanduser().resolve())
+            pseudo_from_file(resolved, el)  # ValueError naming the file: missing, PAW, other element
+            out[el] = resolved
+        return out
 
     @field_validator("starting_magnetization")
     @classmethod
@@ -85,9 +107,18 @@ class QEProtocol(BaseModel):
         return value
 
     # ------------------------------------------------------------------ derived values
+    def pseudos(self, structure: Structure) -> dict[str, PseudoInfo]:
+        """The pseudopotential of each element of ``structure``: the protocol's
+        ``pseudopotentials``, else the registry's (:func:`~mlcharge_workflows.pseudo.resolve_pseudos`)."""
+        return resolve_pseudos(structure, self.pseudopotentials)
+
+    def n_electrons(self, structure: Structure) -> float:
+        """Valence electrons of the neutral structure with the protocol's pseudopotentials."""
+        return n_valence_electrons(structure, self.pseudos(structure))
+
     def cutoffs(self, structure: Structure) -> tuple[float, float]:
         """``(ecutwfc, ecutrho)`` in Ry for a structure."""
-        infos = [get_pseudo(el) for el in structure_elements(structure)]
+        infos = list(self.pseudos(structure).values())
         wfc = self.ecutwfc_ry or max(i.ecutwfc_ry for i in infos)
         rho = self.ecutrho_ry or max(max(i.ecutrho_ry for i in infos), 4 * wfc)
         if rho < 4 * wfc:
@@ -100,9 +131,10 @@ class QEProtocol(BaseModel):
 
     def starting_moments(self, structure: Structure) -> list[float]:
         """Starting moment per site (μB): the species' fraction x its valence electrons."""
+        pseudos = self.pseudos(structure)
         return [
             self.starting_magnetization.get(site.specie.symbol, 0.0)
-            * get_pseudo(site.specie.symbol).z_valence
+            * pseudos[site.specie.symbol].z_valence
             for site in structure
         ]
 
@@ -117,9 +149,11 @@ class QEProtocol(BaseModel):
         return self.conv_thr_per_atom * len(structure)
 
 
-def default_nbnd(structure: Structure) -> int:
-    """Bands for gap checks: ``ceil(0.6 * nelec) + 4`` (occupied bands plus a margin)."""
-    return int(np.ceil(0.6 * n_valence_electrons(structure))) + 4
+def default_nbnd(structure: Structure, protocol: QEProtocol | None = None) -> int:
+    """Bands for gap checks: ``ceil(0.6 * nelec) + 4`` (occupied bands plus a margin);
+    ``nelec`` with the protocol's pseudopotentials (default: the registry's)."""
+    nelec = (protocol or QEProtocol()).n_electrons(structure)
+    return int(np.ceil(0.6 * nelec)) + 4
 
 
 def qe_oriented(structure: Structure, symprec: float = 0.01) -> Structure:
@@ -231,6 +265,7 @@ def pw_input(
     for key in ("magmom", "spin_sign"):
         structure.remove_site_property(key) if key in structure.site_properties else None
     elements = sorted(structure_elements(structure))  # PWInput prints species sorted
+    pseudos = protocol.pseudos(structure)
     ecutwfc, ecutrho = protocol.cutoffs(structure)
     control = {
         "calculation": calculation,
@@ -251,7 +286,7 @@ def pw_input(
             float(protocol.starting_magnetization.get(el, 0.0)) for el in elements
         ]
         if signs is not None:  # antiferromagnetic start: one species kind per element and sign
-            structure.add_site_property("pseudo", [get_pseudo(s.specie.symbol).filename
+            structure.add_site_property("pseudo", [pseudos[s.specie.symbol].filename
                                                    for s in structure])
             structure.add_site_property("spin", signs)
             kinds = _kind_labels(structure)
@@ -279,7 +314,7 @@ def pw_input(
         kw = {"kpoints_mode": "automatic", "kpoints_grid": protocol.kpoint_grid(structure, spacing)}
     return PWInput(
         structure,
-        pseudo=None if kinds else {el: get_pseudo(el).filename for el in elements},
+        pseudo=None if kinds else {el: pseudos[el].filename for el in elements},
         control=control,
         system=system,
         electrons=electrons,

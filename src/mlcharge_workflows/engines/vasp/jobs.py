@@ -32,7 +32,12 @@ from jobflow import Flow, Maker, Response, job
 from pymatgen.core import Structure
 
 from mlcharge_workflows._compat import allow_replacement_output
-from mlcharge_workflows.common.fallback import ATOMIC_SPIN_START, FallbackPolicy, RunSummary
+from mlcharge_workflows.common.fallback import (
+    ATOMIC_SPIN_START,
+    UNSUPPORTED,
+    FallbackPolicy,
+    RunSummary,
+)
 from mlcharge_workflows.engines.vasp.density import (
     place_density,
     predictor_name,
@@ -109,6 +114,11 @@ class MLDensityMaker(Maker):
     device
         torch device of the model: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``;
         None: ``MLCHARGE_MODEL_DEVICE``, else ``"auto"``.
+    unsupported
+        Elements the shipped/weights model does not know (``predictor="model"``):
+        ``"atoms"`` (default) returns a document with ``fallback =
+        "unsupported_elements: ..."`` and no CHGCAR, so the ML static runs from atoms
+        (``ICHARG = 2``) and records why instead of failing the flow; ``"error"`` fails.
     """
 
     name: str = "predict density"
@@ -120,11 +130,24 @@ class MLDensityMaker(Maker):
     allow_failure: bool = False
     spin: str | None = None
     device: str | None = None
+    unsupported: str = "atoms"
 
     @job(data="density", output_schema=MLDensityDocument)
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> MLDensityDocument:
         """Predict on the run's POTCARs (never rescaled), write ``CHGCAR`` in the job folder."""
         t0 = time.perf_counter()
+        if self.unsupported not in ("atoms", "error"):
+            raise ValueError(f"unsupported must be 'atoms' or 'error', got {self.unsupported!r}")
+        missing = model_unknown_elements(structure, self.model_path) if self.predictor == "model" else []
+        if missing and self.unsupported == "atoms":
+            return MLDensityDocument(
+                dir_name=str(Path.cwd()),
+                predictor=predictor_name(self.predictor),
+                formula=structure.composition.reduced_formula,
+                n_atoms=len(structure),
+                fallback=f"{UNSUPPORTED}: {', '.join(missing)}",
+                timings={"total_s": time.perf_counter() - t0},
+            )
         try:
             grid, info = write_predicted_chgcar(
                 structure,
@@ -173,6 +196,14 @@ class MLDensityMaker(Maker):
             density=density,
             **info,
         )
+
+
+def model_unknown_elements(structure: Structure, model_path: str | None = None) -> list[str]:
+    """Elements of ``structure`` the density model was not trained on (sorted)."""
+    from mlcharge_workflows.model import load_model
+
+    known = set(load_model(model_path).supported_elements)
+    return sorted({site.specie.symbol for site in structure} - known)
 
 
 def _density_path(ml_density: Any) -> str | None:
