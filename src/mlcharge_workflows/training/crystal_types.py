@@ -18,8 +18,10 @@ interstitial radii added for F, P, S and Cl.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
+import json
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -141,9 +143,12 @@ class CrystalType:
 
 
 def _library_path() -> Path:
-    import pymatgen.analysis.prototypes as prototypes_module
+    """pymatgen's AFLOW file, found without importing ``pymatgen.analysis.prototypes`` (its
+    structure matcher imports take seconds of CPU)."""
+    import importlib.util
 
-    return Path(prototypes_module.__file__).parent / "aflow_prototypes.json.gz"
+    spec = importlib.util.find_spec("pymatgen.analysis")
+    return Path(spec.submodule_search_locations[0]) / "prototypes" / "aflow_prototypes.json.gz"
 
 
 @lru_cache(maxsize=1)
@@ -178,12 +183,12 @@ def _roles(example: Structure) -> tuple[tuple[str, str], ...] | None:
 @lru_cache(maxsize=4)
 def aflow_types(max_atoms: int) -> tuple[CrystalType, ...]:
     """The AFLOW prototypes whose primitive cell has at most ``max_atoms`` atoms, in library order."""
-    from monty.serialization import loadfn
-
+    with gzip.open(_library_path(), "rt") as fh:  # plain JSON: no StructureNL (and no BibTeX
+        library = json.load(fh)                    # parsing of its references, ~60 s of CPU)
     out = []
-    for entry in loadfn(str(_library_path())):
+    for entry in library:
         tags = entry["tags"]
-        s = entry["snl"].structure
+        s = Structure.from_dict(entry["snl"])
         if not s.is_ordered or s.composition.reduced_formula in MOLECULAR:
             continue
         if any(Element(e.symbol).is_noble_gas for e in s.composition):
