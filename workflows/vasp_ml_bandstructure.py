@@ -10,11 +10,17 @@ Usage (on a machine with VASP, POTCARs and atomate2 configured)::
 * ``--compare``: the baseline/ML/oracle comparison with the NSCF gap check; prints the
   savings record (the same format as ``mlcharge compare``).
 
-To run on FireWorks, with the prediction on a GPU worker::
+To run on FireWorks, with the prediction on a GPU worker (``--fireworks``; or
+``mlcharge submit --engine vasp --flow ml-bands --ml-fworker gpu``)::
 
-    from jobflow.managers.fireworks import flow_to_workflow
-    flow.update_config({"manager_config": {"_fworker": "gpu"}}, name_filter="predict density")
-    launchpad.add_wf(flow_to_workflow(flow, store=store))
+    wf = gpu_routed_workflow(structure)   # the predict job's firework asks for _fworker gpu
+    launchpad.add_wf(wf)
+
+The prediction is its own job here (predict -> ML static -> line-mode bands), so its
+``manager_config`` is set on the built flow. With atomate2's ``BandStructureMaker`` and the
+default ``MLStaticMaker()`` the prediction job only appears at run time (the static replaces
+itself by predict + static), so a ``name_filter="predict density"`` on the built flow would
+find nothing to route.
 """
 
 from __future__ import annotations
@@ -31,12 +37,31 @@ from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
 from mlcharge_workflows.engines.vasp.jobs import MLStaticMaker
 
 
+def gpu_routed_workflow(structure: Structure, fworker: str = "gpu"):
+    """FireWorks workflow predict -> ML static -> bands, the prediction routed to ``fworker``
+    (its firework's ``spec['_fworker']``; the VASP jobs go to any worker)."""
+    from jobflow.managers.fireworks import flow_to_workflow
+
+    from mlcharge_workflows.catalogue import build_flow
+
+    flow = build_flow(structure, "vasp", "ml-bands", structure.composition.reduced_formula,
+                      ml_fworker=fworker)
+    return flow_to_workflow(flow)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("structure", help="structure file (CIF, POSCAR, ...)")
     parser.add_argument("--compare", action="store_true", help="baseline vs ML comparison")
+    parser.add_argument("--fireworks", action="store_true", help="add the GPU-routed workflow to "
+                        "the LaunchPad of LAUNCHPAD_LOC / my_launchpad.yaml instead of running")
     args = parser.parse_args()
     structure = Structure.from_file(args.structure)
+    if args.fireworks:
+        from fireworks import LaunchPad
+
+        print(LaunchPad.auto_load().add_wf(gpu_routed_workflow(structure)))
+        return
 
     if args.compare:
         flow = VaspComparisonMaker(oracle=True, nscf=True).make(structure, label=args.structure)

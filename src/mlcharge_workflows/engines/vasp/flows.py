@@ -227,11 +227,13 @@ class VaspComparisonMaker(BaseComparisonMaker):
         return self._static(name="oracle static").make(structure, ml_density=baseline.dir_name)
 
     def nscf_jobs(self, structure: Structure, baseline: Any, prediction: Any) -> tuple[Job, Job, Job]:  # noqa: D102
-        gen, mode = self.nscf_input_set_generator, self.nscf_mode
+        # every arm reads the baseline SCF's run (prev_dir): its ISPIN and moments, NBANDS,
+        # smearing and k-mesh settings, so the three differ only in their density
+        gen, mode, prev = self.nscf_input_set_generator, self.nscf_mode, baseline.dir_name
         return (
             MLNonSCFMaker(input_set_generator=gen, density_maker=None).make(
-                structure, mode=mode, ml_density=baseline.dir_name),
+                structure, prev_dir=prev, mode=mode, ml_density=baseline.dir_name),
             MLNonSCFMaker(input_set_generator=gen, density_maker=None, zval=self.zval).make(
-                structure, mode=mode, ml_density=prediction),
-            AtomicNonSCFMaker(input_set_generator=gen).make(structure, mode=mode),
+                structure, prev_dir=prev, mode=mode, ml_density=prediction),
+            AtomicNonSCFMaker(input_set_generator=gen).make(structure, prev_dir=prev, mode=mode),
         )
