@@ -114,3 +114,28 @@ def test_user_file_admits_an_element_the_registry_lacks() -> None:
     proto = QEProtocol(pseudopotentials={"Rh": str(rh)})
     assert rh.name in str(pw_input(cell, proto))
     assert proto.n_electrons(cell) == pytest.approx(4 + proto.pseudos(cell)["Rh"].z_valence)
+
+
+def test_cli_pseudo_option_on_predict_compare_submit(tmp_path) -> None:
+    """predict builds the start on the given file; compare and submit refuse a wrong file
+    before any run or submission, naming it; VASP refuses --pseudo."""
+    from typer.testing import CliRunner
+
+    from mlcharge_workflows.cli.main import app
+
+    runner = CliRunner()
+    cif = tmp_path / "si.cif"
+    fcc_cell(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]]).to(filename=str(cif))
+    res = runner.invoke(app, ["predict", str(cif), "-o", str(tmp_path / "p"), "--pseudo", f"Si={SI_US}"])
+    assert res.exit_code == 0, res.output
+    assert f"reference        Si: {SI_US.name} (differs from the training pseudopotential)" in res.output
+    res = runner.invoke(app, ["compare", str(cif), "-o", str(tmp_path / "r.json"), "--workdir",
+                              str(tmp_path / "w"), "--pseudo", f"C={SI_US}", "--no-progress"])
+    assert res.exit_code == 2 and "not for 'C'" in res.output
+    assert not (tmp_path / "r.json").exists()
+    res = runner.invoke(app, ["submit", str(cif), "--project", str(tmp_path / "proj"),
+                              "--pseudo", f"Si={tmp_path / 'none.UPF'}", "--no-progress"])
+    assert res.exit_code == 2 and "does not exist" in res.output and "--pseudo" in res.output
+    res = runner.invoke(app, ["submit", str(cif), "--engine", "vasp", "--project",
+                              str(tmp_path / "proj"), "--pseudo", f"Si={SI_US}", "--no-progress"])
+    assert res.exit_code == 2 and "--engine qe" in res.output
