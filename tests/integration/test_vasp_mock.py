@@ -23,6 +23,7 @@ from atomate2.utils.testing.vasp import monkeypatch_vasp  # noqa: E402
 from atomate2.vasp.sets.core import NonSCFSetGenerator, StaticSetGenerator  # noqa: E402
 
 from mlcharge_workflows.density.chgcar import read_chgcar  # noqa: E402
+from mlcharge_workflows.density.grid import DensityGrid  # noqa: E402
 from mlcharge_workflows.engines.vasp.handlers import MLStartFallbackHandler  # noqa: E402
 from mlcharge_workflows.engines.vasp.jobs import (  # noqa: E402
     MLDensityMaker,
@@ -146,7 +147,8 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path, predictor):
     doc = out[predict.uuid][1].output
     # the grid went to the data store only; the main document holds a blob reference
     blob = store.additional_stores["data"].query_one({"job_uuid": predict.uuid})
-    assert np.asarray(blob["data"]["total"]).size == np.prod(NGF)
+    stored = DensityGrid.from_dict(blob["data"])  # an MSONable grid, e/Å³ on the CHGCAR's mesh
+    assert stored.shape == NGF and stored.n_electrons == pytest.approx(8.0, rel=1e-8)
     main = store.docs_store.query_one({"uuid": predict.uuid})
     assert set(main["output"]["density"]) == {"@class", "@module", "blob_uuid", "store"}
     assert doc.grid_shape == list(NGF) and doc.nelect == 8.0 and doc.nelect_source == "POTCAR"

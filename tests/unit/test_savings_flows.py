@@ -114,6 +114,30 @@ def test_grid_data_round_trip(si) -> None:
     assert np.array_equal(back.total, g.total) and back.structure == si
 
 
+def test_density_grid_is_msonable_and_reads_old_documents(si) -> None:
+    """The grid goes to the data store as an object (base64 grids); old float lists still read."""
+    import json
+
+    import numpy as np
+    from monty.json import MontyDecoder, MontyEncoder
+
+    from mlcharge_workflows.common.schemas import PredictionDocument
+    from mlcharge_workflows.density.grid import DensityGrid
+
+    rng = np.random.default_rng(1)
+    g = DensityGrid(si, rng.random((6, 6, 6)), rng.random((6, 6, 6)) - 0.5, {"source": "x"})
+    text = json.dumps(g, cls=MontyEncoder)
+    back = json.loads(text, cls=MontyDecoder)
+    assert isinstance(back, DensityGrid) and back.structure == si
+    assert np.array_equal(back.total, g.total) and np.array_equal(back.magnetization, g.magnetization)
+    assert len(text) < 0.7 * len(json.dumps(g.total.tolist()) + json.dumps(g.magnetization.tolist()))
+    old = {"structure": si.as_dict(), "shape": [6, 6, 6], "total": g.total.ravel().tolist(),
+           "magnetization": None, "metadata": {"source": "x"}}  # before DensityGrid was MSONable
+    doc = PredictionDocument(dir_name=".", density=old)
+    assert isinstance(doc.density, DensityGrid) and np.array_equal(doc.density.total, g.total)
+    assert np.array_equal(PredictionDocument(dir_name=".", density=g.as_dict()).density.total, g.total)
+
+
 def test_predict_job_records_unsupported_elements_without_a_density(tmp_path, monkeypatch, al) -> None:
     """With the shipped model: an element it was not trained on gives a fallback, no file."""
     from jobflow import run_locally

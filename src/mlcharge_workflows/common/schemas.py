@@ -16,9 +16,11 @@ document (:class:`PredictionDocument`) is the output of both engines' prediction
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+
+from mlcharge_workflows.density.grid import DensityGrid
 
 #: Version of the public record format; bump only with a documented, compatible change.
 RECORD_FORMAT_VERSION = 1
@@ -228,6 +230,13 @@ def missing_arms(
     return missing
 
 
+def _grid_or_legacy(value: Any) -> Any:
+    """Grids stored before :class:`DensityGrid` was MSONable (float lists, no ``@class``)."""
+    if isinstance(value, dict) and "@class" not in value and "structure" in value:
+        return DensityGrid.from_dict(value)
+    return value
+
+
 class PredictionDocument(BaseModel):
     """Output of an engine's prediction job (the grid itself goes to the ``data`` store).
 
@@ -255,7 +264,8 @@ class PredictionDocument(BaseModel):
     model_version: str | None = None
     fallback: str | None = Field(None, description="Why the prediction is not used as an ML start.")
     error: str | None = Field(None, description="Why no density was predicted (the job did not fail).")
-    density: dict[str, Any] | None = Field(None, description="The grid (kept in the data store).")
+    density: Annotated[DensityGrid | dict[str, Any] | None, BeforeValidator(_grid_or_legacy)] = Field(
+        None, description="The predicted grid (kept in the data store; a DensityGrid).")
     reference: dict[str, Any] | None = Field(
         None, description="Where the atomic reference came from, per element, and "
         "'differs_from_training' (the run's pseudopotentials are not the training ones).")

@@ -12,10 +12,12 @@ Conventions (used by every reader, writer and model in the package):
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from monty.json import MSONable, jsanitize
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -85,9 +87,33 @@ def _resample(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return grid_from_coefficients(c, mill, shape)
 
 
+def encode_array(values: np.ndarray) -> dict[str, Any]:
+    """A compact JSON form of a float grid: little-endian float64 bytes in base64, and its shape.
+
+    >>> decode_array(encode_array(np.arange(6.0).reshape(1, 2, 3))).tolist()
+    [[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]]
+    """
+    arr = np.ascontiguousarray(values, dtype="<f8")
+    return {"dtype": "<f8", "shape": list(arr.shape),
+            "base64": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def decode_array(data: dict[str, Any] | list, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Inverse of :func:`encode_array`; a plain (nested or flat) list is read too (old documents)."""
+    if isinstance(data, dict):
+        arr = np.frombuffer(base64.b64decode(data["base64"]), dtype=data.get("dtype", "<f8"))
+        return arr.astype(float).reshape(data["shape"])
+    arr = np.asarray(data, dtype=float)
+    return arr if shape is None else arr.reshape(shape)
+
+
 @dataclass
-class DensityGrid:
+class DensityGrid(MSONable):
     """A structure with its electron density (and optional magnetisation) on a periodic grid.
+
+    MSONable: :meth:`as_dict` stores the grids compactly (:func:`encode_array`), so a grid
+    goes to jobflow's data store as an object; :meth:`from_dict` also reads the older form
+    (grids as flat float lists with a ``shape``).
 
     Parameters
     ----------
@@ -121,6 +147,44 @@ class DensityGrid:
                 )
             if not np.all(np.isfinite(self.magnetization)):
                 raise ValueError("magnetization density contains non-finite values")
+
+    # ------------------------------------------------------------------ serialisation
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``@module``/``@class`` included) with base64-encoded grids.
+
+        >>> from pymatgen.core import Lattice, Structure
+        >>> s = Structure(Lattice.cubic(3.0), ["H"], [[0, 0, 0]])
+        >>> g = DensityGrid(s, np.full((2, 2, 2), 0.5), metadata={"source": "x"})
+        >>> back = DensityGrid.from_dict(g.as_dict())
+        >>> bool(np.array_equal(back.total, g.total)), back.metadata
+        (True, {'source': 'x'})
+        """
+        return {
+            "@module": type(self).__module__,
+            "@class": type(self).__name__,
+            "structure": self.structure.as_dict(),
+            "shape": list(self.shape),
+            "total": encode_array(self.total),
+            "magnetization": None if self.magnetization is None else encode_array(self.magnetization),
+            "metadata": jsanitize(self.metadata, strict=False),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DensityGrid:
+        """Inverse of :meth:`as_dict`; also reads grids stored as flat float lists."""
+        from pymatgen.core import Structure
+
+        structure = d["structure"]
+        if isinstance(structure, dict):
+            structure = Structure.from_dict(structure)
+        shape = tuple(d["shape"]) if d.get("shape") is not None else None
+        mag = d.get("magnetization")
+        return cls(
+            structure,
+            decode_array(d["total"], shape),
+            None if mag is None else decode_array(mag, shape),
+            metadata=dict(d.get("metadata") or {}),
+        )
 
     # ------------------------------------------------------------------ properties
     @property

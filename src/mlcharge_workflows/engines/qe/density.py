@@ -22,30 +22,15 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------- grid <-> data-store dict
 def grid_to_data(grid: DensityGrid) -> dict[str, Any]:
-    """A JSON-ready dict of a :class:`DensityGrid` (for jobflow's data store)."""
-    return {
-        "structure": grid.structure.as_dict(),
-        "shape": list(grid.shape),
-        "total": grid.total.ravel().tolist(),
-        "magnetization": None if grid.magnetization is None else grid.magnetization.ravel().tolist(),
-        "metadata": {k: v for k, v in grid.metadata.items() if isinstance(v, (str, int, float))},
-    }
+    """The stored form of a grid: :meth:`DensityGrid.as_dict` (old name, kept for callers)."""
+    return grid.as_dict()
 
 
-def grid_from_data(data: dict[str, Any]) -> DensityGrid:
-    """Inverse of :func:`grid_to_data`."""
-    from pymatgen.core import Structure
-
+def grid_from_data(data: dict[str, Any] | DensityGrid) -> DensityGrid:
+    """A :class:`DensityGrid` from its stored form, old float-list documents included."""
     from mlcharge_workflows.density.grid import DensityGrid
 
-    shape = tuple(data["shape"])
-    mag = data.get("magnetization")
-    return DensityGrid(
-        Structure.from_dict(data["structure"]),
-        np.asarray(data["total"], dtype=float).reshape(shape),
-        None if mag is None else np.asarray(mag, dtype=float).reshape(shape),
-        metadata=dict(data.get("metadata") or {}),
-    )
+    return data if isinstance(data, DensityGrid) else DensityGrid.from_dict(data)
 
 
 # ---------------------------------------------------------------- the model, lazily

@@ -51,7 +51,6 @@ from mlcharge_workflows.density.qe_gvectors import qe_fft_grid
 from mlcharge_workflows.density.sad import superposition_density
 from mlcharge_workflows.engines.qe.core import run_qe_nscf, run_qe_scf
 from mlcharge_workflows.engines.qe.density import (
-    grid_to_data,
     load_density_model,
     model_version,
     predict_grid,
@@ -225,7 +224,7 @@ class QEPredictDensityMaker(Maker):
             grid_shape=list(grid.shape),
             predict_wall_s=time.perf_counter() - t0,
             predict_cpu_s=time.process_time() - c0,
-            density=grid_to_data(grid),
+            density=grid,
             reference=grid.metadata.get("reference"),
             pseudopotentials=pseudo_record(self.protocol.pseudos(structure)),
             partial_start=missing or None,

@@ -100,7 +100,8 @@ class MLDensityMaker(Maker):
     zval
         Per-element valence, checked against the run's POTCARs (a mismatch is an error).
     store_density
-        Also put the grid in the jobflow ``data`` store (the JobStore needs one).
+        Also put the grid (a :class:`DensityGrid`) in the jobflow ``data`` store (the
+        JobStore needs one).
     allow_failure
         Return a document with ``error`` set (no CHGCAR) instead of failing the job when
         the prediction fails (e.g. an element the model does not know); an ML static
@@ -184,16 +185,11 @@ class MLDensityMaker(Maker):
                 "rho and m)",
                 **info,
             )
-        density = None
-        if self.store_density:
-            density = {"shape": list(grid.shape), "units": "e/Å^3", "total": grid.total}
-            if grid.magnetization is not None:
-                density["magnetization"] = grid.magnetization
         return MLDensityDocument(
             dir_name=str(Path.cwd()),
             formula=struct.composition.reduced_formula,
             n_atoms=len(struct),
-            density=density,
+            density=grid if self.store_density else None,
             **info,
         )
 
