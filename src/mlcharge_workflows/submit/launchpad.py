@@ -250,71 +250,27 @@ def open_launchpad(
 
 
 # ------------------------------------------------------------------ workflow conversion
-def _strict_firetask_class():
-    """``StrictJobFiretask``: jobflow's JobFiretask, serialised without losing objects.
-
-    jobflow's ``JobFiretask.to_dict`` runs ``jsanitize(job.as_dict())`` in non-strict
-    mode, which turns every field it cannot serialise into ``str(obj)``: a maker holding a
-    pydantic model (``QEProtocol``) reaches the worker as a string. Strict mode serialises
-    pydantic models (``@module``/``@class``) so they are rebuilt on the worker. Jobs that a
-    job adds at run time (replace/detour/addition) get the same treatment.
-    """
-    global _STRICT_CLASS
-    if _STRICT_CLASS is None:
-        from fireworks.utilities.fw_serializers import recursive_serialize, serialize_fw
-        from jobflow.managers.fireworks import JobFiretask
-        from monty.json import jsanitize
-
-        class StrictJobFiretask(JobFiretask):
-            _fw_name = "{{mlcharge_workflows.submit.launchpad.StrictJobFiretask}}"
-
-            def run_task(self, fw_spec):
-                action = super().run_task(fw_spec)
-                for wf in (action.detours or []) + (action.additions or []):
-                    strict_workflow(wf)
-                return action
-
-            @serialize_fw
-            @recursive_serialize
-            def to_dict(self) -> dict:
-                d = dict(self)
-                d["job"] = jsanitize(d["job"].as_dict(), strict=True, enum_values=True)
-                return d
-
-        StrictJobFiretask.__module__ = __name__
-        StrictJobFiretask.__qualname__ = "StrictJobFiretask"
-        _STRICT_CLASS = StrictJobFiretask
-    return _STRICT_CLASS
-
-
-_STRICT_CLASS = None
-
-
 def __getattr__(name: str):
-    if name == "StrictJobFiretask":  # FireWorks loads tasks by "{{module.Class}}"
-        return _strict_firetask_class()
+    # Fireworks submitted before 2026-12-07 name "{{...launchpad.StrictJobFiretask}}"; FireWorks
+    # loads a task by that name, and jobflow's own task reads them (same fields).
+    if name == "StrictJobFiretask":
+        from jobflow.managers.fireworks import JobFiretask
+
+        return JobFiretask
     raise AttributeError(name)
 
 
-def strict_workflow(wf):
-    """Swap jobflow's JobFiretasks in ``wf`` (in place) for :class:`StrictJobFiretask`."""
-    from jobflow.managers.fireworks import JobFiretask
-
-    cls = _strict_firetask_class()
-    for fw in wf.fws:
-        fw.tasks = [cls(dict(t)) if type(t) is JobFiretask else t for t in fw.tasks]
-    return wf
-
-
 def flow_to_fireworks(flow):
-    """A FireWorks Workflow of a jobflow Flow (jobflow's conversion, strict serialisation).
+    """A FireWorks Workflow of a jobflow Flow (jobflow's own conversion and ``JobFiretask``).
 
-    ``store=None``: every worker uses its own configured store (the shared project store
-    in the embedded mode), so the workflow holds no credentials.
+    Every object a Maker holds is MSONable (``QEProtocol`` included), so jobflow's
+    serialisation keeps it an object on the worker. ``store=None``: every worker uses its
+    own configured store (the shared project store in the embedded mode), so the workflow
+    holds no credentials.
     """
     from jobflow.managers.fireworks import flow_to_workflow
 
-    return strict_workflow(flow_to_workflow(flow, store=None))
+    return flow_to_workflow(flow, store=None)
 
 
 # ------------------------------------------------------------------ outgrowing, migration

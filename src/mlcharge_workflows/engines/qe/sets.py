@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
@@ -105,6 +105,18 @@ class QEProtocol(BaseModel):
             if not -1.0 <= m <= 1.0:
                 raise ValueError(f"starting_magnetization[{el!r}] = {m} is outside [-1, 1]")
         return value
+
+    # ------------------------------------------------------------------ serialisation
+    def as_dict(self) -> dict[str, Any]:
+        """JSON dict with ``@module``/``@class``, so the protocol stays a :class:`QEProtocol`
+        wherever jobflow or FireWorks serialise a Maker (monty calls ``as_dict``)."""
+        cls = type(self)
+        return {"@module": cls.__module__, "@class": cls.__name__, **self.model_dump(mode="json")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QEProtocol:
+        """Inverse of :meth:`as_dict` (validated)."""
+        return cls.model_validate({k: v for k, v in d.items() if not k.startswith("@")})
 
     # ------------------------------------------------------------------ derived values
     def pseudos(self, structure: Structure) -> dict[str, PseudoInfo]:
