@@ -105,6 +105,7 @@ def table(out: Path) -> str:
              "| energy ML - atoms (meV, reg / alt) | fallback (reg / alt) |",
              "|---|---|---|---|---|---|"]
     savings = {"registry": [], "alternate": []}
+    totals = {"registry": [0, 0], "alternate": [0, 0]}  # iterations atoms, ML
     for n in names:
         cells = []
         mags, iters, de, fb = [], [], [], []
@@ -126,6 +127,8 @@ def table(out: Path) -> str:
             s = _saving(r)
             if s is not None:
                 savings[arm].append(s)
+                totals[arm][0] += it["baseline"]
+                totals[arm][1] += it["ml"]
         cells = [n, " / ".join(mags), iters[0], iters[1], " / ".join(de), " / ".join(fb)]
         lines.append("| " + " | ".join(cells) + " |")
     med = {k: statistics.median(v) if v else None for k, v in savings.items()}
@@ -133,7 +136,8 @@ def table(out: Path) -> str:
     for arm in ("registry", "alternate"):
         m = med[arm]
         lines.append(f"- median saving ({arm}, {len(savings[arm])} structures): "
-                     + ("-" if m is None else f"{100 * m:.1f} %"))
+                     + ("-" if m is None else f"{100 * m:.1f} %")
+                     + f"; iterations summed, atoms -> ML: {totals[arm][0]} -> {totals[arm][1]}")
     if med["registry"] and med["alternate"] is not None and med["registry"] > 0:
         lines.append(f"- ratio alternate / registry: {med['alternate'] / med['registry']:.2f}")
     text = "\n".join(lines) + "\n"
