@@ -71,6 +71,13 @@ def test_si_baseline_ml_oracle_and_nscf(tmp_path, si) -> None:
     assert len(json.dumps(pred_doc["output"])) < 20_000
     assert out["data"]["data"] and Path(pred_doc["output"]["path"]).is_file()
 
+    # the prediction was placed for pw.x once: the ML run took its file byte for byte
+    (ml_doc,) = [d for d in out["docs"] if d["name"] == "ml static"]
+    task = ml_doc["output"]["task"]
+    assert task["start_file_as_is"] is True and task["density_read_from_file"] is True
+    start = Path(task["start_density_file"]).read_bytes()
+    assert start == Path(pred_doc["output"]["path"]).read_bytes()
+
 
 def test_untrusted_ml_run_is_rerun_from_atoms(tmp_path, si, monkeypatch) -> None:
     """An ML start that lands on an unexpected energy is rerun; both runs are kept."""

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 START_COPY = "start-charge-density.dat"
+#: Metadata key of a start density read from a pw.x file (the file's path).
+_QE_FILE = "qe_file"
 #: Relative tolerance on the electron count of a start density (before normalisation).
 ELECTRON_TOL = 0.02
 
@@ -126,11 +128,13 @@ def _read_density_file(path: Path, structure: Structure) -> DensityGrid:
                              "at its start; HDF5 and other formats are not read)")
         return read_chgcar(path)
     if (path.parent / "data-file-schema.xml").is_file():
-        return read_qe_density(path)  # structure and nelec from pw.x's XML
-    qcd = read_qe_charge_density(path)  # no XML: the caller's species and positions
-    framed = Structure(qcd.lattice_angstrom, structure.species, structure.frac_coords)
-    grid = qe_to_grid(qcd, framed)
-    grid.metadata["source"] = str(path)
+        grid = read_qe_density(path)  # structure and nelec from pw.x's XML
+    else:
+        qcd = read_qe_charge_density(path)  # no XML: the caller's species and positions
+        framed = Structure(qcd.lattice_angstrom, structure.species, structure.frac_coords)
+        grid = qe_to_grid(qcd, framed)
+        grid.metadata["source"] = str(path)
+    grid.metadata[_QE_FILE] = str(path)  # a pw.x file: may go to pw.x as is (_file_as_placed)
     return grid
 
 
@@ -156,6 +160,8 @@ def _load_prepared(
     nelec = protocol.n_electrons(structure)
     if isinstance(start, DensityGrid):
         grid, source = start, str(start.metadata.get("source", "DensityGrid"))
+        grid = DensityGrid(grid.structure, grid.total, grid.magnetization,
+                           {k: v for k, v in grid.metadata.items() if k != _QE_FILE})
     else:
         path = Path(start)
         if not path.exists():
@@ -182,7 +188,8 @@ def _load_prepared(
             "to a non-magnetic state; give the density a magnetisation"
         )
     if not protocol.is_spin_polarized(structure) and grid.magnetization is not None:
-        grid = DensityGrid(grid.structure, grid.total, None, dict(grid.metadata))
+        meta = {k: v for k, v in grid.metadata.items() if k != _QE_FILE}  # the file has m
+        grid = DensityGrid(grid.structure, grid.total, None, meta)
     start_n = grid.n_electrons
     grid = grid.normalized(nelec)
     grid.metadata = {**grid.metadata, "start_n_electrons": start_n}  # a copy: caller's is kept
@@ -218,13 +225,15 @@ def _place_start_density(
     grid: DensityGrid,
     dry_run: bool = True,
     lattice: np.ndarray | None = None,
+    placed: Path | None = None,
 ) -> tuple[float, Path]:
     """Write ``grid`` as pw.x's start density in pw.x's exact G order; keep a copy.
 
     With ``dry_run`` a zero-step pw.x run writes the XML (needed by non-SCF runs) and a
     density file whose G order is copied. Without it (SCF starts) the order is computed from
     the cell exactly as written in the input (no second pw.x process); :func:`run_qe_scf`
-    checks afterwards that pw.x used the same order.
+    checks afterwards that pw.x used the same order. ``placed``: a file already in that
+    form (:func:`_file_as_placed`, e.g. the prediction job's) is copied as is.
     """
     from mlcharge_workflows.density.qe_file import write_qe_start_density
     from mlcharge_workflows.density.qe_gvectors import qe_gvector_order
@@ -246,16 +255,70 @@ def _place_start_density(
         save.mkdir(parents=True, exist_ok=True)
         from mlcharge_workflows.density.qe_file import grid_to_qe, write_qe_charge_density
 
-        if lattice is None:
-            lattice = _written_lattice(structure, protocol)
-        mill = qe_gvector_order(lattice, ecutrho)
-        written = write_qe_charge_density(
-            save / "charge-density.dat", grid_to_qe(grid, ecutrho, mill=mill)
-        )
+        if placed is not None:
+            written = Path(shutil.copyfile(placed, save / "charge-density.dat"))
+        else:
+            if lattice is None:
+                lattice = _written_lattice(structure, protocol)
+            mill = qe_gvector_order(lattice, ecutrho)
+            written = write_qe_charge_density(
+                save / "charge-density.dat", grid_to_qe(grid, ecutrho, mill=mill)
+            )
         prep = time.perf_counter() - t0
     copy = directory / START_COPY
     shutil.copyfile(written, copy)
     return prep, copy
+
+
+def _file_as_placed(
+    grid: DensityGrid, structure: Structure, protocol: QEProtocol, lattice: np.ndarray
+) -> Path | None:
+    """The pw.x file ``grid`` was read from if pw.x can take it as is, else None.
+
+    As is: the run's electron count (1e-9 relative), its nspin, and the G order computed for
+    the cell as written in the input (what :func:`write_start_density` writes).
+    """
+    from mlcharge_workflows.density.qe_file import read_qe_charge_density
+    from mlcharge_workflows.density.qe_gvectors import qe_gvector_order
+
+    path = grid.metadata.get(_QE_FILE)
+    start_n = grid.metadata.get("start_n_electrons")
+    nelec = protocol.n_electrons(structure)
+    if path is None or start_n is None or abs(start_n - nelec) > 1e-9 * nelec:
+        return None
+    qcd = read_qe_charge_density(path)
+    nspin = 2 if protocol.is_spin_polarized(structure) else 1
+    if qcd.gamma_only or qcd.nspin != nspin:
+        return None
+    mill = qe_gvector_order(lattice, protocol.cutoffs(structure)[1])
+    return Path(path) if np.array_equal(qcd.mill, mill) else None
+
+
+def write_start_density(
+    structure: Structure, save_dir: str | Path, grid: DensityGrid, protocol: QEProtocol | None = None
+) -> Path:
+    """Write ``grid`` as ``<save_dir>/charge-density.dat``, placed once for pw.x.
+
+    The file is what :func:`run_qe_scf` of ``structure`` under ``protocol`` gives pw.x: the
+    frame pw.x sees, nspin of the run, the G order computed for the cell as written in the
+    input; the SCF then copies it as is (cells whose G order is ambiguous are re-placed after
+    a pw.x dry run). ``grid`` must already integrate to the run's electron count; it is not
+    normalised here. ``ValueError`` if ``grid`` is for another cell or species order.
+    """
+    from mlcharge_workflows.density.qe_file import grid_to_qe, write_qe_charge_density
+    from mlcharge_workflows.density.qe_gvectors import qe_gvector_order
+
+    protocol = protocol or QEProtocol()
+    prepared = _prepare(structure, protocol)
+    grid = align_density(grid, prepared)
+    if not protocol.is_spin_polarized(prepared) and grid.magnetization is not None:
+        grid = DensityGrid(grid.structure, grid.total, None, dict(grid.metadata))
+    _, ecutrho = protocol.cutoffs(prepared)
+    mill = qe_gvector_order(_written_lattice(prepared, protocol), ecutrho)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return write_qe_charge_density(save_dir / "charge-density.dat",
+                                   grid_to_qe(grid, ecutrho, mill=mill))
 
 
 def _written_lattice(structure: Structure, protocol: QEProtocol) -> np.ndarray:
@@ -400,10 +463,13 @@ def run_qe_scf(
         # a cell whose |G|² shells nearly tie at QE's 1e-8 takes pw.x's own order up front
         lattice = _written_lattice(structure, protocol)
         ambiguous = qe_gvector_order_is_ambiguous(lattice, protocol.cutoffs(structure)[1])
+        placed = None if ambiguous else _file_as_placed(grid, structure, protocol, lattice)
         prep, copy = _place_start_density(
-            structure, directory, protocol, nprocs, grid, dry_run=ambiguous, lattice=lattice
+            structure, directory, protocol, nprocs, grid, dry_run=ambiguous, lattice=lattice,
+            placed=placed,
         )
         extra["g_order_source"] = "dry run" if ambiguous else "computed"
+        extra["start_file_as_is"] = placed is not None
         extra.update(
             start_source=source,
             start_density_file=str(copy),

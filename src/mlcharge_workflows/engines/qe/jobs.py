@@ -2,8 +2,9 @@
 
 * :class:`QEStaticMaker`, :class:`QENonSCFMaker` - one pw.x SCF / non-SCF run, from atoms
   or from a density on disk;
-* :class:`QEPredictDensityMaker` - predicts the density, writes it as
-  ``out/pwscf.save/charge-density.dat`` in its folder (ready for ``startingpot='file'``)
+* :class:`QEPredictDensityMaker` - predicts the density, writes it once as
+  ``out/pwscf.save/charge-density.dat`` in its folder, exactly as pw.x takes it
+  (:func:`~mlcharge_workflows.engines.qe.core.write_start_density`; the SCF copies it as is)
   and returns a small :class:`~mlcharge_workflows.common.schemas.PredictionDocument`;
   the grid itself goes to jobflow's additional ``"data"`` store (key ``density``). torch
   is imported inside the job, and ``manager_config`` routes it to a GPU worker;
@@ -46,10 +47,9 @@ from mlcharge_workflows.common.fallback import (
     run_with_fallback,
 )
 from mlcharge_workflows.common.schemas import ArmAttempt, PredictionDocument
-from mlcharge_workflows.density.qe_file import write_qe_start_density
 from mlcharge_workflows.density.qe_gvectors import qe_fft_grid
 from mlcharge_workflows.density.sad import superposition_density
-from mlcharge_workflows.engines.qe.core import run_qe_nscf, run_qe_scf
+from mlcharge_workflows.engines.qe.core import run_qe_nscf, run_qe_scf, write_start_density
 from mlcharge_workflows.engines.qe.density import (
     load_density_model,
     model_version,
@@ -215,7 +215,9 @@ class QEPredictDensityMaker(Maker):
             )
         n_pred = grid.n_electrons
         grid = grid.normalized(self.protocol.n_electrons(structure))  # grid sum vs exact count only
-        out = write_qe_start_density(cwd / PREDICTED_FILE.rsplit("/", 1)[0], grid, ecutrho)
+        # placed once: pw.x's frame, G order and electron count, copied as is by the SCF
+        out = write_start_density(structure, cwd / PREDICTED_FILE.rsplit("/", 1)[0], grid,
+                                  self.protocol)
         return PredictionDocument(
             **base,
             path=str(out),

@@ -67,6 +67,9 @@ class QETaskDocument(BaseModel):
         description="G order of a start density: 'computed' from the cell, 'dry run' (pw.x's "
         "own, for cells whose |G|² shells nearly tie at QE's 1e-8) or 'dry run after mismatch'.",
     )
+    start_file_as_is: bool | None = Field(
+        None, description="The start density file went to pw.x as given (already in its G order "
+        "and electron count, e.g. the prediction job's), not rewritten.")
     scf_accuracy_Ry: list[float] = Field(default_factory=list)
     n_electrons: float | None = None
     nspin: int = 1
