@@ -1,4 +1,8 @@
-"""Run pw.x through MPI, with clear errors when it is missing or crashes."""
+"""Run pw.x through MPI, with clear errors when it is missing or crashes.
+
+:func:`run_pw` starts the process; :func:`write_and_run` writes a protocol's input for a
+structure, runs it and parses the output.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,14 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mlcharge_workflows.engines.qe.parse import parse_pw_output
+from mlcharge_workflows.engines.qe.sets import QEProtocol, pw_input, write_pw_input
 from mlcharge_workflows.settings import MLChargeSettings
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 #: pw.x exit status of a run that stopped at ``electron_maxstep`` without converging
 #: (also the status of the zero-step dry run that writes data-file-schema.xml).
@@ -199,3 +209,29 @@ def run_pw(
         msg.append(f"end of {output_file}:\n" + _tail(out_path))
         raise RuntimeError("\n".join(msg))
     return out_path
+
+
+def write_and_run(
+    structure: Structure,
+    directory: Path,
+    protocol: QEProtocol,
+    nprocs: int | None,
+    stem: str,
+    ok_returncodes: tuple[int, ...] = (0, EXIT_NOT_CONVERGED),
+    **input_kw,
+) -> tuple[float, object, list]:
+    """Write ``<stem>.in`` for ``structure`` and run pw.x on it in ``directory``.
+
+    Returns ``(elapsed_s, parsed output, k-point grid)``; ``RuntimeError`` (with the end of
+    the output) when pw.x stopped without ``JOB DONE``.
+    """
+    pwin = pw_input(structure, protocol, **input_kw)
+    write_pw_input(pwin, directory / f"{stem}.in")
+    t0 = time.perf_counter()
+    out = run_pw(directory, f"{stem}.in", f"{stem}.out", nprocs=nprocs, ok_returncodes=ok_returncodes)
+    elapsed = time.perf_counter() - t0
+    parsed = parse_pw_output(out)
+    if not parsed.job_done:
+        tail = "\n".join(out.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"pw.x stopped without 'JOB DONE' in {directory}:\n{tail}")
+    return elapsed, parsed, [list(k) if isinstance(k, tuple) else k for k in pwin.kpoints_grid]

@@ -8,7 +8,8 @@ Modules (imported on use; atomate2 and custodian are the ``vasp`` extra):
   ``VaspArmReader`` (how the savings document reads TaskDocs)
 * :mod:`.schemas` - ``MLDensityDocument`` (the common prediction document plus NELECT)
 * :mod:`.handlers` - ``MLStartFallbackHandler``
-* :mod:`.density` - predict a density for an input set, place a CHGCAR in a run folder
+* :mod:`.density` - predict a density for an input set (CHGCAR on the run's POTCARs)
+* :mod:`.placement` - check a CHGCAR and place it in a run folder
 * :mod:`.sets` - input-set structure, fine grid, NELECT (POTCAR ZVAL table)
 * :mod:`.parse` - SCF steps from vasprun.xml / OSZICAR, wall times, custodian attempts
 

@@ -11,16 +11,14 @@
 * :func:`write_predicted_chgcar` predicts on the exact structure, fine grid and MAGMOM the
   input set writes and writes the CHGCAR. The density must integrate to NELECT by itself
   (reference valence = POTCAR ZVAL): it is never rescaled to fit.
-* :func:`place_density` copies a CHGCAR (predicted, or a converged one for the oracle
-  arm) into a run folder, checking atom order, cell, grid, electron count and, for
-  ``ICHARG = 11``, that a predicted density was built on this run's POTCARs.
+* placing a CHGCAR in a run folder is :mod:`mlcharge_workflows.engines.vasp.placement`
+  (``place_density`` is importable from here too).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -29,10 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from monty.io import zopen
-from monty.os.path import zpath
 
-from mlcharge_workflows.density.chgcar import read_chgcar, write_chgcar
+from mlcharge_workflows.density.chgcar import write_chgcar
 from mlcharge_workflows.density.potcar import (
     PotcarAtomicDensity,
     potcar_atomic_density,
@@ -59,18 +55,15 @@ Predictor = Callable[["Structure", tuple[int, int, int]], "DensityGrid"]
 
 #: Largest relative electron-count error of a prediction against NELECT.
 NELECT_RTOL = 1e-6
-#: Largest relative electron-count error of a CHGCAR placed into a run (VASP writes ~11
-#: significant digits; a converged density read back integrates to NELECT within this).
-PLACE_RTOL = 1e-5
-
 #: Written next to a predicted CHGCAR: the reference it was built on (checked for ICHARG=11).
 REFERENCE_FILE = "ml_reference.json"
 
 __all__ = [
     "REFERENCE_FILE",
     "PotcarDataError",
-    "place_density",
     "potcar_references",
+    "electron_info",
+    "model_unknown_elements",
     "predictor_name",
     "resolve_predictor",
     "write_predicted_chgcar",
@@ -222,9 +215,11 @@ def _reference_summary(
     return out
 
 
-def _electron_info(
+def electron_info(
     grid: DensityGrid, vis: VaspInput, functional: str, zval: dict[str, float] | None
 ) -> dict[str, Any]:
+    """The electron count of ``grid`` beside the run's NELECT (and its source), per-element
+    POTCAR valences and where the model's training valence differs (nothing is rescaled)."""
     nelect, source, by_element = expected_nelect(vis, functional=functional, zval=zval)
     model = _model_valence(list(by_element))
     mismatch = {  # informational: the model's training valence vs this run's POTCAR
@@ -311,7 +306,7 @@ def write_predicted_chgcar(
     if grid.shape != tuple(shape):
         grid = grid.resampled(shape)
     grid.check_matches(struct)
-    info = _electron_info(grid, vis, functional, None)
+    info = electron_info(grid, vis, functional, None)
     n_pred, nelect = info["n_electrons_predicted"], info["nelect"]
     if not np.isfinite(n_pred) or abs(n_pred - nelect) > NELECT_RTOL * max(nelect, 1.0):
         raise ValueError(
@@ -348,103 +343,17 @@ def write_predicted_chgcar(
     return grid, info
 
 
-def _chgcar_in(source: str | Path) -> Path:
-    """The CHGCAR file of ``source``: a file, or a run folder (``host:/path`` allowed, as
-    atomate2 writes ``dir_name``; the folder must be reachable on this machine)."""
-    source = Path(local_dir(source))
-    if source.is_dir():
-        for name in ("CHGCAR", "CHGCAR.ml"):
-            candidate = Path(zpath(str(source / name)))
-            if candidate.exists():
-                return candidate
-        raise FileNotFoundError(f"no CHGCAR in {source}")
-    candidate = Path(zpath(str(source)))
-    if not candidate.exists():
-        raise FileNotFoundError(f"CHGCAR not found: {source}")
-    return candidate
+def model_unknown_elements(structure: Structure, model_path: str | None = None) -> list[str]:
+    """Elements of ``structure`` the density model was not trained on (sorted)."""
+    from mlcharge_workflows.model import load_model
+
+    known = set(load_model(model_path).supported_elements)
+    return sorted({site.specie.symbol for site in structure} - known)
 
 
-def _check_nscf_reference(src: Path, vis: VaspInput, functional: str) -> dict[str, Any] | None:
-    """For ``ICHARG = 11``: a predicted density must stand on this run's POTCARs.
+def __getattr__(name: str):
+    if name == "place_density":  # its module sits above this one (it reads predictions' records)
+        from mlcharge_workflows.engines.vasp.placement import place_density
 
-    A CHGCAR without :data:`REFERENCE_FILE` beside it is not this package's prediction
-    (e.g. a converged VASP density) and is not checked. Returns the reference record.
-    """
-    ref_file = src.parent / REFERENCE_FILE
-    if not ref_file.exists():
-        return None
-    ref = json.loads(ref_file.read_text())
-    if ref.get("source") != "POTCAR":
-        raise ValueError(
-            f"{src} was not built on POTCAR densities (reference: {ref.get('source')}): a "
-            "non-SCF run (ICHARG=11) keeps its density fixed, so it is refused"
-        )
-    try:
-        run = potcar_references(vis, functional)
-    except PotcarDataError as err:
-        raise ValueError(
-            f"ICHARG=11 refused: the run's POTCARs cannot be read to check the reference of "
-            f"{src} ({err})"
-        ) from None
-    mine = {el: a.sha256 for el, a in run.items()}
-    theirs = {el: d.get("sha256") for el, d in (ref.get("potcars") or {}).items()}
-    if mine != theirs:
-        raise ValueError(
-            f"ICHARG=11 refused: {src} was built on other POTCARs "
-            f"({sorted(theirs)}: {[d.get('symbol') for d in ref['potcars'].values()]}) than this "
-            f"run's ({[a.symbol for a in run.values()]})"
-        )
-    return ref
-
-
-def place_density(
-    source: str | Path,
-    vis: VaspInput,
-    directory: str | Path = ".",
-    functional: str = "PBE_54",
-    zval: dict[str, float] | None = None,
-    names: tuple[str, ...] = ("CHGCAR",),
-) -> dict[str, Any]:
-    """Put the CHGCAR at ``source`` (file or run folder) into ``directory`` for the inputs ``vis``.
-
-    Raises ``ValueError`` if the CHGCAR is for another cell or atom order than the POSCAR
-    of ``vis``, or holds another electron count than NELECT (nothing is rescaled); for
-    ``ICHARG = 11`` also if it is a prediction not built on this run's POTCARs. A CHGCAR
-    on another grid is Fourier-resampled onto VASP's fine grid (the electron count is
-    kept); otherwise the file is copied byte for byte (keeping PAW occupancies, as the
-    oracle arm needs). ``functional``: the generator's (``sets.potcar_functional``).
-    Returns what was done.
-    """
-    src = _chgcar_in(source)
-    struct = vis["POSCAR"].structure
-    shape = tuple(input_fine_grid(vis))
-    grid = read_chgcar(src)
-    try:
-        grid.check_matches(struct)
-    except ValueError as err:
-        raise ValueError(f"{src} does not match the POSCAR VASP will read: {err}") from None
-    info = _electron_info(grid, vis, functional, zval)
-    info.update(source=str(src), source_grid=list(grid.shape), grid_shape=list(shape))
-    n, nelect = info["n_electrons_predicted"], info["nelect"]
-    if abs(n - nelect) > PLACE_RTOL * max(nelect, 1.0):
-        raise ValueError(
-            f"{src} holds {n:.6f} electrons, the run has NELECT={nelect} "
-            f"({info['nelect_source']}): refused (a density is never rescaled to fit)"
-        )
-    if int(vis["INCAR"].get("ICHARG", 0)) == 11:
-        info["reference"] = _check_nscf_reference(src, vis, functional)
-    resample = grid.shape != shape
-    directory = Path(directory)
-    first = directory / names[0]
-    if not resample:
-        with zopen(str(src), "rb") as fin, open(first, "wb") as fout:
-            shutil.copyfileobj(fin, fout)  # byte for byte, PAW occupancies included
-        info["written"] = "copied"
-    else:
-        grid = grid.resampled(shape)
-        write_chgcar(grid, first)
-        info["written"] = "resampled"
-    info["has_paw_occupancies"] = bool(grid.metadata.get("data_aug"))
-    for name in names[1:]:
-        shutil.copyfile(first, directory / name)
-    return info
+        return place_density
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,7 +39,7 @@ from mlcharge_workflows.common.fallback import (
     RunSummary,
 )
 from mlcharge_workflows.engines.vasp.density import (
-    place_density,
+    model_unknown_elements,
     predictor_name,
     write_predicted_chgcar,
 )
@@ -50,6 +50,7 @@ from mlcharge_workflows.engines.vasp.handlers import (
     new_ml_start_record,
     write_ml_start_record,
 )
+from mlcharge_workflows.engines.vasp.placement import place_density
 from mlcharge_workflows.engines.vasp.parse import (
     count_attempts,
     task_field,
@@ -192,14 +193,6 @@ class MLDensityMaker(Maker):
             density=grid if self.store_density else None,
             **info,
         )
-
-
-def model_unknown_elements(structure: Structure, model_path: str | None = None) -> list[str]:
-    """Elements of ``structure`` the density model was not trained on (sorted)."""
-    from mlcharge_workflows.model import load_model
-
-    known = set(load_model(model_path).supported_elements)
-    return sorted({site.specie.symbol for site in structure} - known)
 
 
 def _density_path(ml_density: Any) -> str | None:
