@@ -27,11 +27,6 @@ def model():
     return tiny_model(torch.float32)
 
 
-def si2() -> Structure:
-    a = 5.43
-    return Structure(Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]]), ["Si", "Si"], [[0, 0, 0], [0.25] * 3])
-
-
 @pytest.mark.parametrize("shape", [(20, 20, 20), (18, 25, 31)])
 def test_exact_normalisation_and_non_negative(model, shape):
     s = sic_structure()
@@ -69,7 +64,7 @@ def test_grids_agree_where_they_overlap(model):
     np.testing.assert_allclose(fine, coarse, atol=1e-6)
 
 
-def test_magnetisation_for_magnetic_elements(model, monkeypatch):
+def test_magnetisation_for_magnetic_elements(model, monkeypatch, si_fcc):
     monkeypatch.delenv("MLCHARGE_MODEL_SPIN", raising=False)
     grid = predict_density(sic_structure(), (20, 20, 20), model, spin="model")
     assert grid.magnetization is not None and grid.metadata["spin_start"] == "model"
@@ -78,7 +73,7 @@ def test_magnetisation_for_magnetic_elements(model, monkeypatch):
     with pytest.raises(ValueError, match="spin start"):
         predict_density(sic_structure(), (20, 20, 20), model, spin="ferro")
     assert np.all(np.abs(grid.magnetization) <= grid.total + 1e-12)
-    assert predict_density(si2(), (16, 16, 16), model.__class__(model.config, model.table).eval()).magnetization is None
+    assert predict_density(si_fcc, (16, 16, 16), model.__class__(model.config, model.table).eval()).magnetization is None
 
 
 def test_magmom_flip_is_time_reversal(model):
@@ -164,14 +159,14 @@ def test_weights_roundtrip_and_bad_files(model, tmp_path):
         load_weights(tmp_path / "other.pt")
 
 
-def test_shipped_weights_load_offline():
+def test_shipped_weights_load_offline(si_fcc):
     assert DEFAULT_WEIGHTS.is_file() and DEFAULT_WEIGHTS.stat().st_size < 5 * 1024**2
     model = load_model()
     assert model is load_model()  # cached
     assert "Si" in model.supported_elements
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        grid = predict_density(si2(), model=model)
+        grid = predict_density(si_fcc, model=model)
     assert grid.n_electrons == pytest.approx(8.0, abs=1e-9)
 
 

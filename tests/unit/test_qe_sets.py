@@ -19,8 +19,8 @@ from conftest import fcc_cell as fcc  # noqa: E402 - tests/conftest.py
 
 
 
-def test_kpoint_grid_from_spacing():
-    si = fcc(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]])
+def test_kpoint_grid_from_spacing(si_fcc):
+    si = si_fcc
     b = si.lattice.reciprocal_lattice.abc[0]  # 2*pi*sqrt(3)/a = 2.004 1/Å
     assert QEProtocol(kspacing=0.3).kpoint_grid(si) == (7, 7, 7)
     assert QEProtocol(kspacing=b / 4).kpoint_grid(si) == (4, 4, 4)  # exact ratio: no extra point
@@ -42,8 +42,8 @@ def test_protocol_validation():
         QEProtocol(starting_magnetization={"Ni": 1.5})
 
 
-def test_scf_input_has_protocol_and_layout(tmp_path):
-    si = fcc(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]])
+def test_scf_input_has_protocol_and_layout(tmp_path, si_fcc):
+    si = si_fcc
     text = write_pw_input(pw_input(si, QEProtocol(), startingpot="file"), tmp_path / "pw.in").read_text()
     for line in (
         "calculation = 'scf'", "startingpot = 'file'", "diago_thr_init = 1d-05",
@@ -56,8 +56,8 @@ def test_scf_input_has_protocol_and_layout(tmp_path):
     assert "nspin" not in text
 
 
-def test_atomic_and_file_inputs_differ_only_in_startingpot():
-    si = fcc(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]])
+def test_atomic_and_file_inputs_differ_only_in_startingpot(si_fcc):
+    si = si_fcc
     a = str(pw_input(si, startingpot="atomic")).splitlines()
     f = str(pw_input(si, startingpot="file")).splitlines()
     assert [x for x in a if x not in f] == ["  startingpot = 'atomic',"]
@@ -72,8 +72,8 @@ def test_spin_polarised_input_orders_moments_like_species():
     assert "starting_magnetization(1) = 0.3" in text and "starting_magnetization(2) = 0.0" in text
 
 
-def test_bands_input_uses_integer_crystal_b_counts(tmp_path):
-    si = fcc(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]])
+def test_bands_input_uses_integer_crystal_b_counts(tmp_path, si_fcc):
+    si = si_fcc
     path = write_pw_input(pw_input(si, QEProtocol(line_density=5), calculation="bands"), tmp_path / "b.in")
     text = path.read_text()
     assert "calculation = 'bands'" in text and "startingpot" not in text
@@ -83,8 +83,8 @@ def test_bands_input_uses_integer_crystal_b_counts(tmp_path):
     assert all(r.split()[3].isdigit() for r in rows[1 : n + 1])
 
 
-def test_band_path_points_are_in_the_cells_own_basis():
-    si = fcc(["Si", "Si"], 5.43, [[0, 0, 0], [0.25, 0.25, 0.25]])
+def test_band_path_points_are_in_the_cells_own_basis(si_fcc):
+    si = si_fcc
     entries = band_path(si, 10)
     frac = np.array([e[:3] for e in entries])
     cart = frac @ si.lattice.reciprocal_lattice.matrix
