@@ -95,10 +95,10 @@ def test_synthetic_semicore_stays_close_outside_the_core(shipped):
     assert p16.total_magnetization == pytest.approx(raw8.total_magnetization, rel=1e-4)
 
 
-def test_registry_file_is_not_reported_as_different(shipped):
+def test_registry_file_is_not_reported_as_different(shipped, si):
     from mlcharge_workflows.pseudo import get_pseudo
 
-    s = Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
+    s = si
     grid = predict_density(s, (20, 20, 20), shipped, reference={"Si": get_pseudo("Si").source})
     assert grid.metadata["reference"]["differs_from_training"] is False
     plain = predict_density(s, (20, 20, 20), shipped)

@@ -25,8 +25,6 @@ from mlcharge_workflows.validation import (
     validate_structure,
 )
 
-SI = Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
-
 
 def test_same_limit_as_pseudo_check():
     from mlcharge_workflows import pseudo
@@ -38,8 +36,8 @@ def test_same_limit_as_pseudo_check():
             check(close)
 
 
-def test_valid_cell_passes():
-    validate_structure(SI)
+def test_valid_cell_passes(si):
+    validate_structure(si)
 
 
 @pytest.mark.parametrize(
@@ -160,10 +158,10 @@ def test_fuzz_distance_agrees_with_pymatgen(a, b, c, alpha, beta, gamma, frac):
 
 
 @pytest.mark.parametrize("engine", ["qe", "vasp"])
-def test_build_flow_validates_for_every_engine(engine):
+def test_build_flow_validates_for_every_engine(engine, si):
     from mlcharge_workflows.catalogue import build_flow
 
-    nan = SI.copy()
+    nan = si.copy()
     nan.replace(1, "Si", [np.nan, 0.25, 0.25])
     with pytest.raises(ValueError, match=r"x\.cif: site 1 \(Si\) has non-finite coordinates"):
         build_flow(nan, engine, "compare", "x.cif")
