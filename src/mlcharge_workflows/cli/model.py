@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from mlcharge_workflows.cli import options
+
 ENGINES = ("qe", "vasp")
 
 
@@ -67,10 +69,8 @@ def predict(
     spin: str | None = typer.Option(
         None, "--spin", help="Magnetic cells: 'atomic' (pw.x's start) or 'model' (learned rho and m); default: MLCHARGE_MODEL_SPIN, else the weights' recorded default."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a density already "
-                                   "written at --output."),
-    pseudo: list[str] = typer.Option([], "--pseudo", help="QE: EL=FILE, a UPF file (NC or US) "
-                                     "replacing the registry's for that element (repeatable)."),
+    overwrite: bool = options.overwrite("a density already written at --output"),
+    pseudo: list[str] = options.PSEUDO,
 ) -> None:
     """Predict the density of STRUCTURE and write it as a start for QE or VASP.
 

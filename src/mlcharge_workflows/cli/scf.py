@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from mlcharge_workflows.cli import options
+
 ENGINES = ("qe",)
 EXIT_DENSITY_NOT_READ = 3
 
@@ -70,10 +72,8 @@ def scf(
     protocol: Path | None = typer.Option(
         None, "--protocol", help="YAML/JSON file of QEProtocol fields overriding the defaults."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a --workdir that holds "
-                                   "earlier results (they are replaced)."),
-    pseudo: list[str] = typer.Option([], "--pseudo", help="QE: EL=FILE, a UPF file (NC or US) "
-                                     "replacing the registry's for that element (repeatable)."),
+    overwrite: bool = options.overwrite("the earlier results in --workdir (it is reused)"),
+    pseudo: list[str] = options.PSEUDO,
 ) -> None:
     """Run one pw.x SCF and print iterations, energy, wall time, magnetisation and whether
     pw.x really read the starting density."""
