@@ -106,151 +106,30 @@ class Ld1Recipe:
 # Generation parameters of pslibrary (A. Dal Corso, Comput. Mater. Sci. 95, 337 (2014); the
 # public dalcorso/pslibrary repository, us_ps_collection.job): the ``rrkjus_psl.0.x`` entries
 # for Li (0.2.1), Na (0.2), Al, P, S, F, Cl (0.1) and Zn (0.2.2), and the earliest
-# ``$fct-rrkjus`` entries of the same file for Mg, K, Ca and Ti. Only rel=1, dft='PBE', the
-# author and the file name are set here.
+# ``$fct-rrkjus`` entries of the same file for Mg, K, Ca and Ti, one per element in
+# ``data/pseudo/ld1_pslibrary.json`` (zed, config, file tag, &inputp settings, the
+# wavefunction cards, test configurations, pslibrary entry). Only rel=1, dft='PBE', the
+# author and the file name are set here (:func:`_psl`).
 _PSL = "pslibrary us_ps_collection.job"
+_PSL_FILE = Path(__file__).parent / "data" / "pseudo" / "ld1_pslibrary.json"
+
+
+def _pslibrary_recipes() -> dict[str, Ld1Recipe]:
+    """The ld1.x recipes of ``data/pseudo/ld1_pslibrary.json``, in its order."""
+    out = {}
+    for el, r in json.loads(_PSL_FILE.read_text(encoding="utf-8")).items():
+        text = _psl(el, r["zed"], r["config"], r["tag"], r["inputp"], "\n".join(r["cards"]))
+        out[el] = Ld1Recipe(f"{el}.pbe-{r['tag']}-rrkjus_ld1.UPF", text, tuple(r["tests"]),
+                            f"{_PSL}: {r['entry']}")
+    return out
+
+
 LD1_RECIPES: dict[str, Ld1Recipe] = {
     "Co": Ld1Recipe(
         "Co.pbe-nd-rrkjus_ld1.UPF", _CO_INPUT,
         ("3d8 4s1 4p0", "3d7 4s2 4p0", "3d8 4s0.5 4p0.5", "3d8 4s0 4p0"),
         "radii of Debian's CorelUSPBE.RRKJ3.UPF, made scalar-relativistic PBE"),
-    "Li": Ld1Recipe("Li.pbe-s-rrkjus_ld1.UPF", _psl(
-        "Li", 3.0, "1s2 2s1 2p0 3d-2", "s",
-        "lloc=-1, rcloc=1.3, which_augfun='PSQ', rmatch_augfun=0.8, tm=.true.", """
-4
-1S  1  0  2.00  0.00  0.70  1.20  0.0
-2S  2  0  1.00  0.00  0.70  1.20  0.0
-2P  2  1  0.00  0.30  2.00  2.20  0.0
-2P  2  1  0.00  1.70  2.00  2.20  0.0"""),
-        ("1s2 2s1 2p0", "1s2 2s0 2p1", "1s2 2s0.5 2p0", "1s2 2s0 2p0"), f"{_PSL}: Li 0.2.1"),
-    "Na": Ld1Recipe("Na.pbe-spn-rrkjus_ld1.UPF", _psl(
-        "Na", 11.0, "[Ne] 3s0.5 3p0 3d-2", "spn",
-        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.6, tm=.true.", """
-5
-2S  1  0  2.00  0.00  1.50  1.80  0.0
-3S  2  0  0.50  0.00  1.50  1.80  0.0
-2P  2  1  6.00  0.00  1.50  2.00  0.0
-3P  3  1  0.00  0.00  1.50  2.00  0.0
-3D  3  2 -2.00  0.30  2.00  2.00  0.0"""),
-        ("2s2 2p6 3s0.5 3p0", "2s2 2p6 3s1 3p0", "2s2 2p6 3s0 3p1", "2s2 2p6 3s0 3p0"),
-        f"{_PSL}: Na 0.2"),
-    "Mg": Ld1Recipe("Mg.pbe-n-rrkjus_ld1.UPF", _psl(
-        "Mg", 12.0, "[Ne] 3s2.0 3p0 3d-2", "n",
-        "lloc=2, which_augfun='PSQ', rmatch_augfun=2.0, nlcc=.true., new_core_ps=.true.,\n"
-        "   rcore=2.1, tm=.true.", """
-5
-3S  1  0  2.00  0.00  2.30  2.50  0.0
-3S  2  0  0.00  6.50  1.40  2.50  0.0
-3P  2  1  0.00  0.00  2.40  2.60  0.0
-3P  3  1  0.00  6.30  1.40  2.60  0.0
-3D  3  2 -2.00  0.30  2.30  2.30  0.0"""),
-        ("3s2 3p0", "3s1 3p1", "3s1 3p0", "3s1.5 3p0.5"), f"{_PSL}: Mg (earliest entry)"),
-    "Al": Ld1Recipe("Al.pbe-n-rrkjus_ld1.UPF", _psl(
-        "Al", 13.0, "[Ne] 3s2 3p1 3d-2.0 4f-2.0", "n",
-        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.8, nlcc=.true., tm=.true.", """
-5
-3S  1  0  2.00  0.00  2.00  2.10  0.0
-3S  1  0  0.00  6.00  1.40  2.10  0.0
-3P  2  1  1.00  0.00  2.00  2.10  0.0
-3P  2  1  0.00  6.00  1.40  2.10  0.0
-3D  3  2 -2.00 -0.30  1.90  1.90  0.0"""),
-        ("3s2 3p1", "3s1 3p2", "3s2 3p0", "3s1 3p1"), f"{_PSL}: Al 0.1"),
-    "P": Ld1Recipe("P.pbe-n-rrkjus_ld1.UPF", _psl(
-        "P", 15.0, "[Ne] 3s2 3p3 3d-2", "n",
-        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.9, nlcc=.true., new_core_ps=.true.,\n"
-        "   rcore=1.3, tm=.true.", """
-5
-3S  1  0  2.00  0.00  2.00  2.10  0.0
-3S  1  0  0.00  6.00  2.00  2.10  0.0
-3P  2  1  3.00  0.00  2.00  2.10  0.0
-3P  2  1  0.00  6.00  2.00  2.10  0.0
-3D  3  2 -2.00 -0.30  1.90  1.90  0.0"""),
-        ("3s2 3p3", "3s1 3p4", "3s2 3p2", "3s1 3p3"), f"{_PSL}: P 0.1"),
-    "S": Ld1Recipe("S.pbe-n-rrkjus_ld1.UPF", _psl(
-        "S", 16.0, "[Ne] 3s2 3p4 3d-2", "n",
-        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.9, nlcc=.true., new_core_ps=.true.,\n"
-        "   rcore=1.2, tm=.true.", """
-5
-3S  1  0  2.00  0.00  2.00  2.10  0.0
-3S  1  0  0.00  6.00  2.00  2.10  0.0
-3P  2  1  4.00  0.00  2.00  2.10  0.0
-3P  2  1  0.00  6.00  2.00  2.10  0.0
-3D  3  2 -2.00 -0.30  1.90  1.90  0.0"""),
-        ("3s2 3p4", "3s1 3p5", "3s2 3p3", "3s1 3p4"), f"{_PSL}: S 0.1"),
-    "F": Ld1Recipe("F.pbe-n-rrkjus_ld1.UPF", _psl(
-        "F", 9.0, "1s2.0 2s2.0 2p5.0 3d-2.0", "n",
-        "lloc=2, which_augfun='PSQ', rmatch_augfun=0.90, nlcc=.true., new_core_ps=.true.,\n"
-        "   rcore=0.5", """
-5
-2S  1  0  2.00  0.00  1.20  1.40  0.0
-2S  1  0  0.00  0.05  1.20  1.40  0.0
-2P  2  1  5.00  0.00  1.20  1.40  0.0
-2P  2  1  0.00  0.05  1.20  1.40  0.0
-3D  3  2 -2.00  0.15  1.20  1.20  0.0"""),
-        ("2s2 2p5", "2s1 2p6", "2s2 2p4", "2s1 2p5"), f"{_PSL}: F 0.1"),
-    "Cl": Ld1Recipe("Cl.pbe-n-rrkjus_ld1.UPF", _psl(
-        "Cl", 17.0, "[Ne] 3s2 3p5 3d-2", "n",
-        "lloc=2, which_augfun='PSQ', rmatch_augfun=1.75, nlcc=.true., new_core_ps=.true.,\n"
-        "   rcore=1.0, tm=.true.", """
-5
-3S  1  0  2.00  0.00  1.60  1.80  0.0
-3S  1  0  0.00  6.20  1.00  1.80  0.0
-3P  2  1  5.00  0.00  1.90  2.10  0.0
-3P  2  1  0.00  6.20  1.00  2.10  0.0
-3D  3  2 -2.00  0.15  1.80  1.80  0.0"""),
-        ("3s2 3p5", "3s1 3p6", "3s2 3p4", "3s1 3p5"), f"{_PSL}: Cl 0.1"),
-    "K": Ld1Recipe("K.pbe-spn-rrkjus_ld1.UPF", _psl(
-        "K", 19.0, "[Ar] 3d-2 4s1 4p0", "spn",
-        "lloc=-1, rcloc=2.2, which_augfun='PSQ', rmatch_augfun=1.0, nlcc=.true.,\n"
-        "   new_core_ps=.true., rcore=0.9, tm=.true.", """
-7
-3S  1  0  2.00  0.00  1.50  1.70  0.0
-4S  2  0  1.00  0.00  1.00  1.70  0.0
-4S  2  0  0.00  6.00  1.00  1.70  0.0
-3P  2  1  6.00  0.00  1.50  1.80  0.0
-4P  3  1  0.00  6.00  1.50  1.80  0.0
-3D  3  2 -2.00  0.10  1.70  2.10  0.0
-3D  3  2 -2.00  1.30  1.70  2.10  0.0"""),
-        ("3s2 3p6 4s1 4p0", "3s2 3p6 4s0 4p1", "3s2 3p6 4s0.5 4p0", "3s2 3p6 4s0 4p0"),
-        f"{_PSL}: K (earliest entry)"),
-    "Ca": Ld1Recipe("Ca.pbe-spn-rrkjus_ld1.UPF", _psl(
-        "Ca", 20.0, "[Ar] 3d0.0 4s2.0 4p0", "spn",
-        "lloc=-1, rcloc=2.4, which_augfun='PSQ', rmatch_augfun=1.5, nlcc=.true.,\n"
-        "   new_core_ps=.true., rcore=0.8, tm=.true.", """
-6
-3S  1  0  2.00  0.00  1.50  1.70  0.0
-4S  2  0  2.00  0.00  1.50  1.70  0.0
-3P  2  1  6.00  0.00  1.50  1.80  0.0
-4P  3  1  0.00  3.30  2.80  3.00  0.0
-3D  3  2 -2.00  0.10  2.00  2.30  0.0
-3D  3  2 -2.00  0.30  2.00  2.30  0.0"""),
-        ("3s2 3p6 3d0 4s2 4p0", "3s2 3p6 3d1 4s1 4p0", "3s2 3p6 3d0 4s1 4p1",
-         "3s2 3p6 3d0 4s1 4p0"), f"{_PSL}: Ca (earliest entry)"),
-    "Ti": Ld1Recipe("Ti.pbe-spn-rrkjus_ld1.UPF", _psl(
-        "Ti", 22.0, "[Ar] 3d2.0 4s2 4p0", "spn",
-        "lloc=-1, rcloc=2.0, which_augfun='PSQ', rmatch_augfun=0.8, nlcc=.true.,\n"
-        "   rcore=1.5, tm=.true.", """
-6
-3S  1  0  2.00  0.00  1.10  1.50  0.0
-4S  2  0  2.00  0.00  1.10  1.50  0.0
-3P  2  1  6.00  0.00  1.40  1.50  0.0
-4P  3  1  0.00  3.30  0.90  1.80  0.0
-3D  3  2  2.00  0.00  1.40  1.70  0.0
-3D  3  2 -2.00  0.30  1.40  1.70  0.0"""),
-        ("3s2 3p6 3d2 4s2 4p0", "3s2 3p6 3d3 4s1 4p0", "3s2 3p6 3d2 4s1 4p1",
-         "3s2 3p6 3d2 4s1 4p0"), f"{_PSL}: Ti (earliest entry)"),
-    "Zn": Ld1Recipe("Zn.pbe-dn-rrkjus_ld1.UPF", _psl(
-        "Zn", 30.0, "[Ar] 3d10. 4s2. 4p0.0", "dn",
-        "lloc=-1, rcloc=1.7, which_augfun='PSQ', rmatch_augfun=1.3, nlcc=.true.,\n"
-        "   rcore=0.7, tm=.true.", """
-6
-4S  1  0  2.00  0.00  2.10  2.20  0.0
-4S  1  0  0.00  6.10  1.40  2.20  0.0
-4P  2  1  0.00  0.00  2.20  2.30  0.0
-4P  2  1  0.00  6.30  1.40  2.30  0.0
-3D  3  2 10.00  0.00  1.50  1.80  0.0
-3D  3  2  0.00 -0.60  1.50  1.80  0.0"""),
-        ("3d10 4s2 4p0", "3d10 4s1 4p1", "3d10 4s1 4p0", "3d9 4s2 4p1"), f"{_PSL}: Zn 0.2.2"),
+    **_pslibrary_recipes(),
 }
 
 #: ld1.x inputs of the generated registry files, by file name.
