@@ -34,6 +34,13 @@ def _protocol_fields(path: Path | None, kspacing: float | None) -> dict:
     return fields
 
 
+def _report_dataset(out: Path, man: dict) -> None:
+    """Print the dataset summary; exit 2 when it finished with failures (all records kept)."""
+    typer.echo("\n".join([f"dataset          {Path(out).resolve()}", *_summary_lines(man)]))
+    if man.get("summary", {}).get("n_failures"):
+        raise typer.Exit(2)
+
+
 def _summary_lines(man: dict) -> list[str]:
     s = man.get("summary", {})
     lines = [
@@ -108,9 +115,7 @@ def generate(
         args = f" --project {project}" if project else ""
         typer.echo(f"next: `mlcharge worker{args}`, then `mlcharge data finalize {out}`")
         return
-    typer.echo("\n".join([f"dataset          {Path(out).resolve()}", *_summary_lines(man)]))
-    if man.get("summary", {}).get("n_failures"):
-        raise typer.Exit(2)
+    _report_dataset(out, man)
 
 
 @data_app.command("ingest")
@@ -130,9 +135,7 @@ def ingest(
                                progress=progress)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    typer.echo("\n".join([f"dataset          {Path(out).resolve()}", *_summary_lines(man)]))
-    if man.get("summary", {}).get("n_failures"):
-        raise typer.Exit(2)
+    _report_dataset(out, man)
 
 
 @data_app.command("pack")

@@ -110,14 +110,7 @@ def bond(a: str, b: str, oxi: dict[str, int] | None = None) -> float:
             ra = rb = None
         if ra and rb:
             return float(ra) + float(rb)
-    ma, mb = is_metal(a), is_metal(b)
-    if ma and mb:
-        return radius(a) + radius(b)
-    if ma or mb:
-        metal, other = (a, b) if ma else (b, a)
-        return radius(metal) + radius(other, "int")
-    chi = abs(Element(a).X - Element(b).X)
-    return radius(a) + radius(b) - 0.06 * chi
+    return P.bond(a, b, radius_of=radius)
 
 
 @dataclass(frozen=True)

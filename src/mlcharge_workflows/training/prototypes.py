@@ -47,16 +47,23 @@ def radius(symbol: str, kind: str = "cov") -> float:
     return table.get(symbol, float(el.atomic_radius or 1.0))
 
 
-def bond(a: str, b: str) -> float:
-    """Estimated nearest-neighbour distance (Å) between elements ``a`` and ``b``."""
+def bond(a: str, b: str, radius_of=None) -> float:
+    """Estimated nearest-neighbour distance (Å) between elements ``a`` and ``b``.
+
+    Metal-metal: summed metallic radii; metal-nonmetal: metal + interstitial radius;
+    nonmetals: covalent radii with a Schomaker-Stevenson correction. ``radius_of``
+    (default :func:`radius`) supplies the radii, so a generator with a larger element
+    table reuses the same rules.
+    """
+    radius_of = radius_of or radius
     ma, mb = is_metal(a), is_metal(b)
     if ma and mb:
-        return radius(a) + radius(b)
+        return radius_of(a) + radius_of(b)
     if ma or mb:
         metal, other = (a, b) if ma else (b, a)
-        return radius(metal) + radius(other, "int")
+        return radius_of(metal) + radius_of(other, "int")
     chi = abs(Element(a).X - Element(b).X)
-    return radius(a) + radius(b) - 0.06 * chi
+    return radius_of(a) + radius_of(b) - 0.06 * chi
 
 
 def classify(elements: list[str]) -> dict[str, list[str]]:

@@ -49,8 +49,8 @@ from mlcharge_workflows.training.structures import (
     MAGNETIC_MOMENTS,
     GeneratedStructure,
     default_elements,
-    family_of,
-    formula_key,
+    first_acceptable,
+    generate_range,
     rattle_structure,
     strain_structure,
 )
@@ -214,21 +214,12 @@ class RealisticGenerator:
         # large cells are magnetic half as often: a spin-polarised 30-atom cell costs most
         share = self.magnetic_fraction * (0.5 if kind == "supercell" else 1.0)
         magnetic = bool(self.magnetic_elements) and v < share
-        for attempt in range(300):
-            rng = np.random.default_rng([self.seed, int(index), attempt])
-            got = self._draw(rng, kind, magnetic)
-            if got is not None:
-                structure, proto, info = got
-                info["attempt"] = attempt
-                sid = f"{proto}-{formula_key(structure)}-{self.seed}-{index:05d}"
-                return GeneratedStructure(sid, structure, family_of(structure), proto, info)
-        raise RuntimeError(f"no acceptable structure for index {index} after 300 attempts")
+        return first_acceptable(self.seed, index, 300,
+                                lambda rng: self._draw(rng, kind, magnetic))
 
     def generate(self, n: int, start: int = 0) -> list[GeneratedStructure]:
         """Structures ``start .. start + n - 1``."""
-        if n < 0:
-            raise ValueError(f"number of structures must be >= 0, got {n}")
-        return [self(i) for i in range(start, start + n)]
+        return generate_range(self, n, start)
 
     # ------------------------------------------------------------------ draws
     def _draw(self, rng: np.random.Generator, kind: str, magnetic: bool):

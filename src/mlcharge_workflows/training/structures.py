@@ -150,6 +150,30 @@ def _add_magmoms(structure: Structure) -> None:
         structure.add_site_property("magmom", moms)
 
 
+def first_acceptable(seed: int, index: int, attempts: int, draw) -> GeneratedStructure:
+    """The first accepted draw of structure ``index``: attempt ``k`` uses the generator
+    ``default_rng([seed, index, k])``, so structure ``index`` depends only on ``(seed, index)``.
+
+    ``draw(rng)`` returns ``(structure, prototype name, info)`` or None (rejected).
+    """
+    for attempt in range(attempts):
+        rng = np.random.default_rng([seed, int(index), attempt])
+        got = draw(rng)
+        if got is not None:
+            structure, proto, info = got
+            info["attempt"] = attempt
+            sid = f"{proto}-{formula_key(structure)}-{seed}-{index:05d}"
+            return GeneratedStructure(sid, structure, family_of(structure), proto, info)
+    raise RuntimeError(f"no acceptable structure for index {index} after {attempts} attempts")
+
+
+def generate_range(generator, n: int, start: int = 0) -> list[GeneratedStructure]:
+    """Structures ``start .. start + n - 1`` of ``generator`` (called with an index)."""
+    if n < 0:
+        raise ValueError(f"number of structures must be >= 0, got {n}")
+    return [generator(i) for i in range(start, start + n)]
+
+
 class StructureGenerator:
     """Deterministic structure generator.
 
@@ -229,22 +253,11 @@ class StructureGenerator:
 
     def __call__(self, index: int) -> GeneratedStructure:
         """Structure number ``index`` (deterministic)."""
-        for attempt in range(200):
-            rng = np.random.default_rng([self.seed, int(index), attempt])
-            gen = self._draw(rng)
-            if gen is not None:
-                structure, proto, info = gen
-                info["attempt"] = attempt
-                formula = formula_key(structure)
-                sid = f"{proto}-{formula}-{self.seed}-{index:05d}"
-                return GeneratedStructure(sid, structure, family_of(structure), proto, info)
-        raise RuntimeError(f"no acceptable structure for index {index} after 200 attempts")
+        return first_acceptable(self.seed, index, 200, self._draw)
 
     def generate(self, n: int, start: int = 0) -> list[GeneratedStructure]:
         """Structures ``start .. start + n - 1``."""
-        if n < 0:
-            raise ValueError(f"number of structures must be >= 0, got {n}")
-        return [self(i) for i in range(start, start + n)]
+        return generate_range(self, n, start)
 
     # ------------------------------------------------------------------ internals
     def _draw(self, rng: np.random.Generator) -> tuple[Structure, str, dict] | None:
