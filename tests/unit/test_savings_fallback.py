@@ -127,3 +127,25 @@ def test_failed_rerun_keeps_the_ml_attempt() -> None:
     assert "atomic rerun failed: RuntimeError" in out.fallback
     with pytest.raises(RuntimeError, match="either"):  # nothing to keep without an ML run
         run_with_fallback(None, atomic_fails, 2)
+
+
+def test_another_magnetic_order_with_the_same_total_moment_is_caught() -> None:
+    from mlcharge_workflows.common.fallback import FallbackPolicy, RunSummary, run_with_fallback
+
+    policy = FallbackPolicy()
+    # the baseline converged antiferromagnetic (M = 0, |m| = 4.4); the ML start non-magnetic
+    ml = {"converged": True, "energy_eV": -100.0, "total_magnetization": 0.0,
+          "absolute_magnetization": 0.02, "density_read_from_file": True, "scf_iterations": 7}
+    summary = RunSummary.from_task(ml)
+    assert summary.absolute_magnetization == 0.02
+    reason = policy.check(summary, 2, reference_energy_eV=-100.0, reference_magnetization=0.0,
+                          reference_absolute_magnetization=4.4)
+    assert reason is not None and reason.startswith("magnetization_mismatch")
+    assert "absolute magnetization" in reason
+    # the same order is accepted
+    assert policy.check(summary, 2, reference_energy_eV=-100.0, reference_magnetization=0.0,
+                        reference_absolute_magnetization=0.3) is None
+    atomic = {**ml, "absolute_magnetization": 4.4, "density_read_from_file": None}
+    out = run_with_fallback(lambda: ml, lambda: atomic, 2, policy, reference_energy_eV=-100.0,
+                            reference_magnetization=0.0, reference_absolute_magnetization=4.4)
+    assert out.accepted is atomic and "absolute magnetization" in out.fallback

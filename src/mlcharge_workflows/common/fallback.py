@@ -8,6 +8,8 @@ An ML-started SCF is rerun from atoms when it
   only a different *state* counts (magnetic vs non-magnetic, or the sign of the moment
   flipped): a predicted moment is a starting guess, not a converged value (the interim
   model predicts 3.0 μB for fcc Ni, which converges to 0.94 μB from either start),
+* landed in another magnetic order with the same total moment (antiferromagnetic vs
+  non-magnetic): ``|Δ∫|m|| > absolute_magnetization_tol`` against the baseline,
 * landed at a different energy than expected: ``|ΔE| > energy_tol_eV_per_atom * n_atoms``
   against the baseline (or a given expected energy).
 
@@ -52,6 +54,7 @@ class RunSummary:
     energy_eV: float | None = None
     total_magnetization: float | None = None
     density_read_from_file: bool | None = None
+    absolute_magnetization: float | None = None
 
     @classmethod
     def from_task(cls, task: Any) -> RunSummary:
@@ -78,6 +81,7 @@ class RunSummary:
             energy_eV=get("energy_eV"),
             total_magnetization=None if mag is None else float(mag),
             density_read_from_file=get("density_read_from_file"),
+            absolute_magnetization=get("absolute_magnetization"),
         )
 
 
@@ -95,10 +99,14 @@ class FallbackPolicy:
         magnetic vs non-magnetic Ni, 68 meV/cell) differ far more.
     rerun_on_failure
         Rerun from atoms when the ML-started run crashes.
+    absolute_magnetization_tol
+        Largest accepted ``|∫|m_ml| - ∫|m_ref||`` in μB per cell: an antiferromagnetic and a
+        non-magnetic state have the same total moment (0) and differ here by several μB.
     """
 
     magnetization_tol: float = 0.1
     energy_tol_eV_per_atom: float = 1e-3
+    absolute_magnetization_tol: float = 0.5
     rerun_on_failure: bool = True
 
     def __post_init__(self) -> None:
@@ -115,6 +123,7 @@ class FallbackPolicy:
         reference_energy_eV: float | None = None,
         reference_magnetization: float | None = None,
         predicted_magnetization: float | None = None,
+        reference_absolute_magnetization: float | None = None,
     ) -> str | None:
         """Return why an ML-started run must be rerun from atoms, or None to accept it.
 
@@ -140,6 +149,13 @@ class FallbackPolicy:
                     f"{MAGNETIZATION}: total magnetization {m:.3f} μB/cell, a different state "
                     f"from the predicted {p:.3f} (magnetic threshold {tol} μB/cell)"
                 )
+        a, a_ref = run.absolute_magnetization, reference_absolute_magnetization
+        if a is not None and a_ref is not None and abs(a - a_ref) > self.absolute_magnetization_tol:
+            return (
+                f"{MAGNETIZATION}: absolute magnetization {a:.3f} μB/cell vs {a_ref:.3f} from "
+                f"the baseline (another magnetic order; tolerance "
+                f"{self.absolute_magnetization_tol} μB/cell)"
+            )
         if reference_energy_eV is not None and run.energy_eV is not None:
             de = run.energy_eV - reference_energy_eV
             tol = self.energy_tol_eV_per_atom * max(n_atoms, 1)
@@ -176,6 +192,7 @@ def run_with_fallback(
     reference_magnetization: float | None = None,
     predicted_magnetization: float | None = None,
     skip_reason: str | None = None,
+    reference_absolute_magnetization: float | None = None,
 ) -> FallbackOutcome:
     """Run the ML-started SCF and, if it is not trusted, the same SCF from atoms.
 
@@ -214,13 +231,15 @@ def run_with_fallback(
         # pw.x silently started from atoms: a valid atomic-start run, never counted as ML
         attempts.append(("ml", ml_task, None))
         reason = f"{NOT_READ}: the engine did not read the predicted density (started from atoms)"
-        if policy.check(summary, n_atoms, reference_energy_eV, reference_magnetization) is None:
+        if policy.check(summary, n_atoms, reference_energy_eV, reference_magnetization,
+                        reference_absolute_magnetization=reference_absolute_magnetization) is None:
             return FallbackOutcome(ml_task, "atomic", False, reason, attempts)
         attempts[-1] = ("ml", ml_task, reason)
         return _rerun(run_atomic, reason, attempts)
 
     reason = policy.check(
-        summary, n_atoms, reference_energy_eV, reference_magnetization, predicted_magnetization
+        summary, n_atoms, reference_energy_eV, reference_magnetization, predicted_magnetization,
+        reference_absolute_magnetization=reference_absolute_magnetization,
     )
     if reason is None:
         attempts.append(("ml", ml_task, None))

@@ -286,6 +286,7 @@ class MLQEStaticMaker(Maker):
             None if start is None else run_ml, run_atomic, len(structure), self.policy,
             reference_energy_eV=get_field(reference, "energy_eV"),
             reference_magnetization=get_field(reference, "total_magnetization"),
+            reference_absolute_magnetization=get_field(reference, "absolute_magnetization"),
             predicted_magnetization=pred_m, skip_reason=skip,
         )
         attempts = [_attempt(s, t, r) for s, t, r in outcome.attempts]
