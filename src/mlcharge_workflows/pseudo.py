@@ -101,6 +101,7 @@ class Ld1Recipe:
     input: str
     tests: tuple[str, ...]
     origin: str
+    cutoffs_ry: tuple[float, float] | None = None  # validated (ecutwfc, ecutrho), registry use
 
 
 # Generation parameters of pslibrary (A. Dal Corso, Comput. Mater. Sci. 95, 337 (2014); the
@@ -120,7 +121,7 @@ def _pslibrary_recipes() -> dict[str, Ld1Recipe]:
     for el, r in json.loads(_PSL_FILE.read_text(encoding="utf-8")).items():
         text = _psl(el, r["zed"], r["config"], r["tag"], r["inputp"], "\n".join(r["cards"]))
         out[el] = Ld1Recipe(f"{el}.pbe-{r['tag']}-rrkjus_ld1.UPF", text, tuple(r["tests"]),
-                            f"{_PSL}: {r['entry']}")
+                            f"{_PSL}: {r['entry']}", tuple(r["cutoffs_ry"]))
     return out
 
 
@@ -166,18 +167,9 @@ _REGISTRY: dict[str, _Entry] = {
     "Co": _Entry("Co.pbe-nd-rrkjus_ld1.UPF", "ld1", 35.0, 350.0),
     "Ni": _Entry("Ni.pbe-nd-rrkjus.UPF", None, 35.0, 350.0),
     "Cu": _Entry("Cu_US_PBE_3pj_lowE.UPF", "XSpectra/pseudo", 35.0, 350.0),
-    "Li": _Entry(LD1_RECIPES["Li"].filename, "ld1", 65.0, 520.0, True),
-    "Na": _Entry(LD1_RECIPES["Na"].filename, "ld1", 40.0, 320.0, True),
-    "Mg": _Entry(LD1_RECIPES["Mg"].filename, "ld1", 30.0, 240.0, True),
-    "Al": _Entry(LD1_RECIPES["Al"].filename, "ld1", 30.0, 240.0, True),
-    "P": _Entry(LD1_RECIPES["P"].filename, "ld1", 30.0, 240.0, True),
-    "S": _Entry(LD1_RECIPES["S"].filename, "ld1", 30.0, 240.0, True),
-    "F": _Entry(LD1_RECIPES["F"].filename, "ld1", 45.0, 360.0, True),
-    "Cl": _Entry(LD1_RECIPES["Cl"].filename, "ld1", 35.0, 280.0, True),
-    "K": _Entry(LD1_RECIPES["K"].filename, "ld1", 35.0, 370.0, True),
-    "Ca": _Entry(LD1_RECIPES["Ca"].filename, "ld1", 35.0, 280.0, True),
-    "Ti": _Entry(LD1_RECIPES["Ti"].filename, "ld1", 45.0, 480.0, True),
-    "Zn": _Entry(LD1_RECIPES["Zn"].filename, "ld1", 40.0, 320.0, True),
+    # the pslibrary-generated files, in the recipe file's order, at their validated cutoffs
+    **{el: _Entry(r.filename, "ld1", *r.cutoffs_ry, True)
+       for el, r in LD1_RECIPES.items() if r.cutoffs_ry is not None},
 }
 
 #: Validation records of the generated files (written by benchmarks/pseudo_validation.py):

@@ -34,6 +34,10 @@ from mlcharge_workflows.units import BOHR_TO_ANGSTROM
 ALPHA_RANGE = (0.05, 64.0)
 
 
+#: ModelConfig fields passed unchanged to :class:`OrbitalNetwork`.
+NETWORK_OPTIONS = ("irreps_hidden", "n_layers", "lmax_sh", "cutoff", "n_basis",
+                   "radial_neurons", "avg_neighbors")
+
 @dataclass
 class ModelConfig:
     """Hyper-parameters of a :class:`DensityModel` (saved with the weights)."""
@@ -108,16 +112,9 @@ class DensityModel(torch.nn.Module):
         irreps_out = self.layout.irreps + self.mag_layout.irreps
         if config.learn_moments:  # one scalar per atom: the change of its SAD moment
             irreps_out = irreps_out + o3.Irreps("1x0e")
+        network_options = {name: getattr(config, name) for name in NETWORK_OPTIONS}
         self.network = OrbitalNetwork(
-            n_species=len(config.elements),
-            irreps_out=irreps_out,
-            irreps_hidden=config.irreps_hidden,
-            n_layers=config.n_layers,
-            lmax_sh=config.lmax_sh,
-            cutoff=config.cutoff,
-            n_basis=config.n_basis,
-            radial_neurons=config.radial_neurons,
-            avg_neighbors=config.avg_neighbors,
+            n_species=len(config.elements), irreps_out=irreps_out, **network_options
         )
         n_s = len(config.elements)
         self.log_alpha = torch.nn.Parameter(self._initial_log_alpha(self.layout, n_s))

@@ -74,6 +74,15 @@ def _symmetry_warning(structure: Structure, n_ops: int | None) -> list[str]:
     return [msg]
 
 
+#: Task-document fields copied unchanged from pw.x's text output (:class:`PwOutput`).
+_FROM_PW_OUTPUT = (
+    "density_read_from_file", "density_file_missing", "converged", "scf_iterations",
+    "energy_eV", "fermi_energy_eV", "total_magnetization", "absolute_magnetization",
+    "wall_time_s", "cpu_time_s", "scf_accuracy_Ry", "n_electrons", "n_kpoints",
+    "n_symmetry_ops",
+)
+
+
 def _document(
     structure, directory, protocol, parsed, calculation, start, task_label, nprocs, **extra
 ) -> QETaskDocument:
@@ -87,21 +96,8 @@ def _document(
         formula=structure.composition.reduced_formula,
         calculation=calculation,
         start=start,
-        density_read_from_file=parsed.density_read_from_file,
-        density_file_missing=parsed.density_file_missing,
-        converged=parsed.converged,
-        scf_iterations=parsed.scf_iterations,
-        energy_eV=parsed.energy_eV,
-        fermi_energy_eV=parsed.fermi_energy_eV,
-        total_magnetization=parsed.total_magnetization,
-        absolute_magnetization=parsed.absolute_magnetization,
-        wall_time_s=parsed.wall_time_s,
-        cpu_time_s=parsed.cpu_time_s,
-        scf_accuracy_Ry=parsed.scf_accuracy_Ry,
-        n_electrons=parsed.n_electrons,
+        **{name: getattr(parsed, name) for name in _FROM_PW_OUTPUT},
         nspin=2 if protocol.is_spin_polarized(structure) else 1,
-        n_kpoints=parsed.n_kpoints,
-        n_symmetry_ops=parsed.n_symmetry_ops,
         nprocs=parsed.nprocs or nprocs,
         ecutwfc_ry=ecutwfc,
         ecutrho_ry=ecutrho,
