@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from mlcharge_workflows.cli import options
+
 data_app = typer.Typer(
     name="data",
     help="Density datasets: generate with Quantum ESPRESSO, ingest VASP runs.",
@@ -77,8 +79,7 @@ def generate(
                                   "prototypes, defect supercells, slabs, FM and AFM starts)."),
     store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the "
                                      "stored coefficients; 0 keeps pw.x's whole sphere."),
-    protocol: Path | None = typer.Option(None, "--protocol", help="YAML/JSON of QEProtocol "
-                                            "fields (default: the package's fixed protocol)."),
+    protocol: Path | None = options.PROTOCOL,
     kspacing: float | None = typer.Option(None, "--kspacing", help="Override the protocol's "
                                              "k-point spacing (Å⁻¹)."),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
@@ -86,10 +87,8 @@ def generate(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run recorded failures again."),
     fireworks: bool = typer.Option(False, "--fireworks", help="Submit to a FireWorks LaunchPad "
                                    "instead of running locally (then `mlcharge worker`)."),
-    launchpad: Path | None = typer.Option(None, "--launchpad", help="With --fireworks: "
-                                             "my_launchpad.yaml (default: embedded project)."),
-    project: Path | None = typer.Option(None, "--project", help="With --fireworks: embedded "
-                                           "project folder (default MLCHARGE_PROJECT_DIR)."),
+    launchpad: Path | None = options.LAUNCHPAD,
+    project: Path | None = options.PROJECT,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Run QE statics from atoms on N generated structures and store their densities."""

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import typer
 
-_PROJECT_HELP = "Embedded project folder (default: MLCHARGE_PROJECT_DIR or ./mlcharge_project)."
-_LAUNCHPAD_HELP = "FireWorks my_launchpad.yaml (MongoDB). Default: the embedded project."
+from mlcharge_workflows.cli import options as shared_options
+
+_PROJECT_HELP = shared_options.PROJECT.help
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -37,7 +38,7 @@ def submit(
     structures: list[Path] = typer.Argument(..., help="Structure files or folders of them."),
     engine: str = typer.Option("qe", "--engine", help="DFT engine: qe or vasp."),
     flow: str = typer.Option("compare", "--flow", help="compare, ml-static or ml-bands."),
-    launchpad: Path | None = typer.Option(None, "--launchpad", "-l", help=_LAUNCHPAD_HELP),
+    launchpad: Path | None = shared_options.LAUNCHPAD,
     project: Path | None = typer.Option(None, "--project", "-p", help=_PROJECT_HELP),
     oracle: bool = typer.Option(False, "--oracle", help="compare: also restart from the "
                                 "converged density (the ceiling)."),
@@ -99,7 +100,7 @@ def submit(
 def worker(
     project: Path | None = typer.Option(None, "--project", "-p", help=_PROJECT_HELP + " With "
                                            "--launchpad: the folder under which launches run."),
-    launchpad: Path | None = typer.Option(None, "--launchpad", "-l", help=_LAUNCHPAD_HELP),
+    launchpad: Path | None = shared_options.LAUNCHPAD,
     nlaunches: int = typer.Option(0, "--nlaunches", "-n", help="Stop after N fireworks "
                                   "(0: until nothing is left)."),
     fworker: Path | None = typer.Option(None, "--fworker", help="FireWorks my_fworker.yaml "
