@@ -39,6 +39,14 @@ def si() -> Structure:
 
 
 @pytest.fixture
+def si_primitive() -> Structure:
+    """Diamond Si as pymatgen's primitive cell of Fd-3m (the pw.x comparison tests' cell)."""
+    return Structure.from_spacegroup(
+        "Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]]
+    ).get_primitive_structure()
+
+
+@pytest.fixture
 def si_fcc() -> Structure:
     return fcc_cell(["Si", "Si"], 5.43, DIAMOND)
 
@@ -61,3 +69,21 @@ def vasp_outputs() -> Path:
 @pytest.fixture
 def al() -> Structure:
     return Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])
+
+
+@pytest.fixture
+def mongo_launchpad(monkeypatch, tmp_path):
+    """A FireWorks LaunchPad on mongomock (no server): ``(my_launchpad.yaml, handle)``, reset."""
+    import fireworks.core.launchpad as fw_launchpad
+    import mongomock.gridfs
+
+    from mlcharge_workflows.submit import open_launchpad
+
+    mongomock.gridfs.enable_gridfs_integration()
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(fw_launchpad, "MongoClient", lambda *a, **k: client)
+    lp_file = tmp_path / "my_launchpad.yaml"
+    lp_file.write_text("host: mongodb.example.org\nport: 27017\nname: fw_test\n")
+    handle = open_launchpad(lp_file)
+    handle.lp.reset("", require_password=False)
+    return lp_file, handle

@@ -13,18 +13,16 @@ from pymatgen.core import Lattice, Structure
 
 from mlcharge_workflows.engines.qe.sets import QEProtocol
 from mlcharge_workflows.common.schemas import RECORD_KEYS
+from mlcharge_workflows.units import RY_TO_EV
 
 pytestmark = pytest.mark.pwx
 
 PROTOCOL = {"ecutwfc_ry": 15.0, "ecutrho_ry": 60.0, "kspacing": 0.6, "line_density": 3}
-RY_TO_EV = 13.605693
 
 
 @pytest.fixture
-def si() -> Structure:
-    return Structure.from_spacegroup(
-        "Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]]
-    ).get_primitive_structure()
+def si(si_primitive) -> Structure:
+    return si_primitive
 
 
 @pytest.fixture(autouse=True)

@@ -22,20 +22,9 @@ from test_fireworks_embedded import SI_CIF, dummy_flow  # noqa: F401 - fixtures'
 
 
 @pytest.fixture
-def mongo(monkeypatch, tmp_path):
-    import fireworks.core.launchpad as fw_launchpad
-
-    import mongomock.gridfs
-
-    mongomock.gridfs.enable_gridfs_integration()
-    client = mongomock.MongoClient()
-    monkeypatch.setattr(fw_launchpad, "MongoClient", lambda *a, **k: client)
-    lp_file = tmp_path / "my_launchpad.yaml"
-    lp_file.write_text("host: mongodb.example.org\nport: 27017\nname: fw_test\n")
-    handle = open_launchpad(lp_file)
-    handle.lp.reset("", require_password=False)
+def mongo(mongo_launchpad, monkeypatch):
     monkeypatch.setitem(_BUILDERS, "compare", dummy_flow)
-    return lp_file, handle
+    return mongo_launchpad
 
 
 def test_submit_and_work_on_mongodb(mongo, tmp_path):

@@ -8,23 +8,21 @@ import json
 from pathlib import Path
 
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 from typer.testing import CliRunner
 
 from mlcharge_workflows.engines.qe.sets import QEProtocol
+from mlcharge_workflows.units import RY_TO_EV
 
 pytestmark = pytest.mark.pwx
 
 SI_US = Path("/usr/share/espresso/pseudo/Si.pbe-nl-rrkjus_psl.1.0.0.UPF")
 PROTOCOL = {"ecutwfc_ry": 20.0, "ecutrho_ry": 160.0, "kspacing": 0.6}
-RY_TO_EV = 13.605693
 
 
 @pytest.fixture
-def si() -> Structure:
-    return Structure.from_spacegroup(
-        "Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]]
-    ).get_primitive_structure()
+def si(si_primitive) -> Structure:
+    return si_primitive
 
 
 @pytest.fixture(autouse=True)

@@ -31,18 +31,8 @@ from test_fireworks_embedded import SI_CIF, dummy_flow
 
 
 @pytest.fixture
-def mongo(monkeypatch, tmp_path):
-    import fireworks.core.launchpad as fw_launchpad
-    import mongomock.gridfs
-
-    mongomock.gridfs.enable_gridfs_integration()
-    client = mongomock.MongoClient()
-    monkeypatch.setattr(fw_launchpad, "MongoClient", lambda *a, **k: client)
-    lp_file = tmp_path / "my_launchpad.yaml"
-    lp_file.write_text("host: mongodb.example.org\nport: 27017\nname: fw_migrate\n")
-    handle = open_launchpad(lp_file)
-    handle.lp.reset("", require_password=False)
-    return lp_file, handle
+def mongo(mongo_launchpad):
+    return mongo_launchpad
 
 
 @pytest.fixture

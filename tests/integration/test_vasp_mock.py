@@ -61,6 +61,19 @@ def static_gen(cls=StaticSetGenerator):
     return cls(user_incar_settings={"ENCUT": ENCUT})
 
 
+def full_comparison(mock_vasp, **kwargs):
+    """The VASP comparison with every arm (oracle, line-mode NSCF), mock references set."""
+    from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
+
+    set_refs, _ = mock_vasp
+    set_refs(ALL_REFS, _kwargs(ALL_REFS))
+    return VaspComparisonMaker(
+        input_set_generator=static_gen(),
+        nscf_input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT}),
+        oracle=True, nscf=True, nscf_mode="line", predictor=SHIPPED, **kwargs,
+    )
+
+
 @pytest.fixture
 def mock_vasp(monkeypatch):
     """``monkeypatch_vasp`` plus a spy on what each job wrote before VASP would start."""
@@ -192,17 +205,10 @@ def _kwargs(names):
 
 
 def test_comparison_flow_savings_record(mock_vasp, tmp_path):
-    from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
     from mlcharge_workflows.common.schemas import RECORD_KEYS
 
-    set_refs, seen = mock_vasp
-    set_refs(ALL_REFS, _kwargs(ALL_REFS))
-    maker = VaspComparisonMaker(
-        input_set_generator=static_gen(),
-        nscf_input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT}),
-        oracle=True, nscf=True, nscf_mode="line", predictor=SHIPPED,
-        predict_manager_config={"_fworker": "gpu"},
-    )
+    _, seen = mock_vasp
+    maker = full_comparison(mock_vasp, predict_manager_config={"_fworker": "gpu"})
     flow = maker.make(sic(), label="SiC-test")
     predict = next(j for j in flow.jobs if j.name == "predict density")
     assert predict.config.manager_config == {"_fworker": "gpu"}

@@ -7,30 +7,18 @@ import pytest
 
 pytest.importorskip("atomate2")
 
-from atomate2.vasp.sets.core import NonSCFSetGenerator  # noqa: E402
 from test_vasp_mock import (  # noqa: E402, F401 - fixtures and helpers of the VASP mock tests
-    ALL_REFS,
-    ENCUT,
-    SHIPPED,
-    _kwargs,
     _run,
+    full_comparison,
     mock_vasp,
     potcar_dir,
     sic,
-    static_gen,
 )
 
 
 def test_nscf_arms_take_spin_bands_and_smearing_from_the_baseline(mock_vasp, tmp_path) -> None:
-    from mlcharge_workflows.engines.vasp.flows import VaspComparisonMaker
-
-    set_refs, seen = mock_vasp
-    set_refs(ALL_REFS, _kwargs(ALL_REFS))
-    maker = VaspComparisonMaker(
-        input_set_generator=static_gen(),
-        nscf_input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT}),
-        oracle=True, nscf=True, nscf_mode="line", predictor=SHIPPED,
-    )
+    _, seen = mock_vasp
+    maker = full_comparison(mock_vasp)
     flow = maker.make(sic())
     _run(flow, tmp_path)
     arms = ("nscf converged", "nscf ml", "nscf atomic")
