@@ -164,3 +164,51 @@ def test_fireworks_submission_then_worker(tmp_path):
     man = finalize_manifest(out)
     assert man["summary"]["n_records"] == 2 and not man["failures"]
     assert all(r["scf_iterations"] > 0 for r in man["records"].values())
+
+
+SI_US = Path("/usr/share/espresso/pseudo/Si.pbe-nl-rrkjus_psl.1.0.0.UPF")
+
+
+@pytest.mark.skipif(not SI_US.is_file(), reason="Debian's alternate Si file is not installed")
+def test_generate_with_a_user_pseudopotential_names_it_and_refuses_a_mixed_resume(tmp_path):
+    import hashlib
+
+    out = tmp_path / "ds"
+    settings = _settings(ecutrho_ry=128.0, pseudopotentials={"Si": str(SI_US)})
+    man = generate_dataset(out, 1, settings, nprocs=1, workers=1, progress=False)
+    md5 = hashlib.md5(SI_US.read_bytes()).hexdigest()
+    assert man["engine"]["pseudopotentials"]["Si"] == {
+        "file": SI_US.name, "kind": "US", "z_valence": 4.0, "md5": md5}
+    (rec,) = DensityDataset(out).records()
+    assert rec.metadata["pseudopotentials"]["Si"]["file"] == SI_US.name
+    assert abs(rec.n_electrons - 4 * len(rec.structure)) < 1e-3
+    # the same folder with the registry's Si file is another dataset
+    with pytest.raises(ValueError, match="other settings"):
+        generate_dataset(out, 1, _settings(ecutrho_ry=128.0), progress=False)
+
+
+def test_a_dataset_made_before_a_protocol_field_existed_resumes():
+    from mlcharge_workflows.engines.qe.sets import QEProtocol
+    from mlcharge_workflows.training.generate import _canon, _with_protocol_defaults
+
+    today = QEProtocol(kspacing=0.6).model_dump(mode="json")
+    before = {k: v for k, v in today.items() if k != "pseudopotentials"}  # older manifests
+    filled = _with_protocol_defaults({"protocol": before, "store_ecut_ry": None})
+    assert _canon(filled["protocol"]) == _canon(today)
+    other = _with_protocol_defaults({"protocol": {**before, "kspacing": 0.3}})
+    assert _canon(other["protocol"]) != _canon(today)
+
+
+def test_generate_cli_refuses_a_wrong_pseudopotential_before_any_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlcharge_workflows.cli.main import app
+
+    c_file = "/usr/share/espresso/pseudo/C.pbe-rrkjus.UPF"
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(app, ["data", "generate", "--n", "1", "--out", str(out),
+                                      "--elements", "Si", "--pseudo", f"Si={c_file}",
+                                      "--no-progress"])
+    assert result.exit_code == 1
+    assert "is a pseudopotential for 'C', not for 'Si'" in result.output
+    assert not out.exists()

@@ -25,12 +25,14 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _protocol_fields(path: Path | None, kspacing: float | None) -> dict:
-    from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields
+def _protocol_fields(path: Path | None, kspacing: float | None,
+                     pseudo: list[str] | None = None) -> dict:
+    from mlcharge_workflows.catalogue import qe_protocol, read_protocol_fields, with_pseudo_options
 
     fields: dict = {} if path is None else read_protocol_fields(path)
     if kspacing is not None:
         fields["kspacing"] = kspacing
+    fields = with_pseudo_options(fields, pseudo) or {}
     if fields:
         qe_protocol(fields)  # the loader of every command: unknown fields refused, nearest named
     return fields
@@ -80,6 +82,7 @@ def generate(
     store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the "
                                      "stored coefficients; 0 keeps pw.x's whole sphere."),
     protocol: Path | None = options.PROTOCOL,
+    pseudo: list[str] = options.PSEUDO,
     kspacing: float | None = typer.Option(None, "--kspacing", help="Override the protocol's "
                                              "k-point spacing (Å⁻¹)."),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
@@ -98,7 +101,7 @@ def generate(
         settings = GenerationSettings(
             seed=seed, max_atoms=max_atoms, small_fraction=small_fraction,
             elements=[e.strip() for e in elements.split(",") if e.strip()] if elements else None,
-            protocol=_protocol_fields(protocol, kspacing),
+            protocol=_protocol_fields(protocol, kspacing, pseudo),
             store_ecut_ry=None if store_ecut <= 0 else store_ecut,
             generator_version=generator,
         )  # fmt: skip

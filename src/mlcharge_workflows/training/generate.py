@@ -96,14 +96,15 @@ class GenerationSettings:
 
 
 # ------------------------------------------------------------------ one structure
-def _pseudo_info(elements: list[str]) -> dict:
+def _pseudo_info(elements: list[str], files: dict[str, str] | None = None) -> dict:
+    """File, kind, valence and md5 of the pseudopotential of each element: the protocol's
+    ``pseudopotentials`` (``files``, element -> UPF path) where given, else the registry's."""
     import hashlib
 
-    from mlcharge_workflows.pseudo import get_pseudo
+    from mlcharge_workflows.pseudo import resolve_pseudos
 
     out = {}
-    for el in sorted(elements):
-        p = get_pseudo(el)
+    for el, p in sorted(resolve_pseudos(list(elements), overrides=files or None).items()):
         digest = hashlib.md5(Path(p.source).read_bytes()).hexdigest()
         out[el] = {"file": p.filename, "kind": p.kind, "z_valence": p.z_valence, "md5": digest}
     return out
@@ -209,7 +210,7 @@ def compute_density_record(
             "wall_time_s": doc.wall_time_s,
             "cpu_time_s": doc.cpu_time_s,
             "elapsed_s": round(time.time() - t0, 2),
-            "pseudopotentials": _pseudo_info(elements),
+            "pseudopotentials": _pseudo_info(elements, prot.pseudopotentials),
             "storage": stats,
             "provenance": provenance or {},
         }
@@ -298,6 +299,24 @@ def _canon(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def _with_protocol_defaults(definition: dict) -> dict:
+    """``definition`` with its protocol read through today's QEProtocol, so a field added
+    since (e.g. ``pseudopotentials``, default: the registry files) takes its default value
+    and a dataset made before it resumes; a protocol that no longer validates is left as is
+    (and then differs)."""
+    from pydantic import ValidationError
+
+    from mlcharge_workflows.engines.qe.sets import QEProtocol
+
+    proto = definition.get("protocol")
+    if not isinstance(proto, dict):
+        return definition
+    try:
+        return {**definition, "protocol": QEProtocol(**proto).model_dump(mode="json")}
+    except (ValidationError, TypeError):
+        return definition
+
+
 def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen, protocol
                       ) -> DensityDataset:
     ds = DensityDataset(root)
@@ -308,6 +327,7 @@ def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen, pro
     }
     have = ds.manifest.get("definition")
     if have is not None:
+        have = _with_protocol_defaults(have)
         diffs = [k for k in want if _canon(have.get(k)) != _canon(want[k])]
         if diffs:
             raise ValueError(
@@ -320,7 +340,8 @@ def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen, pro
     man["definition"] = want
     man["planned"] = max(int(man.get("planned", 0)), n)
     man.setdefault("runs", []).append({"command": command_line(), **code_provenance()})
-    man["engine"] = {"name": "quantum-espresso", "pseudopotentials": _pseudo_info(gen.elements)}
+    man["engine"] = {"name": "quantum-espresso",
+                     "pseudopotentials": _pseudo_info(gen.elements, protocol.pseudopotentials)}
     ds.save_manifest()
     return ds
 
