@@ -212,3 +212,21 @@ def test_generate_cli_refuses_a_wrong_pseudopotential_before_any_run(tmp_path):
     assert result.exit_code == 1
     assert "is a pseudopotential for 'C', not for 'Si'" in result.output
     assert not out.exists()
+
+
+def test_skip_packed_reruns_only_what_the_repository_lacks(tmp_path):
+    from mlcharge_workflows.training.pack import pack_dataset
+
+    first = tmp_path / "first"
+    generate_dataset(first, 2, _settings(), nprocs=1, workers=1, progress=False)
+    into = tmp_path / "qe"
+    pack_dataset(first, into, log=lambda s: None)
+    packed = set(DensityDataset(first).ids)
+    ran: list[str] = []
+    fresh = tmp_path / "fresh"  # a new machine: the generation folder is gone
+    generate_dataset(fresh, 3, _settings(), nprocs=1, workers=1, progress=False,
+                     skip_packed=[into], on_result=lambda r: ran.append(r["id"]))
+    assert len(ran) == 1 and ran[0] not in packed
+    assert set(DensityDataset(fresh).ids) == set(ran)
+    with pytest.raises(ValueError, match="not a sharded dataset"):
+        generate_dataset(tmp_path / "x", 1, _settings(), progress=False, skip_packed=[first])

@@ -88,6 +88,9 @@ def generate(
     timeout: float | None = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
                                             "many seconds (listed as a failure)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run recorded failures again."),
+    skip_packed: list[Path] = typer.Option([], "--skip-packed", help="Sharded dataset "
+                                           "(data/qe/NAME) whose records are not run again; "
+                                           "repeatable."),
     fireworks: bool = typer.Option(False, "--fireworks", help="Submit to a FireWorks LaunchPad "
                                    "instead of running locally (then `mlcharge worker`)."),
     launchpad: Path | None = options.LAUNCHPAD,
@@ -108,7 +111,7 @@ def generate(
         man = generate_dataset(
             out, n, settings, nprocs=nprocs, workers=workers, retry_failed=retry_failed,
             fireworks=fireworks, launchpad_file=launchpad, project=project, progress=progress,
-            timeout_s=timeout,
+            timeout_s=timeout, skip_packed=skip_packed,
         )  # fmt: skip
     except ValueError as exc:
         _fail(str(exc))

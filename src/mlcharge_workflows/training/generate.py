@@ -346,6 +346,24 @@ def _prepare_manifest(root: Path, settings: GenerationSettings, n: int, gen, pro
     return ds
 
 
+def packed_ids(roots: list[str | Path], failures: bool = True) -> set[str]:
+    """Every record id stored in the sharded datasets ``roots``, excluded records included,
+    and (``failures``) the failures their packs listed.
+
+    ``ValueError`` names a root that is not a sharded dataset (a typo must not silently
+    rerun everything).
+    """
+    from mlcharge_workflows.training.shards import ShardDataset
+
+    ids: set[str] = set()
+    for root in roots:
+        if not ShardDataset.is_shard_dataset(root):
+            raise ValueError(f"--skip-packed {root}: not a sharded dataset (no shards/ manifest)")
+        ds = ShardDataset(root)
+        ids |= set(ds.entries) | (set(ds.manifest["failures"]) if failures else set())
+    return ids
+
+
 def generate_dataset(
     out: str | Path,
     n: int,
@@ -359,8 +377,13 @@ def generate_dataset(
     progress: bool = True,
     on_result: Callable[[dict], None] | None = None,
     timeout_s: float | None = None,
+    skip_packed: list[str | Path] | None = None,
 ) -> dict:
     """Generate (or resume) a dataset of ``n`` structures in ``out``; returns the manifest.
+
+    ``skip_packed`` names sharded datasets (``data/qe/<name>``, :mod:`.shards`): structures
+    whose id is already stored there (packed or excluded) are not run again, so regenerating
+    on a new machine costs only what the repository does not hold yet.
 
     With ``fireworks`` the jobs are submitted to the LaunchPad (embedded project or
     ``launchpad_file``) and the returned dict says how many; run ``mlcharge worker`` and then
@@ -377,7 +400,7 @@ def generate_dataset(
     ds = _prepare_manifest(root, settings, n, gen, protocol)
     for stale in root.glob("records/*.tmp.npz"):
         stale.unlink(missing_ok=True)  # half-written by a killed process
-    done = set(ds.ids)
+    done = set(ds.ids) | packed_ids(skip_packed or [], failures=not retry_failed)
     failed = set(read_failures(root)) if not retry_failed else set()
     provenance = {"command": command_line(), **code_provenance()}
 
@@ -394,7 +417,8 @@ def generate_dataset(
     if fireworks:
         return _submit_fireworks(root, list(jobs()), launchpad_file, project,
                                  resubmit=retry_failed)
-    _run_pool(jobs(), workers, progress, on_result, total=max(0, n - len(done) - len(failed)))
+    total = None if skip_packed else max(0, n - len(done) - len(failed))  # packed: ids of any seed
+    _run_pool(jobs(), workers, progress, on_result, total=total)
     return finalize_manifest(root)
 
 
