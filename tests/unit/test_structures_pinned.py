@@ -124,3 +124,12 @@ def test_shipped_records_are_the_generated_structures(dataset) -> None:
         made = gen(r["generator"]["index"])
         assert (made.id, made.info["attempt"], len(made.structure)) == (
             r["id"], r["generator"]["attempt"], r["n_atoms"])
+
+
+def test_an_unknown_or_positional_option_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"\['strian'\].*strain, rattle"):
+        StructureGenerator(strian=0.1)
+    with pytest.raises(TypeError, match=r"\['small_fraction'\]"):
+        RealisticGenerator(elements=V2["elements"], small_fraction=0.5)
+    with pytest.raises(TypeError):  # the 5th argument was ``strain``: keyword-only now
+        StructureGenerator(0, None, 16, 0.6, 0.06)

@@ -22,7 +22,8 @@ A draw picks a kind of cell, then a chemistry class and a structure type:
   thick, with 9-12 Å of vacuum, of up to ``max_atoms`` atoms.
 
 The cell is scaled to tabulated bonds (:func:`.crystal_types.scale_to_bonds`), strained
-and rattled as in version 1 (slabs are only rattled), and rejected if atoms come too close.
+and rattled as in version 1 (:class:`.perturb.Perturbation`, slightly smaller defaults;
+slabs are only rattled), and rejected if atoms come too close.
 
 **Magnetism.** A share ``magnetic_fraction`` of the draws puts at least one of the
 ``magnetic_elements`` (those the QE protocol runs spin-polarised) on a metal site; the
@@ -40,19 +41,19 @@ Ids: ``{prototype}-{formula}-{seed}-{index:05d}`` with the AFLOW label as protot
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
 from mlcharge_workflows.training import crystal_types as T
+from mlcharge_workflows.training.perturb import Perturbation
 from mlcharge_workflows.training.structures import (
     MAGNETIC_MOMENTS,
     GeneratedStructure,
     default_elements,
     first_acceptable,
     generate_range,
-    rattle_structure,
-    strain_structure,
 )
 
 GENERATOR_VERSION = 2
@@ -76,6 +77,8 @@ INTERSTITIALS = ("H", "B", "C", "N", "O")
 SUPERCELLS = [np.diag(d) for d in ((2, 2, 2), (3, 2, 2), (2, 2, 1), (3, 2, 1), (3, 3, 1), (2, 1, 1),
                                    (3, 3, 2), (4, 2, 2), (3, 1, 1), (4, 2, 1), (4, 4, 2))]
 SLAB_MILLER = ((1, 0, 0), (1, 1, 0), (1, 1, 1))
+#: Strain and rattle of version 2 (slabs are only rattled).
+PERTURBATION = Perturbation(strain=0.05, rattle=(0.02, 0.08), strain_probability=0.8)
 
 
 def default_magnetic_elements() -> list[str]:
@@ -112,8 +115,13 @@ class RealisticGenerator:
         more magnetic atoms) started antiferromagnetic.
     magnetic_elements
         Elements that carry initial moments (default: the QE protocol's spin-polarised ones).
-    strain, rattle, rattle_probability, strain_probability, shear_probability
-        As in version 1.
+    version, library
+        Recorded by :meth:`settings`: must be 2, and the AFLOW library digest of this
+        pymatgen (another library makes other structures).
+    **perturbation
+        ``strain``, ``rattle``, ``rattle_probability``, ``strain_probability``,
+        ``shear_probability``: see :class:`~.perturb.Perturbation` (defaults:
+        :data:`PERTURBATION`).
     """
 
     version = GENERATOR_VERSION
@@ -130,13 +138,10 @@ class RealisticGenerator:
         magnetic_fraction: float = 0.35,
         afm_fraction: float = 0.35,
         magnetic_elements: Sequence[str] | None = None,
-        strain: float = 0.05,
-        rattle: tuple[float, float] = (0.02, 0.08),
-        rattle_probability: float = 0.5,
-        strain_probability: float = 0.8,
-        shear_probability: float = 0.35,
+        *,
         version: int = GENERATOR_VERSION,
         library: str | None = None,
+        **perturbation: Any,
     ) -> None:
         if version != GENERATOR_VERSION:
             raise ValueError(f"RealisticGenerator is generator version {GENERATOR_VERSION}, "
@@ -172,11 +177,7 @@ class RealisticGenerator:
         self.afm_fraction = float(afm_fraction)
         mags = default_magnetic_elements() if magnetic_elements is None else list(magnetic_elements)
         self.magnetic_elements = sorted(e for e in mags if e in self.elements)
-        self.strain = float(strain)
-        self.rattle = (float(rattle[0]), float(rattle[1]))
-        self.rattle_probability = float(rattle_probability)
-        self.strain_probability = float(strain_probability)
-        self.shear_probability = float(shear_probability)
+        self.perturbation = PERTURBATION.with_options(perturbation)
         self.library = digest
         self.metals = [e for e in self.elements if T.is_metal(e)]
         self.anions = [e for e in self.elements if e in T.ANION_STATES]
@@ -197,10 +198,7 @@ class RealisticGenerator:
             "supercell_fraction": self.supercell_fraction, "slab_fraction": self.slab_fraction,
             "size_exponent": self.size_exponent, "magnetic_fraction": self.magnetic_fraction,
             "afm_fraction": self.afm_fraction, "magnetic_elements": self.magnetic_elements,
-            "strain": self.strain, "rattle": list(self.rattle),
-            "rattle_probability": self.rattle_probability,
-            "strain_probability": self.strain_probability,
-            "shear_probability": self.shear_probability, "library": self.library,
+            **self.perturbation.settings(), "library": self.library,
         }  # fmt: skip
 
     def __call__(self, index: int) -> GeneratedStructure:
@@ -233,13 +231,7 @@ class RealisticGenerator:
             return None
         structure, proto, info, oxi = got
         info["kind"] = kind
-        if kind != "slab" and rng.random() < self.strain_probability:
-            shear = rng.random() < self.shear_probability
-            info.update(strain_structure(structure, rng, self.strain, shear))
-        if rng.random() < self.rattle_probability and len(structure) > 1:
-            amp = float(rng.uniform(*self.rattle))
-            rattle_structure(structure, rng, amp)
-            info["rattle_A"] = round(amp, 4)
+        self.perturbation.apply(structure, rng, info, strain=kind != "slab")
         if not T.distances_ok(structure, oxi):
             return None
         structure = self._magnetize(structure, rng, info)

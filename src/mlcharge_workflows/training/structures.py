@@ -24,17 +24,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
 from mlcharge_workflows.training import prototypes as P
+from mlcharge_workflows.training.perturb import (  # noqa: F401 - old import paths
+    Perturbation,
+    rattle_structure,
+    strain_structure,
+)
 
 #: Initial magnetic moments (μB) for spin-polarised starts.
 MAGNETIC_MOMENTS = {"Fe": 3.0, "Co": 2.0, "Ni": 1.0, "Mn": 3.0, "Cr": 2.0}
 
 #: Elements of generator version 1 (its default; the QE engine's registry when it was made).
 DEFAULT_ELEMENTS = ("H", "B", "C", "N", "O", "Si", "Fe", "Co", "Ni", "Cu")
+#: Strain and rattle of version 1 (:class:`~.perturb.Perturbation`'s defaults).
+PERTURBATION = Perturbation()
 
 
 @dataclass
@@ -114,36 +122,6 @@ def _short_vectors(lattice: Lattice) -> list[np.ndarray]:
     return out
 
 
-def strain_structure(
-    structure: Structure, rng: np.random.Generator, amount: float, shear: bool = True
-) -> dict:
-    """Apply a random strain in place: volumetric (up to ``amount``) or, with ``shear``, a
-    general symmetric one (diagonal up to ``amount``, off-diagonal up to half).
-
-    A volumetric strain keeps the symmetry of the cell (few k-points, cheap SCF).
-    """
-    eps = np.zeros((3, 3))
-    if shear:
-        eps[np.diag_indices(3)] = rng.uniform(-amount, amount, 3)
-        off = rng.uniform(-amount / 2, amount / 2, 3)
-    else:
-        eps[np.diag_indices(3)] = rng.uniform(-amount, amount)
-        off = np.zeros(3)
-    eps[0, 1] = eps[1, 0] = off[0]
-    eps[0, 2] = eps[2, 0] = off[1]
-    eps[1, 2] = eps[2, 1] = off[2]
-    new = structure.lattice.matrix @ (np.eye(3) + eps)
-    structure.lattice = Lattice(new)  # fractional coordinates are kept
-    return {"strain_voigt": [round(float(x), 5) for x in (*np.diag(eps), *off)]}
-
-
-def rattle_structure(structure: Structure, rng: np.random.Generator, amplitude: float) -> None:
-    """Displace every atom by a Gaussian vector of RMS length ``amplitude`` Å; in place."""
-    disp = rng.normal(0.0, amplitude / np.sqrt(3.0), (len(structure), 3))
-    for i, d in enumerate(disp):
-        structure.translate_sites([i], d, frac_coords=False, to_unit_cell=True)
-
-
 def _add_magmoms(structure: Structure) -> None:
     moms = [MAGNETIC_MOMENTS.get(s.specie.symbol, 0.0) for s in structure]
     if any(moms):
@@ -188,12 +166,12 @@ class StructureGenerator:
         Largest cell (supercells are drawn up to this size).
     small_fraction
         Fraction of structures drawn from primitive prototypes of <= 4 atoms.
-    strain, rattle
-        Maximum strain component and the (min, max) RMS rattle in Å.
-    rattle_probability, strain_probability, shear_probability
-        Fractions of structures that are rattled, strained, and (of the strained ones) given
-        a symmetry-breaking shear; the others keep their symmetry, which keeps their SCF
-        cheap (fewer irreducible k-points).
+    min_distance_factor
+        Draws with two atoms closer than this times their summed radii are redrawn.
+    **perturbation
+        ``strain``, ``rattle``, ``rattle_probability``, ``strain_probability``,
+        ``shear_probability``: see :class:`~.perturb.Perturbation` (defaults:
+        :data:`PERTURBATION`).
     """
 
     def __init__(
@@ -202,12 +180,9 @@ class StructureGenerator:
         elements: Sequence[str] | None = None,
         max_atoms: int = 16,
         small_fraction: float = 0.6,
-        strain: float = 0.06,
-        rattle: tuple[float, float] = (0.02, 0.1),
-        rattle_probability: float = 0.5,
-        strain_probability: float = 0.85,
-        shear_probability: float = 0.35,
+        *,
         min_distance_factor: float = 0.7,
+        **perturbation: Any,
     ) -> None:
         # version 1 is frozen: its default is the ten elements it was made with, so the
         # recorded seed-0 command makes the same structures as the supported set grows
@@ -225,11 +200,7 @@ class StructureGenerator:
         self.elements = sorted(set(elements), key=lambda e: Element(e).Z)
         self.max_atoms = int(max_atoms)
         self.small_fraction = float(small_fraction)
-        self.strain = float(strain)
-        self.rattle = (float(rattle[0]), float(rattle[1]))
-        self.rattle_probability = float(rattle_probability)
-        self.strain_probability = float(strain_probability)
-        self.shear_probability = float(shear_probability)
+        self.perturbation = PERTURBATION.with_options(perturbation)
         self.min_distance_factor = float(min_distance_factor)
         self.roles = P.classify(self.elements)
         self.prototypes = [p for p in P.PROTOTYPES if P.can_build(p, self.roles)]
@@ -243,11 +214,7 @@ class StructureGenerator:
             "elements": self.elements,
             "max_atoms": self.max_atoms,
             "small_fraction": self.small_fraction,
-            "strain": self.strain,
-            "rattle": list(self.rattle),
-            "rattle_probability": self.rattle_probability,
-            "strain_probability": self.strain_probability,
-            "shear_probability": self.shear_probability,
+            **self.perturbation.settings(),
             "min_distance_factor": self.min_distance_factor,
         }
 
@@ -291,13 +258,7 @@ class StructureGenerator:
                 name = proto.name
             else:
                 return None
-        if rng.random() < self.strain_probability:
-            shear = rng.random() < self.shear_probability
-            info.update(strain_structure(structure, rng, self.strain, shear))
-        if rng.random() < self.rattle_probability and len(structure) > 1:
-            amp = float(rng.uniform(*self.rattle))
-            rattle_structure(structure, rng, amp)
-            info["rattle_A"] = round(amp, 4)
+        self.perturbation.apply(structure, rng, info)
         if not min_distance_ok(structure, self.min_distance_factor):
             return None
         symbols = {e.symbol for e in structure.composition}
