@@ -201,11 +201,17 @@ class AtomicReference:
         return str(self.identity.get("file") or self.identity.get("symbol") or self.element)
 
     @classmethod
-    def from_upf(cls, path: str | Path, q_max: float = 60.0) -> AtomicReference:
+    def from_upf(
+        cls, path: str | Path, q_max: float = 60.0, *, atom: Any = None,
+        configuration: dict[str, Any] | None = None,
+    ) -> AtomicReference:
         """From a UPF file's ``PP_RHOATOM`` (NC or US; PAW refused: see ``ValueError``).
 
         A PAW start needs one-centre occupancies (becsum) consistent with the density,
-        which a predicted density does not carry.
+        which a predicted density does not carry. ``atom``: the file's density in another
+        atomic configuration (a ``UPFAtomicDensity`` on the file's mesh, from
+        :func:`mlcharge_workflows.model.configuration.run_references`), used instead of
+        ``PP_RHOATOM``; ``configuration``: what was done, kept in ``identity``.
         """
         from mlcharge_workflows.density.sad import read_upf_atomic_density
         from mlcharge_workflows.pseudo import read_upf_header
@@ -219,7 +225,7 @@ class AtomicReference:
                 "one-centre occupancies (becsum), which a predicted density does not carry; "
                 "use a norm-conserving or ultrasoft file for this element"
             )
-        atom = read_upf_atomic_density(path)
+        atom = read_upf_atomic_density(path) if atom is None else atom
         identity = {
             "kind": "UPF",
             "file": path.name,
@@ -227,6 +233,8 @@ class AtomicReference:
             "z_valence": atom.z_valence,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         }
+        if configuration is not None:
+            identity["configuration"] = dict(configuration)
         return cls(
             atom.element, atom.z_valence,
             lambda q: atom.radial_transform(np.asarray(q) * QE_BOHR_TO_ANGSTROM), q_max, identity,

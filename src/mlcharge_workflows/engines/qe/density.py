@@ -99,7 +99,11 @@ def predict_grid(
     elif "magmom" in s.site_properties:
         s.remove_site_property("magmom")
     pseudos = protocol.pseudos(structure)
-    reference = {el: str(info.source) for el, info in pseudos.items()}
+    # each file in the training atomic configuration where its own differs (ld1.x; recorded)
+    from mlcharge_workflows.model.configuration import run_references
+
+    reference = run_references(load_density_model(model_path).table,
+                               {el: info.source for el, info in pseudos.items()})
     missing = unsupported_elements(structure, model_path) if partial else []
     if not missing:
         return predict_density(s, shape=shape, model=load_density_model(model_path),
