@@ -18,7 +18,7 @@ from test_vasp_mock import (  # noqa: E402, F401 - fixtures and helpers of the V
     static_gen,
 )
 
-import mlcharge_workflows.engines.vasp.jobs as vasp_jobs  # noqa: E402
+import mlcharge_workflows.engines.vasp.predict as vasp_predict  # noqa: E402
 from mlcharge_workflows.engines.vasp.jobs import MLDensityMaker, MLStaticMaker  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _model_weights_shipped(), reason="no shipped model weights")
@@ -41,7 +41,7 @@ def test_ml_static_with_unknown_element_runs_from_atoms_and_says_so(mock_vasp, t
     records the fallback. SiC stands in (the mock's reference); the model is told C is unknown."""
     set_refs, seen = mock_vasp
     set_refs({"ml static": "baseline_static"}, _kwargs(["ml static"]))
-    monkeypatch.setattr(vasp_jobs, "model_unknown_elements", lambda s, p=None: ["C"])
+    monkeypatch.setattr(vasp_predict, "model_unknown_elements", lambda s, p=None: ["C"])
     gen = static_gen()
     static = MLStaticMaker(input_set_generator=gen,
                            density_maker=MLDensityMaker(input_set_generator=gen)).make(sic())

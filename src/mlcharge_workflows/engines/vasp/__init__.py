@@ -2,8 +2,10 @@
 
 Modules (imported on use; atomate2 and custodian are the ``vasp`` extra):
 
-* :mod:`.jobs` - ``MLDensityMaker``, ``MLStaticMaker``, ``MLNonSCFMaker``,
-  ``BaselineStaticMaker``, ``AtomicNonSCFMaker``
+* :mod:`.jobs` - every Maker, re-exported from its module: :mod:`.predict`
+  (``MLDensityMaker``), :mod:`.static` (``MLStaticMaker``), :mod:`.baseline`
+  (``BaselineStaticMaker``, ``MLFallbackStaticMaker``), :mod:`.nscf` (``MLNonSCFMaker``,
+  ``AtomicNonSCFMaker``); :mod:`.base` - what the run Makers share
 * :mod:`.flows` - ``VaspComparisonMaker`` (baseline / ML / oracle arms, NSCF check) and
   ``VaspArmReader`` (how the savings document reads TaskDocs)
 * :mod:`.schemas` - ``MLDensityDocument`` (the common prediction document plus NELECT)

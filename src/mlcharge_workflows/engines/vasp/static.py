@@ -1,0 +1,204 @@
+"""The ML-started VASP static: atomate2's ``StaticMaker`` from a predicted CHGCAR.
+
+:class:`MLStaticMaker` copies the predicted CHGCAR in, sets ``ICHARG = 1``, pins
+``NGXF/NGYF/NGZF``, keeps ``CHGCAR.ml`` and adds
+:class:`~mlcharge_workflows.engines.vasp.handlers.MLStartFallbackHandler` (a failed SCF is
+rerun from ``CHGCAR.ml``, then from atoms). A converged run the
+:class:`~mlcharge_workflows.common.fallback.FallbackPolicy` distrusts is kept and replaced
+by :class:`~mlcharge_workflows.engines.vasp.baseline.MLFallbackStaticMaker`. Without
+``ml_density`` the job replaces itself by predict + static, so it drops into atomate2
+flows that call ``static_maker.make(structure, prev_dir=...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atomate2.vasp.jobs.base import vasp_job
+from atomate2.vasp.jobs.core import StaticMaker
+from jobflow import Response
+from pymatgen.core import Structure
+
+from mlcharge_workflows.common.fallback import FallbackPolicy, RunSummary
+from mlcharge_workflows.engines.vasp.base import annotate_attempts, copy_maker
+from mlcharge_workflows.engines.vasp.baseline import MLFallbackStaticMaker
+from mlcharge_workflows.engines.vasp.handlers import (
+    ACTIVE_STATUSES,
+    ML_CHGCAR,
+    MLStartFallbackHandler,
+    new_ml_start_record,
+    write_ml_start_record,
+)
+from mlcharge_workflows.engines.vasp.parse import task_field, task_magnetization, task_successful
+from mlcharge_workflows.engines.vasp.placement import place_density
+from mlcharge_workflows.engines.vasp.predict import (
+    MLDensityMaker,
+    density_path,
+    predict_then,
+    prediction_info,
+)
+from mlcharge_workflows.engines.vasp.sets import (
+    BASELINE_START_INCAR,
+    ML_START_INCAR,
+    grid_incar,
+    input_fine_grid,
+    input_set,
+    potcar_functional,
+    with_incar,
+)
+
+__all__ = ["MLStaticMaker"]
+
+
+@dataclass
+class MLStaticMaker(StaticMaker):
+    """atomate2 static SCF started from a predicted (or any given) CHGCAR.
+
+    Parameters
+    ----------
+    density_maker
+        Used when ``make`` gets no ``ml_density`` (the job replaces itself by a
+        prediction job followed by this static); None forbids that.
+    max_ml_restarts
+        Reruns from ``CHGCAR.ml`` after a failed SCF before falling back to atoms.
+    zval
+        Per-element valence overriding the POTCAR table (electron-count normalisation).
+    fallback_policy
+        When a converged ML-started run is distrusted: a different magnetic state or
+        energy than ``reference`` (the same static from atoms), or, without a reference,
+        a different magnetic state than the predicted density's. A distrusted run is kept
+        in the store and rerun from atoms by :class:`MLFallbackStaticMaker`, which
+        replaces this job (its output is the rerun, with the rejected attempt recorded).
+    """
+
+    name: str = "ml static"
+    density_maker: MLDensityMaker | None = field(default_factory=MLDensityMaker)
+    max_ml_restarts: int = 1
+    zval: dict[str, float] | None = None
+    fallback_policy: FallbackPolicy = field(default_factory=FallbackPolicy)
+
+    @vasp_job
+    def make(
+        self,
+        structure: Structure,
+        prev_dir: str | Path | None = None,
+        ml_density: Any = None,
+        reference: Any = None,
+    ) -> Response:
+        """Run the static from ``ml_density`` (CHGCAR path, run folder or MLDensityDocument).
+
+        ``reference``: the same static run from atoms (a TaskDoc, or a dict with
+        ``energy_eV`` and ``total_magnetization``), against which the ML-started result
+        is checked (see ``fallback_policy``).
+        """
+        if ml_density is None:
+            return predict_then(self, structure, prev_dir, reference=reference)
+        source = density_path(ml_density)
+        if source is None:  # no ML start: run from atoms, say why
+            return self._from_atoms(structure, prev_dir, ml_density)
+        gen = with_incar(self.input_set_generator, ML_START_INCAR)
+        vis = input_set(gen, structure, prev_dir)
+        shape = input_fine_grid(vis)
+        functional = potcar_functional(gen)
+        placed = place_density(source, vis, ".", functional, self.zval, ("CHGCAR", ML_CHGCAR))
+        placed.update(prediction_info(ml_density))
+        write_ml_start_record(new_ml_start_record(placed, self.max_ml_restarts))
+        maker = copy_maker(self, with_incar(gen, grid_incar(shape)))
+        handlers = maker.run_vasp_kwargs.get("handlers")
+        if handlers is None:
+            from atomate2.vasp.run import DEFAULT_HANDLERS
+
+            handlers = DEFAULT_HANDLERS
+        handlers = [h for h in handlers if not isinstance(h, MLStartFallbackHandler)]
+        fallback = MLStartFallbackHandler(self.max_ml_restarts)
+        maker.run_vasp_kwargs["handlers"] = [*handlers, fallback]
+        response = super(MLStaticMaker, maker).make.original(maker, structure, prev_dir)
+        _gzip_ml_copy()
+        response = annotate_attempts(response)
+        return self._check_result(response, structure, prev_dir, ml_density, reference)
+
+    def _check_result(
+        self, response: Response, structure: Structure, prev_dir: Any, ml_density: Any,
+        reference: Any,
+    ) -> Response:
+        """Accept the ML-started result, or keep it and replace this job by a rerun from atoms."""
+        doc = response.output
+        extra = dict(getattr(doc, "additional_json", None) or {})
+        record = extra.get("ml_start") or {}
+        if doc is None or record.get("status") not in ACTIVE_STATUSES:
+            return response  # the handler already abandoned the ML start (run from atoms)
+        ref_energy, ref_mag = _reference_values(reference)
+        reason = self.fallback_policy.check(
+            RunSummary(
+                converged=task_successful(doc),
+                scf_iterations=sum(a["scf_iterations"] for a in extra.get("scf_attempts", [])),
+                energy_eV=task_field(doc, "output", "energy"),
+                total_magnetization=task_magnetization(doc),
+            ),
+            n_atoms=len(structure),
+            reference_energy_eV=ref_energy,
+            reference_magnetization=ref_mag,
+            predicted_magnetization=task_field(ml_density, "total_magnetization"),
+        )
+        if reason is None:
+            return response
+        record = dict(record)
+        record["events"] = [*record.get("events", []), {
+            "attempt": len(record.get("events", [])) + 1, "action": "rejected", "reason": reason,
+        }]
+        record.update(status="rejected", fallback=reason)
+        write_ml_start_record(record)
+        extra["ml_start"] = record
+        doc.additional_json = extra
+        rerun_maker = copy_maker(
+            MLFallbackStaticMaker(name=f"{self.name} rerun from atoms"),
+            self.input_set_generator,
+        )
+        for attr in ("run_vasp_kwargs", "task_document_kwargs", "write_input_set_kwargs"):
+            getattr(rerun_maker, attr).update(getattr(self, attr))
+        rejected = {
+            "record": record,
+            "scf_attempts": extra.get("scf_attempts", []),
+            "dir_name": doc.dir_name,
+            "energy_eV": task_field(doc, "output", "energy"),
+            "total_magnetization": task_magnetization(doc),
+        }
+        rerun = rerun_maker.make(structure, prev_dir=prev_dir, rejected=rejected)
+        return Response(output=doc, replace=rerun)
+
+    def _from_atoms(self, structure: Structure, prev_dir: Any, ml_density: Any) -> Response:
+        gen = with_incar(self.input_set_generator, BASELINE_START_INCAR)
+        shape = input_fine_grid(input_set(gen, structure, prev_dir))
+        info = prediction_info(ml_density)
+        record = new_ml_start_record(info, 0)
+        reason = info.get("fallback") or f"prediction failed: {info.get('error')}"
+        record.update(status="abandoned", fallback=reason, start="atomic")
+        write_ml_start_record(record)
+        for stale in ("CHGCAR", "WAVECAR"):
+            Path(stale).unlink(missing_ok=True)
+        maker = copy_maker(self, with_incar(gen, grid_incar(shape)))
+        return annotate_attempts(super(MLStaticMaker, maker).make.original(maker, structure, prev_dir))
+
+
+def _reference_values(reference: Any) -> tuple[float | None, float | None]:
+    """(energy in eV, total magnetisation in μB/cell) of a reference TaskDoc or dict."""
+    if reference is None:
+        return None, None
+    if isinstance(reference, dict) and ("energy_eV" in reference or "total_magnetization" in reference):
+        energy, mag = reference.get("energy_eV"), reference.get("total_magnetization")
+    else:
+        energy, mag = task_field(reference, "output", "energy"), task_magnetization(reference)
+        if task_successful(reference) is False:
+            return None, None  # an unconverged baseline is no reference
+    return (None if energy is None else float(energy)), (None if mag is None else float(mag))
+
+
+def _gzip_ml_copy() -> None:
+    """Compress CHGCAR.ml once the run is over (atomate2 only zips VASP's own files)."""
+    from atomate2 import SETTINGS
+    from monty.shutil import compress_file
+
+    if SETTINGS.VASP_ZIP_FILES and Path(ML_CHGCAR).exists():
+        compress_file(ML_CHGCAR)
