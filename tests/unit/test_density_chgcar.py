@@ -36,7 +36,10 @@ def spin_grid(shape=(20, 21, 24)) -> DensityGrid:
 
 def test_round_trip_keeps_density_magnetization_and_augmentation(tmp_path):
     grid = spin_grid()
-    aug = {"total": {1: np.linspace(0, 1, 7), 2: np.linspace(1, 2, 7)}, "diff": {1: np.ones(7)}}
+    aug = {
+        "total": {1: np.linspace(0, 1, 7), 2: np.linspace(1, 2, 7)},
+        "diff": {1: np.ones(7), 2: -np.ones(7)},  # VASP needs every ion's block
+    }
     path = write_chgcar(grid, tmp_path / "CHGCAR", data_aug=aug)
     back = read_chgcar(path, grid.structure)
     assert back.shape == grid.shape

@@ -9,8 +9,11 @@
   ``"sad"`` (VASP's own superposition of the POTCAR densities: the model-free start),
   ``"package.module:function"`` or a callable.
 * :func:`write_predicted_chgcar` predicts on the exact structure, fine grid and MAGMOM the
-  input set writes and writes the CHGCAR. The density must integrate to NELECT by itself
-  (reference valence = POTCAR ZVAL): it is never rescaled to fit.
+  input set writes and writes the CHGCAR in VASP's layout (for ISPIN=2 with the moment line
+  holding that MAGMOM). The density must integrate to NELECT by itself (reference valence =
+  POTCAR ZVAL): it is never rescaled to fit. A prediction has no PAW one-centre occupancies
+  and none are invented: without them VASP discards the file for PAW POTCARs (see
+  docs/vasp-guide.md); ``paw_occupancies=`` copies those of a CHGCAR of the same cell.
 * placing a CHGCAR in a run folder is :mod:`mlcharge_workflows.engines.vasp.placement`
   (``place_density`` is importable from here too).
 """
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlcharge_workflows.density.chgcar import write_chgcar
+from mlcharge_workflows.density.chgcar import read_chgcar, write_chgcar
 from mlcharge_workflows.density.potcar import (
     PotcarAtomicDensity,
     potcar_atomic_density,
@@ -66,6 +69,7 @@ __all__ = [
     "model_unknown_elements",
     "predictor_name",
     "resolve_predictor",
+    "occupancies_from",
     "write_predicted_chgcar",
 ]
 
@@ -270,6 +274,7 @@ def write_predicted_chgcar(
     prev_dir: str | Path | None = None,
     spin: str | None = None,
     device: str | None = None,
+    paw_occupancies: str | Path | None = None,
 ) -> tuple[DensityGrid, dict[str, Any]]:
     """Predict the density for the inputs ``generator`` writes and save it as a CHGCAR.
 
@@ -280,6 +285,11 @@ def write_predicted_chgcar(
     that disagree with the POTCARs) raises ``ValueError``; nothing is rescaled. A
     reference file (:data:`REFERENCE_FILE`) is written next to the CHGCAR. ``prev_dir``
     may be atomate2's ``host:/path``. Returns the written grid and a summary dictionary.
+
+    The file has VASP's layout; for ISPIN=2 its moment line holds the INCAR MAGMOM (POSCAR
+    order) the prediction used. It has no PAW occupancies unless ``paw_occupancies`` names
+    a CHGCAR (or run folder) of the same cell whose occupancies are copied (see
+    :func:`occupancies_from`); ``info["paw_occupancies"]`` says which.
     """
     t0 = time.perf_counter()
     prev_dir = local_dir(prev_dir)
@@ -321,7 +331,13 @@ def write_predicted_chgcar(
         if getattr(predict, "takes_references", False) else _reference_summary(None, None)
     )
     reference.update(functional=functional, potcar_symbols=potcar_symbols(vis))
-    write_chgcar(grid, path)
+    spin_run = int(incar.get("ISPIN", 1)) == 2
+    magmom = [float(m) for m in struct.site_properties["magmom"]] if spin_run else None
+    aug, occupancies = {}, None
+    if paw_occupancies is not None:
+        aug, occupancies = occupancies_from(paw_occupancies, struct, spin_run)
+    reference["paw_occupancies"] = None if occupancies is None else occupancies["source"]
+    write_chgcar(grid, path, data_aug=aug, magmom=magmom)
     (Path(path).resolve().parent / REFERENCE_FILE).write_text(
         json.dumps({"chgcar": Path(path).name, **reference}, indent=2, default=str)
     )
@@ -337,10 +353,46 @@ def write_predicted_chgcar(
         incar={k: incar.get(k) for k in ("ENCUT", "PREC", "ISPIN", "NGXF", "NGYF", "NGZF")},
         potcar_symbols=potcar_symbols(vis),
         reference=reference,
+        chgcar_magmom=magmom,
+        paw_occupancies=occupancies,
         device=grid.metadata.get("device"),
         timings={"setup_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0},
     )
     return grid, info
+
+
+def occupancies_from(
+    source: str | Path, structure: Structure, spin: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The PAW occupancies of the CHGCAR at ``source`` (file or run folder) for ``structure``.
+
+    The CHGCAR must be for the same cell, species order and positions (``ValueError``
+    otherwise) and hold occupancies; they must come from a run on the same POTCARs and
+    LMAXMIX (a CHGCAR does not say which: VASP checks only the count per ion and discards
+    the file on a mismatch). Returns ``(data_aug, summary)``; for a spin run without
+    magnetisation occupancies in the source, VASP keeps the total density but replaces the
+    magnetisation by overlapping atoms (the summary says so).
+    """
+    src = Path(source)
+    if src.is_dir():
+        found = sorted(src.glob("CHGCAR*"))
+        if not found:
+            raise ValueError(f"no CHGCAR in {src} to take PAW occupancies from")
+        src = found[0]
+    donor = read_chgcar(src)
+    try:
+        donor.check_matches(structure)
+    except ValueError as err:
+        raise ValueError(f"{src} is for another cell than the run: {err}") from None
+    aug = donor.metadata.get("data_aug") or {}
+    if not aug.get("total"):
+        raise ValueError(f"{src} holds no PAW occupancies to copy")
+    blocks = ["total"] + (["diff"] if spin and aug.get("diff") else [])
+    summary: dict[str, Any] = {"source": str(src.resolve()), "blocks": blocks}
+    if spin and "diff" not in blocks:
+        summary["note"] = ("no magnetisation occupancies in the source: VASP replaces the "
+                           "magnetisation by overlapping atoms (MAGMOM)")
+    return {b: aug[b] for b in blocks}, summary
 
 
 def model_unknown_elements(structure: Structure, model_path: str | None = None) -> list[str]:
