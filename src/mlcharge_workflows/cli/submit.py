@@ -46,13 +46,11 @@ def submit(
                               "atomic and converged densities."),
     nprocs: int | None = typer.Option(None, "--nprocs", help="MPI processes per DFT run."),
     model: Path | None = typer.Option(None, "--model", help="Model weights (default: shipped)."),
-    protocol: Path | None = typer.Option(None, "--protocol", help="QE: YAML/JSON file of "
-                                            "QEProtocol fields (cutoffs, kspacing, ...)."),
+    protocol: Path | None = shared_options.PROTOCOL,
     ml_fworker: str | None = typer.Option(None, "--ml-fworker", help="FireWorks worker name "
                                              "that must run the density prediction (e.g. gpu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
-    pseudo: list[str] = typer.Option([], "--pseudo", help="QE: EL=FILE, a UPF file (NC or US) "
-                                     "replacing the registry's for that element (repeatable)."),
+    pseudo: list[str] = shared_options.PSEUDO,
 ) -> None:
     """Add one workflow per structure to the LaunchPad (all or nothing)."""
     from mlcharge_workflows.submit import LaunchPadConfigError, submit_structures
