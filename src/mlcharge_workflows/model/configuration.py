@@ -247,7 +247,7 @@ def matched_density(path: str | Path, training: Configuration) -> tuple[UPFAtomi
             f"ld1.x does not reproduce {path.name}'s PP_RHOATOM in its own configuration "
             f"({own}): max |ΔF(q)| = {consistency:.2e} of the valence (limit {CONSISTENCY:g})"
         )
-    new = replace(atom, rho_atom=atom.rho_atom + rho_used - rho_own)
+    new = replace(atom, rho_atom=atom.rho_atom + (rho_used - rho_own))
     change = float(np.max(np.abs(new.radial_transform(q) - atom.radial_transform(q)))) / atom.z_valence
     return new, {
         "file": str(own), "training": str(training), "used": str(used), "matched": True,
