@@ -61,19 +61,21 @@ _CAPACITY = {"S": 2, "P": 6, "D": 10, "F": 14}
 class Configuration:
     """Occupations of the valence shells of a pseudopotential's atom, in the file's order.
 
-    ``shells`` is ``((label, occupation), ...)`` with labels like ``"4S"``; an unbound
-    state (negative occupation in a UPF) counts as empty.
+    ``shells`` is ``((label, occupation), ...)`` with labels like ``"4S"``, occupations as
+    the file writes them: an unbound state (negative occupation, ld1.x's flag) counts as
+    empty and is passed to ld1.x as written.
     """
 
     shells: tuple[tuple[str, float], ...]
 
     @property
     def occupations(self) -> dict[str, float]:
-        return dict(self.shells)
+        """Electrons per shell (unbound states: 0)."""
+        return {label: max(occ, 0.0) for label, occ in self.shells}
 
     @property
     def electrons(self) -> float:
-        return float(sum(occ for _, occ in self.shells))
+        return float(sum(self.occupations.values()))
 
     def same_as(self, other: Configuration, tol: float = 1e-6) -> bool:
         """Whether every shell holds the same number of electrons (absent = empty)."""
@@ -111,13 +113,13 @@ def read_configuration(path: str | Path) -> Configuration:
             label, occ = a.get("label", "").strip().upper(), a.get("occupation")
             if occ is None:
                 raise ValueError(f"{path.name}: a PP_CHI has no occupation")
-            shells[label] = shells.get(label, 0.0) + max(float(occ.replace("D", "E")), 0.0)
+            shells[label] = shells.get(label, 0.0) + float(occ.replace("D", "E"))
     else:
         block = re.search(r"<PP_PSWFC>(.*?)</PP_PSWFC>", text, re.DOTALL)
         for m in re.finditer(r"^\s*(\w+)\s+\d+\s+([-+0-9.EeDd]+)\s+Wavefunction", block.group(1)
                              if block else "", re.MULTILINE):
             label = m.group(1).upper()
-            shells[label] = shells.get(label, 0.0) + max(float(m.group(2).replace("D", "E")), 0.0)
+            shells[label] = shells.get(label, 0.0) + float(m.group(2).replace("D", "E"))
     if not shells:
         raise ValueError(f"{path.name}: no atomic wavefunctions (PP_PSWFC) to read a configuration from")
     bad = [label for label in shells if not _LABEL.match(label)]
@@ -140,14 +142,14 @@ def target_configuration(file: Configuration, training: Configuration) -> Config
     when the training configuration occupies a shell the file lacks (the file treats it as
     core) or the result would not hold the file's electron count.
     """
-    occ, train = file.occupations, training.occupations
+    occ, train = file.occupations, dict(training.shells)
     missing = [k for k, v in train.items() if v > 0 and k not in occ]
     if missing:
         raise ValueError(
             f"the training configuration ({training}) occupies {missing}, which the file "
             f"({file}) does not treat as valence"
         )
-    out = Configuration(tuple((k, train.get(k, v)) for k, v in file.shells))
+    out = Configuration(tuple((k, train[k] if train.get(k, -1.0) >= 0 else v) for k, v in file.shells))
     if abs(out.electrons - file.electrons) > 1e-6:
         raise ValueError(
             f"the training occupations ({training}) put {out.electrons:g} electrons in the "
