@@ -18,12 +18,26 @@ so each pair of arms differs only in its start density)::
 
 writes ``pseudo_transfer/{registry,alternate}.json`` (the records) and
 ``pseudo_transfer/table.md`` (the table of docs/benchmarks.md).
+
+``--reference-configuration file|training`` sets ``MLCHARGE_REFERENCE_CONFIGURATION`` for
+the run (each foreign file's own ``PP_RHOATOM``, or its density in the training atomic
+configuration: :mod:`mlcharge_workflows.model.configuration`); run both into two folders
+and ``--matching-table FILE_DIR TRAINING_DIR`` writes their side-by-side table, with the
+first SCF step's "estimated scf accuracy" of each arm::
+
+    python benchmarks/pseudo_transfer.py --out pt-file --jobs 1 --arm alternate \
+        --reference-configuration file --only Fe-bcc-FM
+    python benchmarks/pseudo_transfer.py --out pt-matched --jobs 1 --arm alternate \
+        --reference-configuration training --only Fe-bcc-FM
+    python benchmarks/pseudo_transfer.py --matching-table pt-file pt-matched
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 from pathlib import Path
 
@@ -145,6 +159,51 @@ def table(out: Path) -> str:
     return text
 
 
+def first_accuracy(folder: str | None) -> float | None:
+    """The first "estimated scf accuracy" (Ry) of the pw.x run in ``folder``."""
+    out = Path(folder or "") / "pw.out"
+    if not folder or not out.is_file():
+        return None
+    m = re.search(r"estimated scf accuracy\s*<\s*([-+0-9.Ee]+)", out.read_text(errors="replace"))
+    return float(m.group(1)) if m else None
+
+
+def _records(folder: Path, arm: str = "alternate") -> dict[str, dict]:
+    f = folder / f"{arm}.jsonl"
+    lines = f.read_text().splitlines() if f.is_file() else []
+    return {Path(r["structure"]).stem: r for r in map(json.loads, filter(str.strip, lines))}
+
+
+def _configurations(doc, element: str):
+    """The ``configuration`` records of ``element``'s reference anywhere in a document."""
+    if isinstance(doc, dict):
+        if "configuration" in doc and str(doc.get("file", "")).startswith(f"{element}."):
+            yield doc["configuration"]
+        for v in doc.values():
+            yield from _configurations(v, element)
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from _configurations(v, element)
+
+
+def matching_table(file_dir: Path, matched_dir: Path) -> str:
+    """The alternates with each file's own reference vs the training configuration."""
+    own, matched = _records(file_dir), _records(matched_dir)
+    lines = ["| structure | atoms | ML, file's own reference | ML, training configuration "
+             "| first-step accuracy, Ry (atoms / own / training) | Fe configuration used |",
+             "|---|---|---|---|---|---|"]
+    for n in [n for n in structures() if n in own or n in matched]:
+        a, b = own.get(n, {}), matched.get(n, {})
+        it_a, it_b = a.get("scf_iterations") or {}, b.get("scf_iterations") or {}
+        base = it_b.get("baseline") or it_a.get("baseline")
+        acc = [first_accuracy(((r.get("details") or {}).get("dir_names") or {}).get(k))
+               for r, k in ((b or a, "baseline"), (a, "ml"), (b, "ml"))]
+        used = next((c.get("used") for c in _configurations(b, "Fe")), "-")
+        lines.append(f"| {n} | {base} | {it_a.get('ml', '-')} | {it_b.get('ml', '-')} | "
+                     + " / ".join("-" if x is None else f"{x:.3g}" for x in acc) + f" | {used} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("pseudo_transfer"))
@@ -153,7 +212,16 @@ def main() -> None:
     ap.add_argument("--arm", choices=("registry", "alternate"), action="append",
                     help="which set to run (default both; two processes may run one each)")
     ap.add_argument("--table", action="store_true", help="only rewrite the table")
+    ap.add_argument("--reference-configuration", choices=("training", "file"),
+                    help="MLCHARGE_REFERENCE_CONFIGURATION for this run (default: the package's)")
+    ap.add_argument("--matching-table", nargs=2, type=Path, metavar=("FILE_DIR", "TRAINING_DIR"),
+                    help="only print the table of two runs made with each reference configuration")
     args = ap.parse_args()
+    if args.matching_table:
+        print(matching_table(*args.matching_table))
+        return
+    if args.reference_configuration:
+        os.environ["MLCHARGE_REFERENCE_CONFIGURATION"] = args.reference_configuration
     if not args.table:
         run(args.out, args.jobs, args.only, args.arm or ["registry", "alternate"])
     print(table(args.out))
