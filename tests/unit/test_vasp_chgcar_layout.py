@@ -329,5 +329,8 @@ def test_vasps_reader_logic_takes_both_blocks_only_from_the_full_layout(tmp_path
     # a prediction without occupancies: VASP (PAW) starts from atoms
     bare = write_chgcar(grid, tmp_path / "bare", magmom=[1.0, 1.0])
     assert VaspReadch(bare.read_text(), [33, 33]).read()[0] == "atoms"
+    # the moment line is read back with or without occupancies; pymatgen's file has none
+    assert read_chgcar(bare).metadata["chgcar_magmom"] == [1.0, 1.0]
+    assert "chgcar_magmom" not in read_chgcar(tmp_path / "pmg").metadata
     # occupancy counts of other POTCARs / LMAXMIX: discarded as well
     assert VaspReadch(ours.read_text(), [33, 18]).read()[0] == "atoms"

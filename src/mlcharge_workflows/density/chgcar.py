@@ -89,7 +89,10 @@ def read_chgcar(path: str | Path, structure: Structure | None = None) -> Density
     if aug:
         grid.metadata["data_aug"] = aug
     if diff is not None:
-        moments = _read_moment_line(path, total.size, n_sites)
+        try:
+            moments = _read_moment_line(path, total.size, n_sites)
+        except (ValueError, IndexError, OSError):  # informational only: VASP ignores it
+            moments = None
         if moments is not None:
             grid.metadata["chgcar_magmom"] = moments
     return grid if structure is None else _adopt_structure(grid, structure)
