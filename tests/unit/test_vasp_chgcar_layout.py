@@ -334,3 +334,18 @@ def test_vasps_reader_logic_takes_both_blocks_only_from_the_full_layout(tmp_path
     assert "chgcar_magmom" not in read_chgcar(tmp_path / "pmg").metadata
     # occupancy counts of other POTCARs / LMAXMIX: discarded as well
     assert VaspReadch(ours.read_text(), [33, 18]).read()[0] == "atoms"
+
+
+def test_spin_chgcar_written_without_magnetisation_is_a_non_spin_file(tmp_path):
+    """A spin CHGCAR read, its magnetisation dropped (an ISPIN=1 run): the total and the
+    total's occupancies only, no moment line."""
+    from dataclasses import replace
+
+    structure = fixture_structure()
+    grid = smooth_grid(structure, (8, 8, 8), 11.0, 1.0)
+    aug = fixture_occupancies()
+    back = read_chgcar(write_chgcar(grid, tmp_path / "spin", data_aug=aug))
+    text = write_chgcar(replace(back, magnetization=None), tmp_path / "plain").read_text()
+    assert [x for x in text.splitlines() if x.startswith("aug")] == [
+        "augmentation occupancies   1  33", "augmentation occupancies   2  33"]
+    assert Chgcar.from_file(str(tmp_path / "plain")).is_spin_polarized is False

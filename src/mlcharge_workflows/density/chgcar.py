@@ -179,7 +179,7 @@ def write_chgcar(
     if unknown:
         raise ValueError(f"augmentation occupancies for {sorted(unknown)}: only collinear "
                          "'total' and 'diff' blocks are supported")
-    if aug.get("diff") and not aug.get("total"):
+    if aug.get("diff") and not aug.get("total") and grid.magnetization is not None:
         raise ValueError("augmentation occupancies of the magnetisation without those of the "
                          "total density: VASP would discard the file")
     # pymatgen writes the header and the grids; what it lacks (occupancies in VASP's header
@@ -190,9 +190,7 @@ def write_chgcar(
         data["diff"] = grid.magnetization * volume
         lines["total"] += _moment_lines(_moments_for(grid, magmom), n_sites)
         lines["diff"] = _occupancy_lines(aug.get("diff"), n_sites, "diff")
-    elif aug.get("diff"):
-        raise ValueError("augmentation occupancies of a magnetisation given for a grid "
-                         "without magnetisation")
+    # a grid without magnetisation is written as a non-spin file: only the total's block
     path.parent.mkdir(parents=True, exist_ok=True)
     Chgcar(Poscar(grid.structure), data, data_aug=lines).write_file(str(path))
     return path
