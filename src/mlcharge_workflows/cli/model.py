@@ -24,8 +24,11 @@ def train(
 ) -> None:
     """Train the density model on datasets from ``data generate`` / ``data ingest``.
 
-    Prints the validation NMAPE every epoch; writes checkpoint.pt (resumable), model.pt
-    (best weights), metrics.json (test NMAPE) and history.json into the output folder.
+    Prints the validation NMAPE and pw.x's SCF error (its 'estimated scf accuracy' of the ML
+    density against the converged one, Ry/atom) every validated epoch; the config's
+    ``select_by: scf_error | nmape`` (default scf_error) picks which one keeps the best model.
+    Writes checkpoint.pt (resumable), model.pt (best weights; its metadata names the
+    criterion), metrics.json (test NMAPE and SCF error) and history.json into the output folder.
     """
     try:
         from mlcharge_workflows.training.train import TrainConfig
@@ -45,7 +48,11 @@ def train(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"model written  {Path(cfg.output) / 'model.pt'}")
-    typer.echo(f"best validation NMAPE {metrics['best_val_nmape']:.3f}%")
+    scf = metrics.get("best_val_scf_error")
+    typer.echo(
+        f"kept (by {metrics.get('select_by', 'nmape')}): validation NMAPE {metrics['best_val_nmape']:.3f}%"
+        + (f", SCF error {scf:.3e} Ry/atom" if scf is not None else "")
+    )
 
 
 def _read_structure(path: Path):

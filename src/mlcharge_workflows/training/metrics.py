@@ -161,6 +161,16 @@ def l2_relative(pred_coeffs: np.ndarray, true_coeffs: np.ndarray) -> float:
     return float(num / den)
 
 
+def geometric_mean(values: list[float], floor: float = 1e-30) -> float:
+    """``exp(mean(log(v)))`` of positive values (each floored at ``floor``)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        raise ValueError("geometric mean of no values")
+    if (arr < 0).any():
+        raise ValueError(f"geometric mean of negative values: {arr[arr < 0][:3].tolist()}")
+    return float(np.exp(np.log(np.maximum(arr, floor)).mean()))
+
+
 def summarize(values: list[float]) -> dict:
     """Mean, median, max and count of a list of per-structure metrics."""
     arr = np.asarray(values, dtype=float)

@@ -31,7 +31,14 @@ from mlcharge_workflows.model.core import DensityModel, ModelConfig
 from mlcharge_workflows.model.io import save_model
 from mlcharge_workflows.training.config import TrainConfig
 from mlcharge_workflows.training.dataset import DensityRecord
-from mlcharge_workflows.training.evaluate import evaluate, quick_nmape, sad_grid, sad_nmape
+from mlcharge_workflows.training.evaluate import (
+    aggregate_validation,
+    evaluate,
+    quick_nmape,
+    sad_grid,
+    sad_nmape,
+    validation_scores,
+)
 from mlcharge_workflows.training.losses import g_space_errors, quadratic_losses, sample_loss
 from mlcharge_workflows.training.records import family, hash_split, load_records
 from mlcharge_workflows.training.references import (
@@ -235,32 +242,63 @@ class _Clock:
         return (time.perf_counter() - self.start) / 60
 
 
+def _improves(value: float, best: float, select_by: str) -> bool:
+    """NMAPE (%) must drop by 1e-6 points; the SCF error (Ry/atom) by a factor 1 - 1e-6."""
+    return value < (best - 1e-6 if select_by == "nmape" else best * (1 - 1e-6))
+
+
 def _validate(model, val: list[Sample], cfg: TrainConfig, epoch: int, train_loss: float,
               state: dict, sched, clock: _Clock, best_path: Path, log) -> tuple[dict, bool]:
     """Validation scores of this epoch; steps the plateau schedule, keeps the best model.
 
-    Returns the scores (history entry keys) and whether the model improved.
+    Both scores are computed; ``cfg.select_by`` picks the one that decides. Without
+    validation records the training loss stands in. Returns the scores (history entry
+    keys) and whether the model improved.
     """
-    scores = [quick_nmape(model, s) for s in val] or [train_loss]
-    val_nmape = float(np.mean(scores))
+    scores = aggregate_validation([validation_scores(model, s) for s in val]) if val else {"val_nmape": train_loss}
+    value = scores.get(f"val_{cfg.select_by}", train_loss)
     if cfg.lr_schedule == "plateau":
-        sched.step(train_loss if cfg.train_on_val else val_nmape)
+        sched.step(train_loss if cfg.train_on_val else value)
     elif "cosine_epochs" not in state:  # first validated epoch of a timed run: how many fit the budget
         per_epoch = (time.perf_counter() - clock.loop) / (epoch + 1 - clock.first_epoch)
         left = cfg.max_minutes * 60 - (time.perf_counter() - clock.start)
         fit_epochs = epoch + 1 + int(0.95 * left / max(per_epoch, 1e-3))
         state["cosine_epochs"] = max(2, min(cfg.epochs, fit_epochs))
         log(f"cosine schedule over {state['cosine_epochs']} epochs ({per_epoch:.1f} s per epoch with validation)")
-    improved = val_nmape < state["best_val"] - 1e-6
+    improved = _improves(value, state["best_val"], cfg.select_by)
+    kept = {"epoch": epoch, **{k: v for k, v in scores.items() if k in ("val_nmape", "val_scf_error")}}
     if cfg.train_on_val:  # the validation split is fitted: keep the last epoch
-        state["best_val"], state["bad_epochs"] = min(val_nmape, state["best_val"]), 0
-        save_model(model, best_path, {"epoch": epoch, "val_nmape_in_training_set": val_nmape})
+        state["best_val"], state["bad_epochs"] = min(value, state["best_val"]), 0
+        state["best"] = {**kept, "selected_by": "last epoch (train_on_val)"}
+        save_model(model, best_path, {"epoch": epoch, "selected_by": "last epoch (train_on_val)",
+                                      **{f"{k}_in_training_set": v for k, v in kept.items() if k != "epoch"}})
     elif improved:
-        state["best_val"], state["bad_epochs"] = val_nmape, 0
-        save_model(model, best_path, {"epoch": epoch, "val_nmape": val_nmape})
+        state["best_val"], state["bad_epochs"] = value, 0
+        state["best"] = {**kept, "selected_by": cfg.select_by}
+        save_model(model, best_path, {**kept, "selected_by": cfg.select_by})
     else:
         state["bad_epochs"] += 1
-    return {"val_nmape": val_nmape}, improved
+    return scores, improved
+
+
+def _check_resumed_criterion(state: dict, cfg: TrainConfig) -> None:
+    """A checkpoint keeps the criterion its best model was picked by (runs before
+    ``select_by`` existed picked by NMAPE); another one would compare different scores."""
+    saved = state.setdefault("select_by", "nmape" if state["epoch"] else cfg.select_by)
+    if saved != cfg.select_by:
+        raise ValueError(
+            f"the checkpoint in {cfg.output} picked its best model by {saved!r}, the config says "
+            f"select_by: {cfg.select_by!r}: set select_by: {saved} to resume, or train into a new output"
+        )
+
+
+def _scores_text(scores: dict) -> str:
+    parts = []
+    if scores.get("val_nmape") is not None:
+        parts.append(f"validation NMAPE {scores['val_nmape']:.3f}%")
+    if scores.get("val_scf_error") is not None:
+        parts.append(f"SCF error {scores['val_scf_error']:.3e} Ry/atom")
+    return ", ".join(parts) or "no validation scores"
 
 
 def _stop_reason(cfg: TrainConfig, state: dict, clock: _Clock) -> str | None:
@@ -283,8 +321,12 @@ def _finish(cfg: TrainConfig, model, state: dict, splits: dict, samples: dict, f
     best_path = out / "model.pt"
     best = load_weights(best_path)
     test = evaluate(best, splits["test"]) if splits["test"] else {"nmape": {"count": 0}}
+    chosen = state.get("best", {})
     metrics = {
-        "best_val_nmape": state["best_val"],
+        "select_by": chosen.get("selected_by", state.get("select_by", cfg.select_by)),
+        "best_epoch": chosen.get("epoch"),
+        "best_val_nmape": chosen.get("val_nmape", state["best_val"]),
+        "best_val_scf_error": chosen.get("val_scf_error"),
         "epochs_run": state["epoch"],
         "stop_reason": stop_reason,
         "test": test,
@@ -301,7 +343,8 @@ def _finish(cfg: TrainConfig, model, state: dict, splits: dict, samples: dict, f
     }
     init = {k: v for k, v in model.metadata.items() if k.startswith("init_")}
     save_model(best, best_path, {**best.metadata, **init, "training": {k: v for k, v in metrics.items() if k != "test"},
-                                 "test_nmape": test["nmape"], "test_sad_nmape": test.get("sad_nmape")})
+                                 "test_nmape": test["nmape"], "test_sad_nmape": test.get("sad_nmape"),
+                                 "test_scf_error": test.get("scf_error")})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "history.json").write_text(json.dumps(state["history"], indent=1))
     if test["nmape"].get("count"):
@@ -339,10 +382,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(cfg.patience // 4, 2), min_lr=cfg.lr_min)
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "select_by": cfg.select_by}
     ckpt, best_path = out / "checkpoint.pt", out / "model.pt"
     if cfg.resume and ckpt.is_file():
         state = _resume(ckpt, model, opt, sched, device, log)
+        _check_resumed_criterion(state, cfg)
     if cfg.lr_schedule == "cosine" and not cfg.max_minutes:
         state.setdefault("cosine_epochs", cfg.epochs)
 
@@ -365,7 +409,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         entry.update(lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
         state["history"].append(entry)
         _save_checkpoint(ckpt, model, opt, sched, state)
-        val_text = f"val_NMAPE {entry['val_nmape']:.3f}%{' *' if improved else ''}  " if "val_nmape" in entry else ""
+        val_text = ""
+        if "val_nmape" in entry:  # '*': the kept model improved (by select_by)
+            scf = f"  val_SCF {entry['val_scf_error']:.3e} Ry/atom" if "val_scf_error" in entry else ""
+            val_text = f"val_NMAPE {entry['val_nmape']:.3f}%{scf}{' *' if improved else ''}  "
         log(
             f"epoch {epoch + 1:4d}/{cfg.epochs}  train_loss {np.mean(losses):.4e}  {val_text}"
             f"lr {opt.param_groups[0]['lr']:.1e}  {time.perf_counter() - t0:.1f}s"
@@ -374,5 +421,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         if reason:
             stop_reason = reason
             break
-    log(f"stopped: {stop_reason}; best validation NMAPE {state['best_val']:.3f}%")
+    best = state.get("best", {})
+    log(f"stopped: {stop_reason}; kept epoch {best.get('epoch', '-')} (by {best.get('selected_by', cfg.select_by)}): "
+        + _scores_text(best))
     return _finish(cfg, model, state, splits, samples, fit, stop_reason, clock, out, log)
