@@ -77,7 +77,8 @@ def structures() -> dict[str, Structure]:
     return {k: s.get_primitive_structure() if "AFM" not in k else s for k, s in out.items()}
 
 
-def run(out: Path, jobs: int, names: list[str] | None, arms: list[str]) -> None:
+def run(out: Path, jobs: int, names: list[str] | None, arms: list[str],
+        nonmagnetic: bool = False) -> None:
     from mlcharge_workflows.compare import run_compare
 
     out.mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,8 @@ def run(out: Path, jobs: int, names: list[str] | None, arms: list[str]) -> None:
     for arm in arms:
         files = {} if arm == "registry" else ALTERNATES
         protocol = {**PROTOCOL, "pseudopotentials": files}
+        if nonmagnetic:  # nspin=1: the start's charge alone, no magnetisation to relax
+            protocol["starting_magnetization"] = {}
         target = out / f"{arm}.json"
         run_compare(paths, "qe", workdir=out / f"runs-{arm}", jobs=jobs, nprocs=1,
                     progress=False, protocol=protocol, output=target,
@@ -214,6 +217,9 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="only rewrite the table")
     ap.add_argument("--reference-configuration", choices=("training", "file"),
                     help="MLCHARGE_REFERENCE_CONFIGURATION for this run (default: the package's)")
+    ap.add_argument("--nonmagnetic", action="store_true",
+                    help="run every cell without spin polarisation (nspin=1; use it without "
+                    "the AFM cells, whose moments need two spins)")
     ap.add_argument("--matching-table", nargs=2, type=Path, metavar=("FILE_DIR", "TRAINING_DIR"),
                     help="only print the table of two runs made with each reference configuration")
     args = ap.parse_args()
@@ -223,7 +229,7 @@ def main() -> None:
     if args.reference_configuration:
         os.environ["MLCHARGE_REFERENCE_CONFIGURATION"] = args.reference_configuration
     if not args.table:
-        run(args.out, args.jobs, args.only, args.arm or ["registry", "alternate"])
+        run(args.out, args.jobs, args.only, args.arm or ["registry", "alternate"], args.nonmagnetic)
     print(table(args.out))
 
 
