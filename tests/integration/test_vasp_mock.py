@@ -226,6 +226,9 @@ def test_comparison_flow_savings_record(mock_vasp, tmp_path):
     assert all(v is not None for v in rec["band_gap_eV"].values())
     assert doc.details.nelmdl == -5
     assert [a.start for a in doc.details.ml_attempts] == ["ml"]
+    # the mock's OUTCAR has no start block and there is no vasp.out: kept, marked unverified
+    assert doc.details.ml_start_evidence["status"] == "unverified"
+    assert doc.details.ml_attempts[0].density_read_from_file is None
 
     # starts: only ICHARG differs between the SCF arms; same pinned grid everywhere
     icharg = {name: seen[name]["incar"]["ICHARG"] for name in ALL_REFS}

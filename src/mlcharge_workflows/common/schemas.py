@@ -172,6 +172,9 @@ class ArmAttempt(BaseModel):
     wall_s: float | None = None
     cpu_s: float | None = Field(None, description="pw.x's own CPU time of the run.")
     density_read_from_file: bool | None = None
+    start_evidence: str | None = Field(
+        None, description="What the engine's own output says about the start (VASP: the "
+        "OUTCAR/stdout lines, or 'unverified: ...' when there are none).")
     dir_name: str | None = None
     rejected: str | None = Field(None, description="Why this run was not accepted.")
     scf_accuracy_Ry: list[float] = Field(

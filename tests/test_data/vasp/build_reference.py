@@ -15,6 +15,18 @@ SCF is cut to the arm's number of steps (first steps kept, last step kept). Ener
 eigenvalues and DOS stay NaCl's: these folders test inputs and parsing, not physics.
 The OUTCAR holds only the array dimensions pymatgen needs and VASP's timing block
 (wall time = the vasprun's ``totalsc``).
+
+Two ML-static variants carry what shows whether VASP read the CHGCAR (:data:`START_LOGS`):
+``ml_static_read`` (OUTCAR start block without "overlapping atoms", stdout "charge-density
+read from file") and ``ml_static_discarded`` (the CHGCAR has no PAW occupancies: stdout
+``RD_RHO_PAW ... data corrupt`` / ``PAW occupancies are missing``, OUTCAR "charge density of
+overlapping atoms calculated", the baseline's 17 steps). Their lines are written from
+VASP's source as docs/vasp-guide.md quotes it ("The CHGCAR VASP reads"), not copied from
+a run. ``occupancy_donor`` is the one-step ICHARG=2 run that writes PAW occupancies for
+the ML start; its CHGCAR is a stand-in on a 4x4x4 grid (only its occupancy lines and
+cell are read) with made-up occupancy values.
+
+Build one arm: ``python tests/test_data/vasp/build_reference.py ml_static_read``.
 """
 
 from __future__ import annotations
@@ -58,6 +70,10 @@ ARMS = {
     "atomic_nscf_line": ("nscf", "line", {"ICHARG": 12, "ISTART": 0, **NGF}, 9),
     "ml_nscf_uniform": ("nscf", "uniform", {"ICHARG": 11, "ISTART": 0, **NGF}, 9),
     "atomic_nscf_uniform": ("nscf", "uniform", {"ICHARG": 12, "ISTART": 0, **NGF}, 9),
+    "ml_static_read": ("static", None, {"ICHARG": 1, "ISTART": 0, **NGF}, 11),
+    "ml_static_discarded": ("static", None, {"ICHARG": 1, "ISTART": 0, **NGF}, 17),
+    "occupancy_donor": ("static", None, {"ICHARG": 2, "ISTART": 0, "NELM": 1, "LWAVE": False,
+                                         "LCHARG": True, **NGF}, 1),
     # atomate2's own NonSCFMaker after the ML static in BandStructureMaker (no pinned grid)
     "bs_nscf_line": ("nscf", "line", {"ICHARG": 11}, 9),
 }
@@ -153,7 +169,36 @@ def adapt_oszicar(n_steps: int) -> str:
     return "\n".join([lines[0], *kept, lines[-1]]) + "\n"
 
 
-def outcar(wall: float) -> str:
+_START_HEAD = (
+    " initial charge density was supplied:\n"
+)
+_START_TAIL = (
+    " number of electron       8.0000000 magnetization       0.0000000\n"
+    " keeping initial charge density in first step\n\n"
+)
+_ATOMS = " charge density of overlapping atoms calculated\n"
+#: arm -> (OUTCAR start block, VASP stdout as custodian keeps it in vasp.out)
+START_LOGS = {
+    "ml_static_read": (
+        _START_HEAD + _START_TAIL,
+        " POSCAR, INCAR and KPOINTS ok, starting setup\n WAVECAR not read\n"
+        " charge-density read from file: C Si\n entering main loop\n",
+    ),
+    "ml_static_discarded": (
+        _START_HEAD + _ATOMS + _START_TAIL,
+        " POSCAR, INCAR and KPOINTS ok, starting setup\n WAVECAR not read\n"
+        " RD_RHO_PAW: ion           1  data corrupt\n"
+        " WARNING: PAW occupancies are missing on CHGCAR \n entering main loop\n",
+    ),
+    "occupancy_donor": (
+        _START_HEAD + _ATOMS + _START_TAIL,
+        " POSCAR, INCAR and KPOINTS ok, starting setup\n WAVECAR not read\n"
+        " entering main loop\n",
+    ),
+}
+
+
+def outcar(wall: float, start: str = "") -> str:
     return (
         " vasp.5.4.4.18Apr17-6-g9f103f2a35 (build Apr 25 2017 15:45:40) complex\n"
         " running on    1 total cores\n\n"
@@ -165,6 +210,7 @@ def outcar(wall: float) -> str:
         "   NSW    =      0    number of steps for IOM\n"
         "   IBRION =     -1    ionic relax: 0-MD 1-quasi-New 2-CG\n"
         "   ISPIN  =      1    spin polarized calculation?\n\n"
+        f"{start}"
         " General timing and accounting informations for this job:\n"
         " ========================================================\n\n"
         f"                  Total CPU time used (sec):     {wall:10.3f}\n"
@@ -210,10 +256,30 @@ def generator(kind: str, mode: str | None):
     return NonSCFSetGenerator(mode=mode, user_incar_settings={"ENCUT": ENCUT})
 
 
-def build(root: Path = HERE / "SiC") -> None:
-    """Write ``root/<arm>/{inputs,outputs}`` for every arm of :data:`ARMS`."""
+def donor_chgcar(s: Structure, path: Path) -> None:
+    """Stand-in for the occupancy donor's CHGCAR: a flat density, no magnetisation, on a
+    4x4x4 grid (only its cell and occupancy lines are read), with made-up occupancies (8
+    numbers per ion) for both spin blocks."""
+    from mlcharge_workflows.density.chgcar import write_chgcar
+    from mlcharge_workflows.density.grid import DensityGrid
+
+    grid = DensityGrid(structure=s, total=np.full((4, 4, 4), NELECT / s.volume),
+                       magnetization=np.zeros((4, 4, 4)))  # ISPIN=2, MAGMOM 0.6 (the set's)
+    aug: dict[str, list[str]] = {"total": [], "diff": []}
+    for block, offset in (("total", 0.2), ("diff", 0.0)):
+        for i in range(len(s)):
+            aug[block].append(f"augmentation occupancies {i + 1:3d}   8")
+            aug[block].append("  " + "  ".join(
+                f"{offset * (i + 1) + 0.01 * k:.7E}" for k in range(8)))
+    write_chgcar(grid, path, data_aug=aug, magmom=[0.6] * len(s))
+
+
+def build(root: Path = HERE / "SiC", arms: list[str] | None = None) -> None:
+    """Write ``root/<arm>/{inputs,outputs}`` for every arm of :data:`ARMS` (or ``arms``)."""
     s = sic()
     for arm, (kind, mode, start, n_steps) in ARMS.items():
+        if arms and arm not in arms:
+            continue
         folder = root / arm
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "inputs").mkdir(parents=True)
@@ -226,11 +292,18 @@ def build(root: Path = HERE / "SiC") -> None:
         with gzip.open(folder / "outputs" / "vasprun.xml.gz", "wb") as fh:
             fh.write(xml)
         (folder / "outputs" / "OSZICAR").write_text(adapt_oszicar(n_steps))
-        (folder / "outputs" / "OUTCAR").write_text(outcar(wall))
+        start_block, stdout = START_LOGS.get(arm, ("", None))
+        (folder / "outputs" / "OUTCAR").write_text(outcar(wall, start_block))
+        if stdout is not None:
+            (folder / "outputs" / "vasp.out").write_text(stdout)
+        if arm == "occupancy_donor":
+            donor_chgcar(vis["POSCAR"].structure, folder / "outputs" / "CHGCAR")
         shutil.copy(folder / "inputs" / "POSCAR", folder / "outputs" / "CONTCAR")
         if arm in WRITES_CHGCAR:
             converged_chgcar(vis["POSCAR"].structure, folder / "outputs" / "CHGCAR.gz")
 
 
 if __name__ == "__main__":
-    build()
+    import sys
+
+    build(arms=sys.argv[1:] or None)

@@ -36,7 +36,7 @@ from mlcharge_workflows.common.documents import ArmReader
 from mlcharge_workflows.common.fallback import FallbackPolicy
 from mlcharge_workflows.common.flows import BaseComparisonMaker
 from mlcharge_workflows.common.schemas import ArmAttempt
-from mlcharge_workflows.engines.vasp.handlers import ACTIVE_STATUSES
+from mlcharge_workflows.engines.vasp.handlers import ACTIVE_STATUSES, discarded_reason
 from mlcharge_workflows.engines.vasp.jobs import (
     AtomicNonSCFMaker,
     BaselineStaticMaker,
@@ -97,6 +97,11 @@ def _ml_attempts(task: Any) -> list[ArmAttempt]:
         if i > 0:
             start = "ml" if events[i - 1].get("action") == "restored" else "atomic"
         last = i == len(_attempts(task)) - 1
+        evidence = attempt.get("start_evidence") or {}
+        read = evidence.get("density_read")  # None: VASP's output does not say
+        meant_ml = start == "ml"
+        if meant_ml and read is False:
+            start = "atomic"  # VASP discarded the CHGCAR: this attempt ran from atoms
         out.append(ArmAttempt(
             start=start,
             scf_iterations=attempt["scf_iterations"],
@@ -104,19 +109,35 @@ def _ml_attempts(task: Any) -> list[ArmAttempt]:
             converged=task_successful(task) if last else False,
             total_magnetization=task_magnetization(task) if last else None,
             wall_s=attempt.get("wall_s"),
-            density_read_from_file=(start == "ml"),
+            density_read_from_file=read if meant_ml else False,
+            start_evidence=evidence.get("evidence"),
             dir_name=task_field(task, "dir_name"),
             rejected=None if last else (events[i].get("reason") if i < len(events) else None),
         ))
     return out
 
 
+def _start_evidence(task: Any) -> dict[str, Any] | None:
+    """What VASP's output says about the accepted run's start (the ML-start record's)."""
+    record = task_field(task, "additional_json", "ml_start") or {}
+    evidence = record.get("start_evidence")
+    if evidence is None:
+        attempts = _attempts(task)
+        evidence = attempts[-1].get("start_evidence") if attempts else None
+    return evidence
+
+
 def _ml_density_used(task: Any) -> bool | None:
-    """True only if the accepted run started from the placed CHGCAR (ICHARG=1 as VASP echoed)."""
+    """True only if the accepted run started from the placed CHGCAR: ICHARG=1 as VASP
+    echoed, and not discarded according to its OUTCAR/stdout. Where those files show no
+    start at all (mocked runs) the record's ``start_evidence`` says ``unverified``."""
     if task is None:
         return None
     record = task_field(task, "additional_json", "ml_start") or {}
     icharg = task_field(_calc(task), "input", "parameters", "ICHARG")
+    evidence = _start_evidence(task) or {}
+    if evidence.get("density_read") is False:  # VASP echoes ICHARG=1 even then
+        return False
     return record.get("status") in ACTIVE_STATUSES and icharg is not None and int(icharg) == 1
 
 
@@ -152,9 +173,12 @@ class VaspArmReader(ArmReader):
     def fallback(self, prediction: Any, ml: Any) -> str | None:  # noqa: D102
         record = task_field(ml, "additional_json", "ml_start") or {}
         error = task_field(prediction, "error")
+        evidence = _start_evidence(ml) or {}
+        discarded = (discarded_reason(evidence) if evidence.get("density_read") is False
+                     and record.get("status") in ACTIVE_STATUSES else None)
         return record.get("fallback") or task_field(prediction, "fallback") or (
             f"prediction failed: {error}" if error else None
-        )
+        ) or discarded
 
     def protocol(self, arms: dict[str, Any]) -> dict[str, Any] | None:  # noqa: D102
         params = task_field(_calc(arms["baseline"]), "input", "parameters") or {}
@@ -170,7 +194,19 @@ class VaspArmReader(ArmReader):
                        "predicted": task_field(prediction, "n_electrons")
                        or task_field(prediction, "n_electrons_predicted")},
             "valence_mismatch": task_field(prediction, "valence_mismatch") or {},
+            "ml_start_evidence": _evidence_summary(arms.get("ml")),
+            "paw_occupancies": task_field(prediction, "paw_occupancies"),
         }
+
+
+def _evidence_summary(ml: Any) -> dict[str, Any] | None:
+    """``{"status": "read" | "discarded" | "unverified", "evidence": ...}`` of the ML arm."""
+    if ml is None:
+        return None
+    evidence = _start_evidence(ml)
+    if evidence is None:
+        return {"status": "unverified", "evidence": "unverified: no start evidence recorded"}
+    return {k: evidence.get(k) for k in ("status", "evidence", "messages", "files")}
 
 
 @dataclass

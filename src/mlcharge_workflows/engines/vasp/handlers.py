@@ -7,7 +7,12 @@ Two ways an ML start is silently lost under custodian:
 * some custodian corrections set ``ICHARG = 2`` (``NonConvergingErrorHandler``), so
   the rerun starts from atoms while the task still looks ML-started;
 * some delete CHGCAR and keep ``ICHARG = 1`` (``VaspErrorHandler``'s brmix, edddav and
-  aliasing fixes), so VASP rereads no density and starts from atoms just the same.
+  aliasing fixes), so VASP rereads no density and starts from atoms just the same;
+* VASP itself discards a CHGCAR it cannot use (no or other PAW occupancies, another grid
+  or cell) and starts from atoms with ``ICHARG = 1`` still echoed: its OUTCAR/stdout say
+  so (:func:`~mlcharge_workflows.engines.vasp.parse.read_start_evidence`), and a failed
+  attempt whose CHGCAR was discarded is not restored (it would be discarded again).
+  :func:`record_start_evidence` records the same for the accepted run after custodian.
 
 :class:`MLStartFallbackHandler` goes last in the handler list. After a failed attempt
 it restores CHGCAR from the pristine copy ``CHGCAR.ml`` (up to ``max_ml_restarts``
@@ -36,13 +41,20 @@ from custodian.vasp.interpreter import VaspModder
 from custodian.vasp.io import load_vasprun
 from monty.os.path import zpath
 
-from mlcharge_workflows.engines.vasp.parse import is_backed_up, scf_steps_from_oszicar
+from mlcharge_workflows.common.fallback import NOT_READ
+from mlcharge_workflows.engines.vasp.parse import (
+    is_backed_up,
+    read_start_evidence,
+    scf_steps_from_oszicar,
+)
 
 __all__ = [
     "ML_CHGCAR",
     "ML_START_FILE",
     "MLStartFallbackHandler",
+    "discarded_reason",
     "read_ml_start_record",
+    "record_start_evidence",
     "write_ml_start_record",
 ]
 
@@ -82,6 +94,35 @@ def new_ml_start_record(density: dict[str, Any], max_ml_restarts: int = 1) -> di
         "events": [],
         "density": density,
     }
+
+
+def discarded_reason(evidence: dict[str, Any]) -> str:
+    """The ``fallback`` of an ML start VASP discarded (``evidence``: a StartEvidence dict)."""
+    return f"{NOT_READ}: VASP discarded the CHGCAR and started from atoms ({evidence['evidence']})"
+
+
+def record_start_evidence(record: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ML-start record with what VASP's output says about the accepted run's start.
+
+    ``attempts``: :func:`~mlcharge_workflows.engines.vasp.parse.count_attempts` of the
+    run folder (each with its ``start_evidence``). The last attempt's evidence is kept as
+    ``record["start_evidence"]``. If the record still counts the run as ML-started and
+    VASP discarded the CHGCAR (OUTCAR/stdout: overlapping atoms, PAW occupancies missing
+    ...), the start is abandoned: ``status = "abandoned"``, ``start = "atomic"`` and
+    ``fallback = "ml_density_not_read: ..."``. Without OUTCAR start block or stdout the
+    evidence is ``"unverified"`` and the record is otherwise unchanged.
+    """
+    record = dict(record)
+    last = attempts[-1].get("start_evidence") if attempts else None
+    record["start_evidence"] = last or {
+        "density_read": None, "status": "unverified",
+        "evidence": "unverified: no attempt of the run could be parsed"}
+    if record.get("status") in ACTIVE_STATUSES and last and last.get("density_read") is False:
+        reason = discarded_reason(last)
+        record["events"] = [*record.get("events", []), {
+            "attempt": len(attempts), "action": "discarded_by_vasp", "reason": reason}]
+        record.update(status="abandoned", start="atomic", fallback=reason)
+    return record
 
 
 def _has_chgcar(directory: Path) -> bool:
@@ -181,7 +222,14 @@ class MLStartFallbackHandler(ErrorHandler):
             "icharg_found": icharg,
         }
         restore = False
-        if icharg != 1:
+        evidence = read_start_evidence(directory_p)
+        if evidence.density_read is not None:
+            event["start_evidence"] = evidence.status
+        if evidence.density_read is False:
+            # VASP threw the CHGCAR away (no/other PAW occupancies, other grid or cell):
+            # restoring it would only be thrown away again
+            reason = discarded_reason(evidence.as_dict())
+        elif icharg != 1:
             reason = f"another custodian handler set ICHARG={icharg}"
         elif not _has_chgcar(directory_p):
             reason = (

@@ -33,11 +33,16 @@ from monty.os.path import zpath
 from mlcharge_workflows.common.documents import get_field
 
 __all__ = [
+    "DISCARD_MESSAGES",
+    "STDOUT_FILES",
+    "StartEvidence",
     "VaspScfSummary",
     "count_attempts",
     "is_backed_up",
     "parse_vasp_scf",
+    "read_start_evidence",
     "scf_steps_from_oszicar",
+    "start_evidence",
     "scf_steps_from_vasprun",
     "task_field",
     "task_magnetization",
@@ -205,6 +210,118 @@ def parse_vasp_scf(path: str | Path) -> VaspScfSummary:
     raise FileNotFoundError(f"no vasprun.xml or OSZICAR in {folder}")
 
 
+#: Files holding VASP's standard output: atomate2/custodian write ``vasp.out`` and
+#: ``std_err.txt``; a plain ``mpirun vasp_std > stdout`` run may leave ``stdout``.
+STDOUT_FILES = ("vasp.out", "std_err.txt", "stdout", "vasp.log")
+
+#: Messages with which VASP gives up a CHGCAR (docs/vasp-guide.md, "The CHGCAR VASP reads";
+#: from VASP's READCH/RD_RHO_PAW and main.F): (phrase as matched, what it means).
+DISCARD_MESSAGES: tuple[tuple[str, str], ...] = (
+    ("PAW occupancies are missing on CHGCAR", "no PAW occupancies"),
+    ("data corrupt", "PAW occupancies unreadable (RD_RHO_PAW)"),
+    ("could not be read from file CHGCAR", "ICHARG>10: VASP stopped"),
+    ("dimensions on CHGCAR file are different", "grid differs from NGXF/NGYF/NGZF"),
+    ("number of atoms are different on CHGCAR", "another cell"),
+    ("chargedensity file is incomplete", "truncated CHGCAR"),
+)
+#: OUTCAR: the start block VASP prints for every run from a supplied density (ICHARG=1, 2).
+_SUPPLIED = "initial charge density was supplied"
+#: ... followed, when the total density came from atoms, by this line.
+_ATOMS = "charge density of overlapping atoms calculated"
+#: stdout: the total density was taken from CHGCAR / the magnetisation replaced by atoms.
+_READ = "charge-density read from file"
+_MAG_ATOMS = "magnetization density of overlapping atoms calculated"
+
+
+@dataclass
+class StartEvidence:
+    """What VASP's own output says about the start density of one run.
+
+    ``density_read``: True when OUTCAR/stdout show the CHGCAR was read, False when they
+    show VASP discarded it (the run started from overlapping atoms, or stopped for
+    ICHARG > 10), None when the files say neither (no OUTCAR start block and no stdout:
+    e.g. a mocked run). ``evidence`` is a one-line explanation, ``messages`` the lines
+    found, ``files`` the files read.
+    """
+
+    density_read: bool | None
+    evidence: str
+    messages: list[str] = field(default_factory=list)
+    magnetization_from_atoms: bool = False
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``"read"``, ``"discarded"`` or ``"unverified"``."""
+        return {True: "read", False: "discarded", None: "unverified"}[self.density_read]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (with ``status``)."""
+        return {**asdict(self), "status": self.status}
+
+
+def _flat(text: str) -> str:
+    """One line, box characters and runs of white space collapsed (VASP 6 wraps its
+    warnings in ``|`` boxes over several lines)."""
+    return re.sub(r"[|\s]+", " ", text)
+
+
+def _outcar_start(outcar: str) -> bool | None:
+    """OUTCAR's start block: after "initial charge density was supplied" the next lines
+    either say "charge density of overlapping atoms calculated" (False) or go straight to
+    the electron count (True); None without the block."""
+    lines = outcar.splitlines()
+    for i, line in enumerate(lines):
+        if _SUPPLIED in line:
+            return _ATOMS not in _flat(" ".join(lines[i + 1 : i + 4]))
+    return None
+
+
+def start_evidence(outcar: str | None = None, stdout: str | None = None) -> StartEvidence:
+    """Decide from OUTCAR and stdout text whether VASP read the supplied CHGCAR.
+
+    OUTCAR's start block decides when it is there: "charge density of overlapping atoms
+    calculated" right after "initial charge density was supplied" means the total density
+    came from atoms (False), the block without it that it was read (True; discard messages
+    beside it then concern the magnetisation block, which VASP replaced by MAGMOM atoms).
+    Without the block, any discard message (:data:`DISCARD_MESSAGES`) in either file means
+    False and stdout's "charge-density read from file" True; neither: unverified (None).
+    """
+    texts = {"OUTCAR": outcar or "", "stdout": stdout or ""}
+    flat = {name: _flat(text).lower() for name, text in texts.items()}
+    found = [f"{name}: {phrase} ({meaning})" for phrase, meaning in DISCARD_MESSAGES
+             for name in texts if phrase.lower() in flat[name]]
+    mag_atoms = any(_MAG_ATOMS in f for f in flat.values())
+    outcar_read = _outcar_start(texts["OUTCAR"])
+    if outcar_read is False:
+        found.append(f"OUTCAR: {_ATOMS} (after '{_SUPPLIED}')")  # the cause first
+        return StartEvidence(False, found[0], found, mag_atoms)
+    if outcar_read:
+        return StartEvidence(True, f"OUTCAR: {_SUPPLIED}, no overlapping atoms", found, mag_atoms)
+    if found:
+        return StartEvidence(False, found[0], found, mag_atoms)
+    if _READ in flat["stdout"]:
+        return StartEvidence(True, f"stdout: {_READ}", [], mag_atoms)
+    return StartEvidence(None, "unverified: neither OUTCAR nor stdout show the start "
+                         "(no start block, no stdout)", [], mag_atoms)
+
+
+def _stdout_text(members: dict[str, bytes]) -> str | None:
+    parts = [members[n].decode(errors="replace") for n in STDOUT_FILES if members.get(n)]
+    return "\n".join(parts) if parts else None
+
+
+def read_start_evidence(directory: str | Path) -> StartEvidence:
+    """:func:`start_evidence` of a run folder (OUTCAR and stdout files, gzipped or not)."""
+    directory = Path(directory)
+    members = {n: b for n in ("OUTCAR", *STDOUT_FILES) if (b := _read_bytes(directory / n))}
+    outcar = members.get("OUTCAR")
+    ev = start_evidence(outcar.decode(errors="replace") if outcar else None,
+                        _stdout_text(members))
+    ev.files = sorted(members)
+    return ev
+
+
 def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -219,17 +336,25 @@ def _steps_from_bytes(name: str, data: bytes) -> list[int]:
         return scf_steps_from_vasprun(path)
 
 
-def _attempt(source: str, steps: list[int], outcar: bytes | None) -> dict[str, Any]:
-    wall = None
-    if outcar:
-        found = _ELAPSED.findall(outcar.decode(errors="replace"))
+def _attempt(source: str, steps: list[int], members: dict[str, bytes]) -> dict[str, Any]:
+    wall, outcar = None, members.get("OUTCAR")
+    text = outcar.decode(errors="replace") if outcar else None
+    if text:
+        found = _ELAPSED.findall(text)
         wall = float(found[-1]) if found else None
+    evidence = start_evidence(text, _stdout_text(members))
+    evidence.files = sorted(n for n in members if n == "OUTCAR" or n in STDOUT_FILES)
     return {
         "source": source,
         "electronic_steps": steps,
         "scf_iterations": steps[0] if steps else 0,
         "wall_s": wall,
+        "start_evidence": evidence.as_dict(),
     }
+
+
+#: Files of one attempt that :func:`count_attempts` reads (folder or custodian backup).
+_ATTEMPT_FILES = ("OSZICAR", "vasprun.xml", "OUTCAR", *STDOUT_FILES)
 
 
 def _backup_number(path: Path) -> int:
@@ -238,12 +363,13 @@ def _backup_number(path: Path) -> int:
 
 
 def _backup_members(tarball: Path) -> dict[str, bytes]:
-    """``{"OSZICAR": bytes, "vasprun.xml": bytes, "OUTCAR": bytes}`` (those present) of a backup."""
+    """``{"OSZICAR": bytes, "vasprun.xml": bytes, "OUTCAR": bytes, "vasp.out": bytes, ...}``
+    (those present) of a backup (custodian backs up stdout as ``vasp.out``)."""
     out: dict[str, bytes] = {}
     with tarfile.open(tarball) as tar:
         for member in tar.getmembers():
             name = Path(member.name).name
-            if name in ("OSZICAR", "vasprun.xml", "OUTCAR") and member.isfile():
+            if name in _ATTEMPT_FILES and member.isfile():
                 out[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
     return out
 
@@ -270,17 +396,17 @@ def count_attempts(directory: str | Path) -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        ``{"source", "electronic_steps", "scf_iterations", "wall_s"}`` per attempt
-        (``wall_s``: the attempt's OUTCAR "Elapsed time", None if it has none).
+        ``{"source", "electronic_steps", "scf_iterations", "wall_s", "start_evidence"}``
+        per attempt (``wall_s``: the attempt's OUTCAR "Elapsed time", None if it has none;
+        ``start_evidence``: :meth:`StartEvidence.as_dict` of its OUTCAR and stdout, whether
+        VASP read the supplied CHGCAR).
     """
     directory = Path(directory)
     attempts: list[dict[str, Any]] = []
     seen: set[str] = set()
     tarballs = sorted(directory.glob("error.*.tar*"), key=_backup_number)
     sources = [(t.name, _backup_members(t)) for t in tarballs]
-    final = {
-        n: b for n in ("OSZICAR", "vasprun.xml", "OUTCAR") if (b := _read_bytes(directory / n))
-    }
+    final = {n: b for n in _ATTEMPT_FILES if (b := _read_bytes(directory / n))}
     sources.append(("final", final))
     for label, members in sources:
         name = "OSZICAR" if "OSZICAR" in members else "vasprun.xml"
@@ -292,7 +418,7 @@ def count_attempts(directory: str | Path) -> list[dict[str, Any]]:
         seen.update(_digest(members[n]) for n in ("OSZICAR", "vasprun.xml") if n in members)
         source = name if label == "final" else label
         steps = _steps_from_bytes(name, members[name])
-        attempts.append(_attempt(source, steps, members.get("OUTCAR")))
+        attempts.append(_attempt(source, steps, members))
     return attempts
 
 

@@ -29,6 +29,7 @@ from mlcharge_workflows.engines.vasp.handlers import (
     ML_CHGCAR,
     MLStartFallbackHandler,
     new_ml_start_record,
+    record_start_evidence,
     write_ml_start_record,
 )
 from mlcharge_workflows.engines.vasp.parse import task_field, task_magnetization, task_successful
@@ -116,7 +117,7 @@ class MLStaticMaker(StaticMaker):
         maker.run_vasp_kwargs["handlers"] = [*handlers, fallback]
         response = super(MLStaticMaker, maker).make.original(maker, structure, prev_dir)
         _gzip_ml_copy()
-        response = annotate_attempts(response)
+        response = _apply_start_evidence(annotate_attempts(response))
         return self._check_result(response, structure, prev_dir, ml_density, reference)
 
     def _check_result(
@@ -180,6 +181,26 @@ class MLStaticMaker(StaticMaker):
             Path(stale).unlink(missing_ok=True)
         maker = copy_maker(self, with_incar(gen, grid_incar(shape)))
         return annotate_attempts(super(MLStaticMaker, maker).make.original(maker, structure, prev_dir))
+
+
+def _apply_start_evidence(response: Response) -> Response:
+    """Record what VASP's OUTCAR/stdout say about the start; abandon a discarded ML start.
+
+    VASP echoes ``ICHARG = 1`` in vasprun.xml even when it threw the CHGCAR away and
+    started from atoms, so only its OUTCAR and stdout tell (``record_start_evidence``).
+    """
+    doc = response.output
+    if doc is None:
+        return response
+    extra = dict(getattr(doc, "additional_json", None) or {})
+    record = extra.get("ml_start")
+    if record is None:
+        return response
+    record = record_start_evidence(record, extra.get("scf_attempts") or [])
+    write_ml_start_record(record)
+    extra["ml_start"] = record
+    doc.additional_json = extra
+    return response
 
 
 def _reference_values(reference: Any) -> tuple[float | None, float | None]:
