@@ -24,8 +24,8 @@ def train(
 ) -> None:
     """Train the density model on datasets from ``data generate`` / ``data ingest``.
 
-    Prints the validation NMAPE and pw.x's SCF error (its 'estimated scf accuracy' of the ML
-    density against the converged one, Ry/atom) every validated epoch; the config's
+    Prints the validation NMAPE and pw.x's SCF error (the functional behind its 'estimated
+    scf accuracy', of the ML density minus the converged one, Ry/atom) every validated epoch; the config's
     ``select_by: scf_error | nmape`` (default scf_error) picks which one keeps the best model.
     Writes checkpoint.pt (resumable), model.pt (best weights; its metadata names the
     criterion), metrics.json (test NMAPE and SCF error) and history.json into the output folder.

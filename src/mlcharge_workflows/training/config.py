@@ -43,9 +43,9 @@ class TrainConfig(BaseModel):
     select_by: Literal["scf_error", "nmape"] = Field(
         "scf_error",
         description="The validation score that picks the kept model (model.pt) and drives early "
-        "stopping and the plateau schedule. scf_error: pw.x's own SCF error functional (its "
-        "'estimated scf accuracy', Hartree-weighted charge plus magnetisation term) of the written "
-        "ML density against the converged one, Ry per atom, geometric mean over the validation "
+        "stopping and the plateau schedule. scf_error: pw.x's own SCF error functional (the one "
+        "behind its 'estimated scf accuracy': Hartree-weighted charge plus magnetisation term) of "
+        "the written ML density minus the converged one, Ry per atom, geometric mean over the validation "
         "records; nmape: their mean NMAPE. Both are computed and kept in history.json either way.",
     )
     loss_g2: float = 1.0

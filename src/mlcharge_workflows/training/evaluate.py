@@ -2,8 +2,9 @@
 metrics through the public prediction API (``predict_density``).
 
 Two scores per record: NMAPE (%) and pw.x's SCF error (:func:`~mlcharge_workflows.training.
-metrics.scf_error`, the "estimated scf accuracy" pw.x would see between the ML start and the
-converged density) per atom, in Ry, over the smooth sphere of the run that made the record
+metrics.scf_error`: the functional behind pw.x's "estimated scf accuracy", here of the ML start
+minus the converged density, i.e. the distance to the solution in pw.x's own norm, not the
+accuracy pw.x prints at iteration 1) per atom, in Ry, over the smooth sphere of the run that made the record
 (``4 * ecutwfc``; every stored G for a record without ``ecutwfc_ry``, e.g. an ingested VASP run).
 Both are taken on the density as it is written for an engine: clipped at zero, renormalised to
 the electron count, ``|m| <= rho``.
