@@ -9,6 +9,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 
+SELECT_BY_HELP = (
+    "The validation score that picks the kept model (model.pt) and drives early stopping and the "
+    "plateau schedule. scf_error: pw.x's own SCF error functional (the one behind its 'estimated "
+    "scf accuracy': Hartree-weighted charge plus magnetisation term) of the written ML density "
+    "minus the converged one, Ry per atom, geometric mean over the validation records; nmape: "
+    "their mean NMAPE. Both are computed and kept in history.json either way."
+)
+
+
 class TrainConfig(BaseModel):
     """Settings of one training run (YAML keys of ``mlcharge train``)."""
 
@@ -40,14 +49,7 @@ class TrainConfig(BaseModel):
         None, description="Folder keeping the precomputed quadratic forms between runs (None: OUTPUT/quadratic)."
     )
     val_every: int = Field(1, ge=1, description="Validation scores (and early stopping) every this many epochs.")
-    select_by: Literal["scf_error", "nmape"] = Field(
-        "scf_error",
-        description="The validation score that picks the kept model (model.pt) and drives early "
-        "stopping and the plateau schedule. scf_error: pw.x's own SCF error functional (the one "
-        "behind its 'estimated scf accuracy': Hartree-weighted charge plus magnetisation term) of "
-        "the written ML density minus the converged one, Ry per atom, geometric mean over the validation "
-        "records; nmape: their mean NMAPE. Both are computed and kept in history.json either way.",
-    )
+    select_by: Literal["scf_error", "nmape"] = Field("scf_error", description=SELECT_BY_HELP)
     loss_g2: float = 1.0
     loss_r1: float = 0.0
     loss_hartree: float = Field(
