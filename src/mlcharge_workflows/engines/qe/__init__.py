@@ -3,7 +3,10 @@
 Laid out like :mod:`mlcharge_workflows.engines.vasp`: ``sets`` (protocol, pw.x input),
 ``run`` (pw.x) and ``core`` (one SCF / non-SCF run), ``parse``, ``schemas``, ``density``
 (the prediction on pw.x's grid), ``placement`` (a start density read, checked and put
-where pw.x reads it), ``jobs`` (Makers), ``flows`` (the comparison).
+where pw.x reads it), the Makers one concept a module - ``predict``
+(``QEPredictDensityMaker``), ``static`` (``QEStaticMaker``, ``MLQEStaticMaker``), ``nscf``
+(the three non-SCF Makers), all re-exported by ``jobs`` (the path older serialised
+documents name) - and ``flows`` (the comparison).
 
 The public API is re-exported here lazily (importing a submodule stays cheap):
 
@@ -20,8 +23,9 @@ _EXPORTS = {
     "core": ["read_converged_density", "run_qe_nscf", "run_qe_scf"],
     "density": ["grid_from_data", "grid_to_data", "predict_grid", "prediction_density"],
     "flows": ["MLQEBandStructureMaker", "QEArmReader", "QEComparisonMaker"],
-    "jobs": ["MLQENonSCFMaker", "MLQEStaticMaker", "QEAtomicNonSCFMaker", "QENonSCFMaker",
-             "QEPredictDensityMaker", "QEStaticMaker"],
+    "nscf": ["MLQENonSCFMaker", "QEAtomicNonSCFMaker", "QENonSCFMaker"],
+    "predict": ["QEPredictDensityMaker"],
+    "static": ["MLQEStaticMaker", "QEStaticMaker"],
     "placement": ["align_density", "load_start_density", "write_start_density"],
     "parse": ["PwOutput", "band_edges", "band_gap", "parse_pw_output", "parse_pw_xml"],
     "run": ["run_pw"],
