@@ -3,9 +3,11 @@ and decodable, under ``mlcharge_workflows.engines.qe.jobs``, the module every do
 serialised before the split names (MSONable writes the defining module into ``@module``).
 
 ``data/qe/workflow_before_jobs_split.json`` is a FireWorks workflow written by the version
-before the split (commit f64afcb): the six QE Makers' jobs of one Si flow, converted with
-``jobflow.managers.fireworks.flow_to_workflow`` and saved with
-``Workflow.to_format("json")``, as a launchpad stores them."""
+before the split (commit f64afcb): the six QE Makers' jobs of one Si flow (``si_fcc``, the
+small protocol :data:`STORED_PROTOCOL`), converted with
+``jobflow.managers.fireworks.flow_to_workflow(flow, store=None)`` and saved with
+``Workflow.to_format("json")``, as a launchpad stores them.
+tests/integration/test_qe_jobs_old_documents.py runs it with pw.x."""
 
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ HOME = {
 }
 MAKERS = [name for name in HOME if name.endswith("Maker")]
 STORED = Path(__file__).parent / "data" / "qe" / "workflow_before_jobs_split.json"
+#: The protocol every Maker of the stored workflow holds.
+STORED_PROTOCOL = QEProtocol(ecutwfc_ry=15.0, ecutrho_ry=60.0, kspacing=0.6,
+                             conv_thr_per_atom=1e-8, nscf_kspacing=0.4, line_density=5)
 
 
 def _si():
@@ -114,7 +119,7 @@ def test_the_stored_workflow_names_only_the_old_module() -> None:
                                                                             "nscf")}
 
 
-def test_a_fireworks_workflow_stored_before_the_split_loads_with_every_maker() -> None:
+def test_a_fireworks_workflow_stored_before_the_split_loads_with_every_maker(si_fcc) -> None:
     """What a launchpad gives a worker (``Firework.from_dict`` of the stored spec): each
     task's job is bound to a Maker of today's class with the stored settings."""
     wf = Workflow.from_dict(_stored_workflow())
@@ -124,18 +129,26 @@ def test_a_fireworks_workflow_stored_before_the_split_loads_with_every_maker() -
         assert isinstance(job, Job)
         maker = job.function.__self__
         assert type(maker) is getattr(jobs, type(maker).__name__)
-        assert isinstance(maker.protocol, QEProtocol) and job.function_args[0] == _si()
+        assert job.function_args[0] == si_fcc
         makers[type(maker).__name__] = (fw, job, maker)
     assert sorted(makers) == sorted(MAKERS)
     fw, job, maker = makers["QEPredictDensityMaker"]
-    assert maker == jobs.QEPredictDensityMaker(manager_config={"_fworker": "gpu"})
-    assert fw.spec["_fworker"] == "gpu" and job.function.__func__ is (
-        jobs.QEPredictDensityMaker._predict)  # the job of today's code
-    assert makers["MLQENonSCFMaker"][2] == jobs.MLQENonSCFMaker(mode="uniform",
-                                                               skip_without_prediction=True)
-    for name in ("MLQEStaticMaker", "QEStaticMaker", "QENonSCFMaker", "QEAtomicNonSCFMaker"):
-        assert makers[name][2] == getattr(jobs, name)(), name
-    # the ML static and the ML non-SCF still read the prediction's output
-    predict_uuid = makers["QEPredictDensityMaker"][1].uuid
-    assert makers["MLQEStaticMaker"][1].function_kwargs["prediction"].uuid == predict_uuid
-    assert makers["MLQENonSCFMaker"][1].function_args[1].uuid == predict_uuid
+    assert maker == jobs.QEPredictDensityMaker(protocol=STORED_PROTOCOL,
+                                               manager_config={"_fworker": "gpu"})
+    assert fw.spec["_fworker"] == "gpu"
+    assert job.function.__func__ is jobs.QEPredictDensityMaker._predict  # today's code
+    run = {"protocol": STORED_PROTOCOL, "nprocs": 1}
+    assert makers["QEStaticMaker"][2] == jobs.QEStaticMaker(**run)
+    assert makers["MLQEStaticMaker"][2] == jobs.MLQEStaticMaker(**run)
+    assert makers["QENonSCFMaker"][2] == jobs.QENonSCFMaker(mode="line", **run)
+    assert makers["MLQENonSCFMaker"][2] == jobs.MLQENonSCFMaker(
+        mode="uniform", skip_without_prediction=True, **run)
+    assert makers["QEAtomicNonSCFMaker"][2] == jobs.QEAtomicNonSCFMaker(mode="uniform", **run)
+    # the references between the jobs survive: prediction -> ML static and ML non-SCF,
+    # baseline -> ML static's reference, ML static's folder -> bands
+    uuid = {name: job.uuid for name, (_, job, _) in makers.items()}
+    ml_kwargs = makers["MLQEStaticMaker"][1].function_kwargs
+    assert ml_kwargs["prediction"].uuid == uuid["QEPredictDensityMaker"]
+    assert ml_kwargs["reference"].uuid == uuid["QEStaticMaker"]
+    assert makers["MLQENonSCFMaker"][1].function_args[1].uuid == uuid["QEPredictDensityMaker"]
+    assert makers["QENonSCFMaker"][1].function_args[1].uuid == uuid["MLQEStaticMaker"]
