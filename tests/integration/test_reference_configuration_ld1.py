@@ -56,7 +56,8 @@ def test_own_configuration_gives_back_the_file_density_exactly():
     assert rec["change"] == 0.0
 
 
-def test_prediction_records_the_matched_configuration(shipped):
+def test_prediction_records_the_matched_configuration(shipped, monkeypatch):
+    monkeypatch.setenv("MLCHARGE_REFERENCE_CONFIGURATION", "training")  # off by default
     s = Structure(Lattice.cubic(2.83), ["Fe"] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]])
     prot = QEProtocol(ecutwfc_ry=30.0, ecutrho_ry=240.0, pseudopotentials={"Fe": str(FE_SEMICORE)})
     grid = predict_grid(s, (24, 24, 24), None, prot)
@@ -65,3 +66,13 @@ def test_prediction_records_the_matched_configuration(shipped):
     assert fe["source"]["configuration"]["used"] == "3s2 4s1 3p6 3d7"
     assert fe["differs_from_training"] is True
     assert grid.n_electrons == pytest.approx(32.0, abs=1e-9)
+
+
+def test_matching_is_off_by_default_and_the_record_says_so(shipped, monkeypatch):
+    monkeypatch.delenv("MLCHARGE_REFERENCE_CONFIGURATION", raising=False)
+    s = Structure(Lattice.cubic(2.83), ["Fe"] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]])
+    prot = QEProtocol(ecutwfc_ry=30.0, ecutrho_ry=240.0, pseudopotentials={"Fe": str(FE_SEMICORE)})
+    grid = predict_grid(s, (24, 24, 24), None, prot)
+    rec = grid.metadata["reference"]["elements"]["Fe"]["source"]["configuration"]
+    assert rec["matched"] is False and rec["mode"] == "file"
+    assert rec["used"] == "3s2 4s2 3p6 3d6" and "matching off" in rec["fallback"]
