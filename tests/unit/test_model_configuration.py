@@ -147,3 +147,12 @@ def test_ld1_failure_falls_back_to_the_file_and_says_so(shipped, monkeypatch):
     assert rec["matched"] is False and "ld1.x failed" in rec["fallback"]
     q = np.linspace(0.0, 20.0, 400)
     np.testing.assert_array_equal(refs["Fe"].transform(q), AtomicReference.from_upf(FE_SEMICORE).transform(q))
+
+
+def test_unknown_training_file_is_recorded_not_guessed(shipped, no_ld1):
+    """A model whose Fe row is no registry file: the configuration to match is unknown, the
+    file's own density is used and the record says why."""
+    bad = shipped.table.with_references({"Fe": AtomicReference.from_upf(FE_SEMICORE)})
+    refs = run_references(bad, {"Fe": get_pseudo("Fe").source}, mode="training")
+    rec = refs["Fe"].identity["configuration"]
+    assert rec["matched"] is False and "configuration is unknown" in rec["training_unknown"]

@@ -321,7 +321,7 @@ def run_references(
         if el not in table.elements:
             out[el] = path  # refused (or given its reference alone) by the caller
             continue
-        record: dict[str, Any] = {"mode": mode}
+        record: dict[str, Any] = {"mode": mode, "matched": False}
         atom = None
         try:
             train_path = training_file(table, el)
@@ -330,7 +330,7 @@ def run_references(
         if train_path is not None and _sha(train_path) != _sha(path):
             try:
                 own, train = read_configuration(path), read_configuration(train_path)
-                record.update(file=str(own), training=str(train), used=str(own), matched=False)
+                record.update(file=str(own), training=str(train), used=str(own))
                 if not own.same_as(train):
                     if mode == "file":
                         record["fallback"] = f"configurations differ, matching off ({ENV}=file)"
@@ -339,8 +339,6 @@ def run_references(
                         record["mode"] = mode
             except (ValueError, RuntimeError, FileNotFoundError, OSError) as err:
                 record["fallback"] = f"file's own PP_RHOATOM used: {err}"
-        elif train_path is not None:
-            record["matched"] = False  # the training file itself
         out[el] = AtomicReference.from_upf(path, atom=atom, configuration=record)
     return out
 
