@@ -76,3 +76,16 @@ def test_matching_is_off_by_default_and_the_record_says_so(shipped, monkeypatch)
     rec = grid.metadata["reference"]["elements"]["Fe"]["source"]["configuration"]
     assert rec["matched"] is False and rec["mode"] == "file"
     assert rec["used"] == "3s2 4s2 3p6 3d6" and "matching off" in rec["fallback"]
+
+
+def test_a_file_ld1_cannot_solve_falls_back_with_the_reason(shipped):
+    """Debian's semilocal FHI Fe (4s2 3d6, 8 electrons): ld1.x runs but writes no density
+    for it (its test of the file's own configuration gives nonsense eigenvalues), so the
+    consistency check refuses the difference and the file's own density is used, recorded."""
+    fhi = get_settings().pseudo_dir / "Fe.pbe-mt_fhi.UPF"
+    refs = run_references(shipped.table, {"Fe": fhi}, mode="training")
+    rec = refs["Fe"].identity["configuration"]
+    assert rec["matched"] is False and rec["file"] == "4s2 3d6"
+    assert "does not reproduce" in rec["fallback"]
+    q = np.linspace(0.0, 20.0, 200)
+    np.testing.assert_array_equal(refs["Fe"].transform(q), AtomicReference.from_upf(fhi).transform(q))
