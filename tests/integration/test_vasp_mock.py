@@ -74,13 +74,29 @@ def full_comparison(mock_vasp, **kwargs):
     )
 
 
+#: The one-step donor of PAW occupancies every ML start without them runs first
+#: (MLStaticMaker/MLNonSCFMaker paw_occupancies="auto"); its reference CHGCAR is a
+#: stand-in holding made-up occupancies (build_reference.py).
+DONOR_REF = {"occupancy donor": "occupancy_donor"}
+DONOR_KEYS = ["ICHARG", "ISTART", "NELM", "NSW", "LCHARG", "LWAVE", "NGXF", "NGYF", "NGZF"]
+
+
 @pytest.fixture
 def mock_vasp(monkeypatch):
-    """``monkeypatch_vasp`` plus a spy on what each job wrote before VASP would start."""
+    """``monkeypatch_vasp`` plus a spy on what each job wrote before VASP would start.
+
+    Every test's references include the occupancy donor's (its INCAR start keys and
+    POSCAR are checked; the k-mesh is the SCF's or, for a non-SCF job, a uniform one)."""
     import atomate2.vasp.jobs.base as base
 
     gen = monkeypatch_vasp(monkeypatch, REF)
-    set_refs = next(gen)
+    plain_set_refs = next(gen)
+
+    def set_refs(refs, kwargs=None):
+        kwargs = {"occupancy donor": {"incar_settings": DONOR_KEYS,
+                                      "check_inputs": ["incar", "poscar"]}, **(kwargs or {})}
+        plain_set_refs({**DONOR_REF, **refs}, kwargs)
+
     fake = base.run_vasp
     seen: dict[str, dict] = {}
 
@@ -112,6 +128,22 @@ def potcar_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PMG_VASP_PSP_DIR", str(root))
     monkeypatch.setitem(inputs.SETTINGS, "PMG_VASP_PSP_DIR", str(root))
     return root
+
+
+def _final(out: dict, uuid: str):
+    """The last output of job ``uuid``, following replacements (a replacement Flow's
+    output is a reference to the job that produced it)."""
+    from jobflow import OutputReference
+
+    result = out[uuid][max(out[uuid])].output
+    while isinstance(result, OutputReference):
+        result = out[result.uuid][max(out[result.uuid])].output
+    return result
+
+
+def _replacing_run(out: dict, uuid: str) -> str:
+    """uuid of the ml static run that replaced job ``uuid`` (after its occupancy donor)."""
+    return out[uuid][max(out[uuid])].output.uuid
 
 
 def _store() -> JobStore:
@@ -182,12 +214,25 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path, predictor):
     assert "CHGCAR.ml" in entry["files"] and "ml_start.json" in entry["files"]
     assert isinstance(entry["handlers"][-1], MLStartFallbackHandler)
 
-    task = out[static.uuid][1].output
+    # no prev_dir: the static replaced itself by [occupancy donor, ml static]; the donor's
+    # PAW occupancies (both spin blocks) went into the CHGCAR, the density is the prediction's
+    assert sorted(out[static.uuid]) == [1, 2]
+    donor = seen["occupancy donor"]["incar"]
+    assert (donor["ICHARG"], donor["NELM"], donor["LCHARG"], donor["LWAVE"]) == (2, 1, True, False)
+    assert "chgcar" not in seen["occupancy donor"]
+    aug = chg.metadata["data_aug"]
+    assert set(aug) == {"total", "diff"}
+    np.testing.assert_allclose(aug["total"][2], 0.4 + 0.01 * np.arange(8))  # the donor's
+    np.testing.assert_allclose(chg.total, stored.total, rtol=1e-9, atol=1e-12)
+    task = _final(out, static.uuid)
     rec = task.additional_json["ml_start"]
     assert rec["status"] == "active" and rec["density"]["written"] == "copied"
+    assert rec["density"]["paw_occupancies"]["how"] == "donor"
+    assert rec["density"]["paw_occupancies"]["blocks"] == ["total", "diff"]
     assert rec["density"]["predictor"] == predictor
     assert rec["density"]["reference"]["source"] == "POTCAR"
     assert [a["scf_iterations"] for a in task.additional_json["scf_attempts"]] == [11]
+    assert [a["scf_iterations"] for a in rec["occupancy_donor"]["scf_attempts"]] == [1]
 
 
 ALL_REFS = {
@@ -217,18 +262,26 @@ def test_comparison_flow_savings_record(mock_vasp, tmp_path):
     rec = doc.record()
     assert list(rec) == list(RECORD_KEYS)
     assert rec["engine"] == "vasp" and rec["formula"] == "SiC" and rec["n_atoms"] == 2
-    # SCF steps of the reference outputs: 17 (atoms), 11 (ML), 6 (oracle)
-    assert rec["scf_iterations"] == {"baseline": 17, "ml": 11, "oracle": 6}
+    # SCF steps of the reference outputs: 17 (atoms), 11 (ML) + 1 (its occupancy donor),
+    # 6 (oracle, the baseline CHGCAR's own occupancies: no donor)
+    assert rec["scf_iterations"] == {"baseline": 17, "ml": 12, "oracle": 6}
     assert rec["ml_density_used"] is True and rec["fallback"] is None and rec["error"] is None
     assert rec["energy_eV"]["baseline"] == pytest.approx(-27.11090125)
     assert rec["wall_s"]["baseline"] > rec["wall_s"]["ml"] > 0 and rec["wall_s"]["predict"] > 0
+    ml_dir = Path(doc.details.dir_names["ml"].split(":", 1)[-1])
+    from mlcharge_workflows.engines.vasp.parse import count_attempts
+
+    walls = [a["wall_s"] for a in count_attempts(ml_dir)]
+    assert rec["wall_s"]["ml"] == pytest.approx(sum(walls) + 3.51)  # donor's OUTCAR: 3.51 s
     assert set(rec["band_gap_eV"]) == {"scf", "nscf_ml", "nscf_atomic"}
     assert all(v is not None for v in rec["band_gap_eV"].values())
     assert doc.details.nelmdl == -5
-    assert [a.start for a in doc.details.ml_attempts] == ["ml"]
+    assert [a.start for a in doc.details.ml_attempts] == ["atomic", "ml"]
+    assert doc.details.ml_attempts[0].rejected.startswith("occupancy donor")
+    assert doc.details.ml_attempts[0].scf_iterations == 1
     # the mock's OUTCAR has no start block and there is no vasp.out: kept, marked unverified
     assert doc.details.ml_start_evidence["status"] == "unverified"
-    assert doc.details.ml_attempts[0].density_read_from_file is None
+    assert doc.details.ml_attempts[1].density_read_from_file is None
 
     # starts: only ICHARG differs between the SCF arms; same pinned grid everywhere
     icharg = {name: seen[name]["incar"]["ICHARG"] for name in ALL_REFS}
@@ -242,7 +295,9 @@ def test_comparison_flow_savings_record(mock_vasp, tmp_path):
     # the oracle starts from the baseline CHGCAR byte for byte: PAW occupancies kept
     oracle_dir = Path(doc.details.dir_names["oracle"].split(":", 1)[-1])
     assert seen["oracle static"]["chgcar"].metadata.get("data_aug")
-    assert seen["ml static"]["chgcar"].metadata.get("data_aug") is None
+    # the ML CHGCARs got the donor's occupancies (made-up 0.2, ...), not the baseline's (0.1, ...)
+    for arm in ("ml static", "nscf ml"):
+        assert seen[arm]["chgcar"].metadata["data_aug"]["total"][1][0] == pytest.approx(0.2)
     assert (oracle_dir / "CHGCAR.ml.gz").exists()
 
 
@@ -306,8 +361,12 @@ def test_ml_nscf_uniform_skips_scf(mock_vasp, tmp_path):
     assert entry["incar"]["ICHARG"] == 11 and entry["incar"]["ISMEAR"] == -5
     assert entry["chgcar"].shape == NGF
     assert entry["chgcar"].n_electrons == pytest.approx(8.0)
-    tasks = [r[1].output for r in out.values() if hasattr(r[1].output, "additional_json")]
-    assert tasks[0].additional_json["ml_start"]["status"] == "nscf"
+    rec = _final(out, job.uuid).additional_json["ml_start"]
+    assert rec["status"] == "nscf" and rec["density"]["paw_occupancies"]["how"] == "donor"
+    # the donor ran on this job's generator, on a uniform mesh, from atoms for one step
+    assert seen["occupancy donor"]["incar"]["ICHARG"] == 2
+    assert seen["occupancy donor"]["incar"]["NELM"] == 1
+    assert entry["chgcar"].metadata["data_aug"]["total"][1][0] == pytest.approx(0.2)
 
 
 def test_ml_static_distrusted_result_is_kept_and_rerun_from_atoms(mock_vasp, tmp_path):
@@ -328,8 +387,10 @@ def test_ml_static_distrusted_result_is_kept_and_rerun_from_atoms(mock_vasp, tmp
     )
     store = _store()
     out = _run(Flow([predict, static]), tmp_path, store)
-    # the distrusted ML run stays in the store (index 1), the rerun replaces it (index 2)
-    rejected, rerun = out[static.uuid][1].output, out[static.uuid][2].output
+    # the ML run (after its occupancy donor) is distrusted: it stays in the store (index 1),
+    # the rerun replaces it (index 2)
+    run = _replacing_run(out, static.uuid)
+    rejected, rerun = out[run][1].output, out[run][2].output
     rec1 = rejected.additional_json["ml_start"]
     assert rec1["status"] == "rejected" and rec1["fallback"].startswith("energy_mismatch")
     assert Path(str(rejected.dir_name).split(":", 1)[-1]).is_dir()
@@ -340,16 +401,19 @@ def test_ml_static_distrusted_result_is_kept_and_rerun_from_atoms(mock_vasp, tmp
     assert rec2["status"] == "abandoned" and rec2["fallback"] == rec1["fallback"]
     assert [a["scf_iterations"] for a in rerun.additional_json["scf_attempts"]] == [11, 17]
     assert rerun.additional_json["rejected_ml_run"]["energy_eV"] == pytest.approx(-27.11090125)
-    assert store.docs_store.count({"uuid": static.uuid}) == 2
+    assert store.docs_store.count({"uuid": run}) == 2
+    # the donor the rejected run paid for stays on the record
+    assert [a["scf_iterations"] for a in rec2["occupancy_donor"]["scf_attempts"]] == [1]
 
     pred_doc = out[predict.uuid][1].output
     doc = savings_document.original(
         "SiC", structure, VaspArmReader(), baseline=rerun, prediction=pred_doc, ml=rerun
     )
     assert doc.ml_density_used is False and doc.fallback.startswith("energy_mismatch")
-    assert doc.scf_iterations.ml == 28  # every iteration the arm paid for
-    assert [a.start for a in doc.details.ml_attempts] == ["ml", "atomic"]
-    assert doc.details.ml_attempts[0].rejected.startswith("energy_mismatch")
+    assert doc.scf_iterations.ml == 29  # every iteration the arm paid for, donor's included
+    assert [a.start for a in doc.details.ml_attempts] == ["atomic", "ml", "atomic"]
+    assert doc.details.ml_attempts[0].rejected.startswith("occupancy donor")
+    assert doc.details.ml_attempts[1].rejected.startswith("energy_mismatch")
 
 
 def test_ml_static_accepts_a_result_matching_the_reference(mock_vasp, tmp_path):
@@ -362,8 +426,8 @@ def test_ml_static_accepts_a_result_matching_the_reference(mock_vasp, tmp_path):
         reference={"energy_eV": -27.11090125 + 1e-4, "total_magnetization": 0.0},
     )
     out = _run(Flow([predict, static]), tmp_path)
-    assert set(out[static.uuid]) == {1}
-    assert out[static.uuid][1].output.additional_json["ml_start"]["status"] == "active"
+    assert set(out[static.uuid]) == {1, 2}  # 1: replaced by [occupancy donor, ml static]
+    assert _final(out, static.uuid).additional_json["ml_start"]["status"] == "active"
 
 
 def test_atomic_spin_start_is_a_fallback_not_an_ml_start(mock_vasp, tmp_path):

@@ -45,7 +45,7 @@ def _ml_static(mock_vasp, tmp_path, ref: str, **maker_kwargs):
 def test_ml_static_records_what_vasp_did_with_the_chgcar(mock_vasp, tmp_path, ref, status,
                                                          used):
     """vasprun.xml echoes ICHARG=1 in all three runs; OUTCAR and vasp.out decide."""
-    pred, outs, seen = _ml_static(mock_vasp, tmp_path, ref)
+    pred, outs, seen = _ml_static(mock_vasp, tmp_path, ref, paw_occupancies="none")
     assert seen["ml static"]["incar"]["ICHARG"] == 1
     assert set(outs) == {1}  # no rerun: a discarded start already ran from atoms
     task = outs[1].output
@@ -71,3 +71,84 @@ def test_ml_static_records_what_vasp_did_with_the_chgcar(mock_vasp, tmp_path, re
                                               "unverified": None}[status]
     if not used:
         assert doc.fallback == rec["fallback"] and doc.scf_iterations.ml == 17
+
+
+def _relax_dir(tmp_path, potcar_dir, lmaxmix=None, potcar=True):
+    """A finished run of the same cell before the static (the mock baseline's outputs:
+    a CHGCAR with made-up occupancies 0.1, 0.11, ...), holding this library's POTCAR."""
+    import shutil
+
+    from pymatgen.io.vasp import Incar
+    from test_vasp_mock import REF
+
+    prev = shutil.copytree(REF / "baseline_static" / "outputs", tmp_path / "relax")
+    if potcar:  # what VASP ran with: the user's POTCARs, C then Si as in the POSCAR
+        lib = potcar_dir / "POT_GGA_PAW_PBE_54"
+        (prev / "POTCAR").write_text((lib / "POTCAR.C").read_text()
+                                     + (lib / "POTCAR.Si").read_text())
+    if lmaxmix is not None:
+        incar = Incar.from_file(prev / "INCAR")
+        incar["LMAXMIX"] = lmaxmix
+        incar.write_file(prev / "INCAR")
+    return prev
+
+
+@pytest.mark.parametrize(
+    ("lmaxmix", "potcar", "source", "note"),
+    [(None, True, "prev_dir", "copied from prev_dir"),
+     (4, True, "donor", "LMAXMIX=4"),  # another occupancy count per ion: not usable
+     (None, False, "donor", "other POTCARs")],  # its vasprun names PAW_PBE Si 05Jan2001
+)
+def test_chained_static_takes_occupancies_from_prev_dir(mock_vasp, tmp_path, potcar_dir,
+                                                        lmaxmix, potcar, source, note):
+    """relax -> ML static (atomate2's chain): the prediction copies the relaxation CHGCAR's
+    occupancies when POTCARs and LMAXMIX agree, and no donor runs; otherwise a donor does."""
+    from test_vasp_mock import _final
+
+    set_refs, seen = mock_vasp
+    set_refs({"ml static": "ml_static"}, {"ml static": {"incar_settings": ["ICHARG", "ISTART"]}})
+    prev = _relax_dir(tmp_path, potcar_dir, lmaxmix, potcar)
+    static = MLStaticMaker(
+        input_set_generator=static_gen(), density_maker=MLDensityMaker(predictor="sad"),
+    ).make(sic(), prev_dir=f"fileserver.example:{prev}")
+    out = _run(static, tmp_path / "run")
+    pred = next(r[1].output for r in out.values()
+                if type(r[1].output).__name__ == "MLDensityDocument")
+    assert note in pred.paw_occupancies_note and pred.paw is True
+    aug = seen["ml static"]["chgcar"].metadata["data_aug"]
+    if source == "prev_dir":
+        assert pred.paw_occupancies["how"] == "prev_dir"
+        assert pred.paw_occupancies["source"].startswith(str(prev))
+        assert "occupancy donor" not in seen
+        assert aug["total"][1][0] == pytest.approx(0.1)  # the relaxation's
+    else:
+        assert pred.paw_occupancies is None and "occupancy donor" in seen
+        assert aug["total"][1][0] == pytest.approx(0.2)  # the donor's
+    rec = _final(out, static.uuid).additional_json["ml_start"]
+    assert rec["status"] == "active"
+    assert ("occupancy_donor" in rec) is (source == "donor")
+
+
+def test_prev_dir_only_refuses_without_occupancies(mock_vasp, tmp_path, monkeypatch):
+    """paw_occupancies='prev_dir' and none to copy: no donor, the ML start is refused and
+    the run starts from atoms, saying why."""
+    set_refs, seen = mock_vasp
+    set_refs({"ml static": "baseline_static"}, _kwargs(["ml static"]))
+    gen = static_gen()
+    predict = MLDensityMaker(input_set_generator=gen, predictor="sad").make(sic())
+    static = MLStaticMaker(input_set_generator=gen, density_maker=None,
+                           paw_occupancies="prev_dir").make(sic(), ml_density=predict.output)
+    from jobflow import Flow
+
+    out = _run(Flow([predict, static]), tmp_path)
+    rec = out[static.uuid][1].output.additional_json["ml_start"]
+    assert rec["status"] == "abandoned" and rec["start"] == "atomic"
+    assert rec["fallback"].startswith("no_paw_occupancies: the CHGCAR has no PAW occupancies")
+    assert "no prev_dir" in rec["fallback"]
+    assert seen["ml static"]["incar"]["ICHARG"] == 2 and "chgcar" not in seen["ml static"]
+    assert "occupancy donor" not in seen
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="paw_occupancies must be one of"):
+        MLStaticMaker.make.original(MLStaticMaker(paw_occupancies="guess"), sic(),
+                                    ml_density=out[predict.uuid][1].output)
+    assert not (tmp_path / "CHGCAR").exists()  # refused before anything was placed

@@ -72,8 +72,9 @@ ARMS = {
     "atomic_nscf_uniform": ("nscf", "uniform", {"ICHARG": 12, "ISTART": 0, **NGF}, 9),
     "ml_static_read": ("static", None, {"ICHARG": 1, "ISTART": 0, **NGF}, 11),
     "ml_static_discarded": ("static", None, {"ICHARG": 1, "ISTART": 0, **NGF}, 17),
-    "occupancy_donor": ("static", None, {"ICHARG": 2, "ISTART": 0, "NELM": 1, "LWAVE": False,
-                                         "LCHARG": True, **NGF}, 1),
+    "occupancy_donor": ("static", None, {"ICHARG": 2, "ISTART": 0, "NELM": 1, "NSW": 0,
+                                         "LCHARG": True, "LWAVE": False, "LAECHG": False,
+                                         "LVTOT": False, "LELF": False, **NGF}, 1),
     # atomate2's own NonSCFMaker after the ML static in BandStructureMaker (no pinned grid)
     "bs_nscf_line": ("nscf", "line", {"ICHARG": 11}, 9),
 }
@@ -84,11 +85,14 @@ WRITES_CHGCAR = ("baseline_static", "ml_static")
 def _set_i(parent: ET.Element, name: str, value: object) -> None:
     """Set every ``<i name=...>`` below ``parent`` (adding one if absent)."""
     found = [e for e in parent.iter("i") if e.get("name") == name]
-    text = f" {value} "
+    logical = isinstance(value, bool)
+    text = (" T " if value else " F ") if logical else f" {value} "
     for e in found:
         e.text = text
+        if logical:
+            e.set("type", "logical")
     if not found:
-        e = ET.SubElement(parent, "i", {"type": "int", "name": name})
+        e = ET.SubElement(parent, "i", {"type": "logical" if logical else "int", "name": name})
         e.text = text
 
 

@@ -4,7 +4,8 @@ Modules (imported on use; atomate2 and custodian are the ``vasp`` extra):
 
 * :mod:`.jobs` - every Maker, re-exported from its module: :mod:`.predict`
   (``MLDensityMaker``), :mod:`.static` (``MLStaticMaker``), :mod:`.baseline`
-  (``BaselineStaticMaker``, ``MLFallbackStaticMaker``), :mod:`.nscf` (``MLNonSCFMaker``,
+  (``BaselineStaticMaker``, ``MLFallbackStaticMaker``, ``OccupancyDonorMaker``),
+  :mod:`.nscf` (``MLNonSCFMaker``,
   ``AtomicNonSCFMaker``); :mod:`.base` - what the run Makers share
 * :mod:`.flows` - ``VaspComparisonMaker`` (baseline / ML / oracle arms, NSCF check) and
   ``VaspArmReader`` (how the savings document reads TaskDocs)
@@ -13,7 +14,8 @@ Modules (imported on use; atomate2 and custodian are the ``vasp`` extra):
 * :mod:`.density` - predict a density for an input set (CHGCAR on the run's POTCARs)
 * :mod:`.placement` - check a CHGCAR and place it in a run folder
 * :mod:`.sets` - input-set structure, fine grid, NELECT (POTCAR ZVAL table)
-* :mod:`.parse` - SCF steps from vasprun.xml / OSZICAR, wall times, custodian attempts
+* :mod:`.parse` - SCF steps from vasprun.xml / OSZICAR, wall times, custodian attempts,
+  whether VASP read the supplied CHGCAR (OUTCAR / stdout: ``read_start_evidence``)
 
 See docs/vasp-guide.md.
 """
@@ -26,12 +28,14 @@ _EXPORTS = {
     "MLStaticMaker": "jobs",
     "MLNonSCFMaker": "jobs",
     "BaselineStaticMaker": "jobs",
+    "OccupancyDonorMaker": "jobs",
     "AtomicNonSCFMaker": "jobs",
     "VaspComparisonMaker": "flows",
     "VaspArmReader": "flows",
     "MLStartFallbackHandler": "handlers",
     "parse_vasp_scf": "parse",
     "count_attempts": "parse",
+    "read_start_evidence": "parse",
 }
 
 __all__ = sorted(_EXPORTS)

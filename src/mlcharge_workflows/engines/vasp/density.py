@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from monty.os.path import zpath
 
 from mlcharge_workflows.density.chgcar import read_chgcar, write_chgcar
 from mlcharge_workflows.density.potcar import (
@@ -70,8 +71,13 @@ __all__ = [
     "predictor_name",
     "resolve_predictor",
     "occupancies_from",
+    "is_paw",
+    "prev_dir_occupancies",
     "write_predicted_chgcar",
 ]
+
+#: VASP's LMAXMIX default: the occupancy count per ion of a CHGCAR depends on it.
+LMAXMIX_DEFAULT = 2
 
 
 class PotcarDataError(ValueError):
@@ -264,6 +270,98 @@ def _magmom_structure(struct: Structure, incar: Any) -> Structure:
     return struct
 
 
+def is_paw(titles: list[str] | None) -> bool:
+    """Whether POTCARs with these titles are PAW datasets (``"PAW_PBE Si 05Jan2001"``).
+
+    Unknown titles (None) count as PAW: every current VASP POTCAR is one, and a CHGCAR
+    without occupancies is then discarded by VASP.
+    """
+    return titles is None or any(str(t).strip().upper().startswith("PAW") for t in titles)
+
+
+def _prev_potcar_titles(prev: Path) -> tuple[list[str] | None, list[str] | None]:
+    """(titles, symbols) of the POTCARs a previous run used: its POTCAR, else the atom types
+    of its vasprun.xml (titles), else its POTCAR.spec (symbols only)."""
+    potcar = Path(zpath(str(prev / "POTCAR")))
+    if potcar.exists():
+        from pymatgen.io.vasp import Potcar
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return [p.TITEL for p in Potcar.from_file(str(potcar))], None
+            except Exception:  # noqa: BLE001 - an unreadable POTCAR: try the others
+                pass
+    vasprun = Path(zpath(str(prev / "vasprun.xml")))
+    if vasprun.exists():
+        import xml.etree.ElementTree as ET
+
+        from monty.io import zopen
+
+        titles: list[str] = []
+        try:
+            with zopen(str(vasprun), "rb") as fh:
+                for _, elem in ET.iterparse(fh, events=("end",)):
+                    if elem.tag == "array" and elem.get("name") == "atomtypes":
+                        for row in elem.iter("rc"):
+                            cells = [c.text.strip() for c in row.iter("c") if c.text]
+                            if cells:
+                                titles.append(cells[-1])
+                        break
+        except ET.ParseError:
+            titles = []
+        if titles:
+            return titles, None
+    spec = prev / "POTCAR.spec"
+    if spec.exists():
+        return None, [ln.strip() for ln in spec.read_text().splitlines() if ln.strip()]
+    return None, None
+
+
+def prev_dir_occupancies(
+    prev_dir: str | Path | None, vis: VaspInput, titles: list[str] | None
+) -> tuple[Path | None, str]:
+    """The CHGCAR of ``prev_dir`` whose PAW occupancies this run can read, or why none.
+
+    Usable when ``prev_dir`` holds a CHGCAR, ran with the same LMAXMIX (VASP's occupancy
+    count per ion depends on it) and the same POTCARs (``titles``: this run's, compared
+    with the previous run's POTCAR or vasprun.xml titles; by symbol when only a
+    POTCAR.spec tells). The cell is checked when the occupancies are copied
+    (:func:`occupancies_from`). Returns ``(path, note)``.
+    """
+    prev_dir = local_dir(prev_dir)
+    if prev_dir is None:
+        return None, "no prev_dir"
+    prev = Path(prev_dir)
+    chgcar = Path(zpath(str(prev / "CHGCAR")))
+    if not chgcar.exists():
+        return None, f"prev_dir {prev} has no CHGCAR"
+    incar = Path(zpath(str(prev / "INCAR")))
+    if incar.exists():
+        from pymatgen.io.vasp import Incar
+
+        theirs = int(Incar.from_file(str(incar)).get("LMAXMIX", LMAXMIX_DEFAULT))
+        mine = int(vis["INCAR"].get("LMAXMIX", LMAXMIX_DEFAULT))
+        if theirs != mine:
+            return None, (f"prev_dir {prev} ran with LMAXMIX={theirs}, this run has "
+                          f"LMAXMIX={mine}: VASP would find another occupancy count per ion")
+    else:
+        return None, f"prev_dir {prev} has no INCAR to check LMAXMIX against"
+    prev_titles, prev_symbols = _prev_potcar_titles(prev)
+    if prev_titles is not None and titles is not None:
+        if [t.strip() for t in prev_titles] != [t.strip() for t in titles]:
+            return None, (f"prev_dir {prev} ran with other POTCARs ({prev_titles}) than this "
+                          f"run ({titles})")
+    elif prev_symbols is not None or prev_titles is not None:
+        theirs = prev_symbols or [t.split()[1] if len(t.split()) > 1 else t for t in prev_titles]
+        if theirs != potcar_symbols(vis):
+            return None, (f"prev_dir {prev} ran with other POTCARs ({theirs}) than this run "
+                          f"({potcar_symbols(vis)})")
+    else:
+        return None, f"prev_dir {prev} does not say which POTCARs it ran with"
+    return chgcar, f"copied from prev_dir {prev}"
+
+
 def write_predicted_chgcar(
     structure: Structure,
     generator: VaspInputSet,
@@ -289,7 +387,10 @@ def write_predicted_chgcar(
     The file has VASP's layout; for ISPIN=2 its moment line holds the INCAR MAGMOM (POSCAR
     order) the prediction used. It has no PAW occupancies unless ``paw_occupancies`` names
     a CHGCAR (or run folder) of the same cell whose occupancies are copied (see
-    :func:`occupancies_from`); ``info["paw_occupancies"]`` says which.
+    :func:`occupancies_from`), or is ``"prev_dir"``: those of ``prev_dir``'s CHGCAR when
+    that run used the same POTCARs and LMAXMIX (:func:`prev_dir_occupancies`), else none.
+    ``info["paw_occupancies"]`` says which were copied, ``info["paw_occupancies_note"]``
+    why (or why none).
     """
     t0 = time.perf_counter()
     prev_dir = local_dir(prev_dir)
@@ -333,9 +434,23 @@ def write_predicted_chgcar(
     reference.update(functional=functional, potcar_symbols=potcar_symbols(vis))
     spin_run = int(incar.get("ISPIN", 1)) == 2
     magmom = [float(m) for m in struct.site_properties["magmom"]] if spin_run else None
-    aug, occupancies = {}, None
-    if paw_occupancies is not None:
+    aug, occupancies, note = {}, None, "none requested"
+    titles = [references[el].title for el in vis["POSCAR"].site_symbols]
+    if paw_occupancies == "prev_dir":
+        source, note = prev_dir_occupancies(prev_dir, vis, titles)
+        if source is not None:
+            try:
+                aug, occupancies = occupancies_from(source, struct, spin_run)
+            except ValueError as err:
+                note = f"prev_dir's CHGCAR not usable: {err}"
+        if occupancies is None and is_paw(titles):
+            note += ("; the CHGCAR has no PAW occupancies, which VASP needs for PAW POTCARs "
+                     "(MLStaticMaker adds a donor run's, see docs/vasp-guide.md)")
+    elif paw_occupancies is not None:
         aug, occupancies = occupancies_from(paw_occupancies, struct, spin_run)
+        note = f"copied from {occupancies['source']}"
+    if occupancies is not None:
+        occupancies["how"] = "prev_dir" if paw_occupancies == "prev_dir" else "given"
     reference["paw_occupancies"] = None if occupancies is None else occupancies["source"]
     write_chgcar(grid, path, data_aug=aug, magmom=magmom)
     (Path(path).resolve().parent / REFERENCE_FILE).write_text(
@@ -355,6 +470,8 @@ def write_predicted_chgcar(
         reference=reference,
         chgcar_magmom=magmom,
         paw_occupancies=occupancies,
+        paw_occupancies_note=note,
+        paw=is_paw(titles),
         device=grid.metadata.get("device"),
         timings={"setup_s": t1 - t0, "predict_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0},
     )
@@ -373,12 +490,12 @@ def occupancies_from(
     magnetisation occupancies in the source, VASP keeps the total density but replaces the
     magnetisation by overlapping atoms (the summary says so).
     """
-    src = Path(source)
+    src = Path(local_dir(source))
     if src.is_dir():
-        found = sorted(src.glob("CHGCAR*"))
-        if not found:
+        found = Path(zpath(str(src / "CHGCAR")))
+        if not found.exists():
             raise ValueError(f"no CHGCAR in {src} to take PAW occupancies from")
-        src = found[0]
+        src = found
     donor = read_chgcar(src)
     try:
         donor.check_matches(structure)

@@ -66,21 +66,29 @@ def _attempts(task: Any) -> list[dict]:
     return list(task_field(task, "additional_json", "scf_attempts") or [])
 
 
+def _donor_attempts(task: Any) -> list[dict]:
+    """SCF attempts of the occupancy donor run the ML arm paid for (none without one)."""
+    donor = task_field(task, "additional_json", "ml_start", "occupancy_donor") or {}
+    return list(donor.get("scf_attempts") or [])
+
+
 def _total_scf(task: Any) -> int | None:
     if task is None:
         return None
     attempts = _attempts(task)
+    donor = sum(a["scf_iterations"] for a in _donor_attempts(task))
     if attempts:
-        return int(sum(a["scf_iterations"] for a in attempts))
+        return int(sum(a["scf_iterations"] for a in attempts) + donor)
     steps = task_field(_calc(task), "output", "num_electronic_steps")
-    return int(steps[0]) if steps else None
+    return int(steps[0]) + donor if steps else None
 
 
 def _wall(task: Any) -> float | None:
-    """VASP wall time of every attempt (OUTCAR "Elapsed time"), else the task's run stats."""
+    """VASP wall time of every attempt (OUTCAR "Elapsed time"), the occupancy donor's
+    included, else the task's run stats."""
     if task is None:
         return None
-    walls = [a.get("wall_s") for a in _attempts(task)]
+    walls = [a.get("wall_s") for a in [*_donor_attempts(task), *_attempts(task)]]
     if walls and all(w is not None for w in walls):
         return float(sum(walls))
     return task_field(task, "run_stats", "overall", "elapsed_time")
@@ -93,6 +101,16 @@ def _ml_attempts(task: Any) -> list[ArmAttempt]:
     density = record.get("density") or {}
     from_atoms = record.get("start") == "atomic" or density.get("error") or density.get("fallback")
     out, start = [], "atomic" if from_atoms else "ml"
+    donor = task_field(task, "additional_json", "ml_start", "occupancy_donor") or {}
+    for attempt in _donor_attempts(task):  # paid for, never the accepted run
+        out.append(ArmAttempt(
+            start="atomic", scf_iterations=attempt["scf_iterations"], converged=False,
+            wall_s=attempt.get("wall_s"), density_read_from_file=False,
+            start_evidence=(attempt.get("start_evidence") or {}).get("evidence"),
+            dir_name=donor.get("dir_name"),
+            rejected="occupancy donor: one step from atoms for the PAW occupancies of the "
+            "ML start (not an SCF)",
+        ))
     for i, attempt in enumerate(_attempts(task)):
         if i > 0:
             start = "ml" if events[i - 1].get("action") == "restored" else "atomic"
@@ -227,6 +245,10 @@ class VaspComparisonMaker(BaseComparisonMaker):
         ``fallback = "atomic_spin_start: ..."``.
     policy
         Tolerances for trusting the ML static against the baseline.
+    paw_occupancies
+        Where the ML static's PAW occupancies come from (see :class:`MLStaticMaker`;
+        default ``"auto"``: no prev_dir here, so a one-step donor run, counted in the ML
+        arm's iterations and wall time). The oracle keeps the baseline CHGCAR's own.
     """
 
     name: str = "vasp comparison"
@@ -237,6 +259,7 @@ class VaspComparisonMaker(BaseComparisonMaker):
     max_ml_restarts: int = 1
     spin: str | None = None
     policy: FallbackPolicy = field(default_factory=FallbackPolicy)
+    paw_occupancies: str = "auto"
 
     def reader(self) -> ArmReader:  # noqa: D102
         return VaspArmReader()
@@ -255,12 +278,14 @@ class VaspComparisonMaker(BaseComparisonMaker):
                              max_ml_restarts=self.max_ml_restarts, zval=self.zval, **kw)
 
     def ml_job(self, structure: Structure, prediction: Any, reference: Any) -> Job:  # noqa: D102
-        return self._static(fallback_policy=self.policy).make(
+        return self._static(fallback_policy=self.policy,
+                            paw_occupancies=self.paw_occupancies).make(
             structure, ml_density=prediction, reference=reference
         )
 
     def oracle_job(self, structure: Structure, baseline: Any) -> Job:  # noqa: D102
-        return self._static(name="oracle static").make(structure, ml_density=baseline.dir_name)
+        return self._static(name="oracle static", paw_occupancies="none").make(
+            structure, ml_density=baseline.dir_name)
 
     def nscf_jobs(self, structure: Structure, baseline: Any, prediction: Any) -> tuple[Job, Job, Job]:  # noqa: D102
         # every arm reads the baseline SCF's run (prev_dir): its ISPIN and moments, NBANDS,

@@ -9,6 +9,8 @@ serialised jobflow / FireWorks documents written before the split use):
   CHGCAR (``ICHARG = 1``), custodian and policy fallback to atoms;
 * :class:`BaselineStaticMaker`, :class:`MLFallbackStaticMaker` (:mod:`.baseline`) - the
   static from atoms (``ICHARG = 2``), and the rerun that replaces a distrusted ML start;
+  :class:`OccupancyDonorMaker` - one step from atoms whose CHGCAR lends an ML start the
+  PAW occupancies VASP needs;
 * :class:`MLNonSCFMaker`, :class:`AtomicNonSCFMaker` (:mod:`.nscf`) - non-SCF
   (``ICHARG = 11`` / ``12``) on the prediction / on atoms, skipping the SCF.
 
@@ -19,7 +21,11 @@ the arms differ only in their starting density. What the run Makers share is in
 
 from __future__ import annotations
 
-from mlcharge_workflows.engines.vasp.baseline import BaselineStaticMaker, MLFallbackStaticMaker
+from mlcharge_workflows.engines.vasp.baseline import (
+    BaselineStaticMaker,
+    MLFallbackStaticMaker,
+    OccupancyDonorMaker,
+)
 from mlcharge_workflows.engines.vasp.nscf import AtomicNonSCFMaker, MLNonSCFMaker
 from mlcharge_workflows.engines.vasp.predict import MLDensityMaker
 from mlcharge_workflows.engines.vasp.schemas import MLDensityDocument
@@ -33,4 +39,5 @@ __all__ = [
     "MLFallbackStaticMaker",
     "MLNonSCFMaker",
     "MLStaticMaker",
+    "OccupancyDonorMaker",
 ]

@@ -22,8 +22,16 @@ from jobflow import Response
 from pymatgen.core import Structure
 
 from mlcharge_workflows.engines.vasp.base import copy_maker
+from mlcharge_workflows.engines.vasp.baseline import donor_dir, donor_record, with_donor
+from mlcharge_workflows.engines.vasp.density import is_paw
 from mlcharge_workflows.engines.vasp.handlers import new_ml_start_record, write_ml_start_record
-from mlcharge_workflows.engines.vasp.placement import place_density
+from mlcharge_workflows.engines.vasp.placement import (
+    PAW_OCCUPANCY_MODES,
+    add_paw_occupancies,
+    chgcar_titles,
+    occupancy_action,
+    place_density,
+)
 from mlcharge_workflows.engines.vasp.predict import (
     MLDensityMaker,
     density_path,
@@ -59,11 +67,16 @@ class MLNonSCFMaker(NonSCFMaker):
 
     ``prev_dir`` is optional (it only informs NBANDS, ISPIN, smearing); the density
     is always ``ml_density``, predicted by ``density_maker`` when not given.
+    ``paw_occupancies``: as :class:`~.static.MLStaticMaker`'s (VASP stops for ICHARG=11
+    on a CHGCAR without PAW occupancies); the donor run uses this job's generator on a
+    uniform k-mesh (``mode = "uniform"``), so its POTCARs, LMAXMIX and ISPIN are this
+    run's.
     """
 
     name: str = "ml non-scf"
     density_maker: MLDensityMaker | None = field(default_factory=MLDensityMaker)
     zval: dict[str, float] | None = None
+    paw_occupancies: str = "auto"
 
     @vasp_job
     def make(
@@ -72,8 +85,13 @@ class MLNonSCFMaker(NonSCFMaker):
         prev_dir: str | Path | None = None,
         mode: str = "uniform",
         ml_density: Any = None,
+        occupancy_donor: Any = None,
     ) -> Response:
-        """Run the non-SCF job in ``mode`` ("line" or "uniform") on ``ml_density``."""
+        """Run the non-SCF job in ``mode`` ("line" or "uniform") on ``ml_density``
+        (``occupancy_donor``: see ``paw_occupancies``)."""
+        if self.paw_occupancies not in PAW_OCCUPANCY_MODES:
+            raise ValueError(f"paw_occupancies must be one of {PAW_OCCUPANCY_MODES}, got "
+                             f"{self.paw_occupancies!r}")
         if ml_density is None:
             return predict_then(self, structure, prev_dir, mode=mode)
         source = density_path(ml_density)
@@ -82,8 +100,29 @@ class MLNonSCFMaker(NonSCFMaker):
         maker, vis = _nscf_maker(self, structure, prev_dir, mode, ML_NSCF_INCAR)
         functional = potcar_functional(maker.input_set_generator)
         placed = place_density(source, vis, ".", functional, self.zval)
+        placed.update({k: v for k, v in prediction_info(ml_density).items()
+                       if k in ("paw", "paw_occupancies", "paw_occupancies_note")})
+        donor = donor_dir(occupancy_donor)
+        paw = placed.get("paw")
+        action = occupancy_action(self.paw_occupancies, placed["has_paw_occupancies"],
+                                  is_paw(chgcar_titles(source)) if paw is None else paw, donor)
+        if action == "donor":
+            Path("CHGCAR").unlink(missing_ok=True)
+            gen = copy.deepcopy(self.input_set_generator)
+            gen.mode = "uniform"
+            return with_donor(self, structure, prev_dir, ml_density, generator=gen, mode=mode)
+        if action == "refuse":
+            raise ValueError(
+                f"{self.name}: the CHGCAR has no PAW occupancies and paw_occupancies="
+                f"'prev_dir' allows no donor run ({placed.get('paw_occupancies_note')}): VASP "
+                "would stop ('charge density could not be read from file CHGCAR for ICHARG>10')")
+        if action == "merge":
+            placed["paw_occupancies"] = {**add_paw_occupancies(donor, vis), "how": "donor"}
+            placed["has_paw_occupancies"] = True
         record = new_ml_start_record(placed, 0)
         record["status"] = "nscf"
+        if action == "merge":
+            record["occupancy_donor"] = donor_record(donor)
         write_ml_start_record(record)
         return NonSCFMaker.make.original(maker, structure, prev_dir, mode)
 

@@ -21,6 +21,7 @@ from mlcharge_workflows.engines.vasp.density import (
     REFERENCE_FILE,
     PotcarDataError,
     electron_info,
+    occupancies_from,
     potcar_references,
 )
 from mlcharge_workflows.engines.vasp.sets import input_fine_grid, local_dir
@@ -32,7 +33,24 @@ if TYPE_CHECKING:
 #: significant digits; a converged density read back integrates to NELECT within this).
 PLACE_RTOL = 1e-5
 
-__all__ = ["PLACE_RTOL", "place_density"]
+__all__ = [
+    "NO_PAW_OCCUPANCIES",
+    "PAW_OCCUPANCY_MODES",
+    "PLACE_RTOL",
+    "add_paw_occupancies",
+    "chgcar_titles",
+    "occupancy_action",
+    "place_density",
+]
+
+#: Where an ML run's PAW occupancies come from (``MLStaticMaker.paw_occupancies``):
+#: "auto": the CHGCAR's own (copied from prev_dir by the prediction), else a donor run's;
+#: "prev_dir": only the CHGCAR's own (none: the ML start is refused, the run starts from
+#: atoms); "donor": always a donor run's; "none": as placed (VASP discards a CHGCAR
+#: without them for PAW POTCARs; the run's OUTCAR/stdout then record it).
+PAW_OCCUPANCY_MODES = ("auto", "prev_dir", "donor", "none")
+#: Fallback of an ML start refused for want of PAW occupancies.
+NO_PAW_OCCUPANCIES = "no_paw_occupancies"
 
 
 def _chgcar_in(source: str | Path) -> Path:
@@ -135,3 +153,57 @@ def place_density(
     for name in names[1:]:
         shutil.copyfile(first, directory / name)
     return info
+
+
+def chgcar_titles(source: str | Path) -> list[str] | None:
+    """POTCAR titles a predicted CHGCAR was built on (its :data:`REFERENCE_FILE`), or None
+    (a CHGCAR of VASP's, or one without the file)."""
+    try:
+        ref_file = _chgcar_in(source).parent / REFERENCE_FILE
+    except FileNotFoundError:
+        return None
+    if not ref_file.exists():
+        return None
+    potcars = json.loads(ref_file.read_text()).get("potcars") or {}
+    titles = [d.get("title") for d in potcars.values()]
+    return titles if titles and all(titles) else None
+
+
+def add_paw_occupancies(
+    donor: str | Path, vis: VaspInput, directory: str | Path = ".",
+    names: tuple[str, ...] = ("CHGCAR",),
+) -> dict[str, Any]:
+    """Write the PAW occupancies of the CHGCAR in ``donor`` (file or run folder) into the
+    placed ``names`` of ``directory`` (the density and moment line are kept; occupancies
+    already there are replaced). The donor must be for the same cell (``ValueError``).
+    Returns :func:`~.density.occupancies_from`'s summary."""
+    directory = Path(directory)
+    first = directory / names[0]
+    struct = vis["POSCAR"].structure
+    grid = read_chgcar(first)
+    spin = int(vis["INCAR"].get("ISPIN", 1)) == 2 and grid.magnetization is not None
+    aug, summary = occupancies_from(donor, struct, spin)
+    write_chgcar(grid, first, data_aug=aug)
+    for name in names[1:]:
+        shutil.copyfile(first, directory / name)
+    return summary
+
+
+def occupancy_action(
+    mode: str, has_occupancies: bool, paw: bool, donor: str | Path | None
+) -> str:
+    """What an ML run does about PAW occupancies before VASP starts.
+
+    Returns ``"keep"`` (the CHGCAR as placed), ``"merge"`` (write ``donor``'s occupancies
+    in), ``"donor"`` (run a donor first) or ``"refuse"`` (no source: start from atoms). A
+    run on non-PAW POTCARs (``paw`` False) needs none and keeps the file.
+    """
+    if mode not in PAW_OCCUPANCY_MODES:
+        raise ValueError(f"paw_occupancies must be one of {PAW_OCCUPANCY_MODES}, got {mode!r}")
+    if not paw or mode == "none":
+        return "keep"
+    if has_occupancies and mode != "donor":
+        return "keep"
+    if donor is not None:
+        return "merge"
+    return "refuse" if mode == "prev_dir" else "donor"

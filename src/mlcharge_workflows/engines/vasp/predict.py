@@ -72,6 +72,13 @@ class MLDensityMaker(Maker):
         ``"atoms"`` (default) returns a document with ``fallback =
         "unsupported_elements: ..."`` and no CHGCAR, so the ML static runs from atoms
         (``ICHARG = 2``) and records why instead of failing the flow; ``"error"`` fails.
+    paw_occupancies
+        ``"prev_dir"`` (default): copy the PAW occupancies of ``prev_dir``'s CHGCAR into
+        the prediction when that run used the same POTCARs and LMAXMIX (a relaxation
+        before the static); ``"none"``: write none. VASP discards a CHGCAR without them
+        for PAW POTCARs; :class:`MLStaticMaker` then adds a one-step donor run's
+        (docs/vasp-guide.md). The document's ``paw_occupancies`` / ``paw_occupancies_note``
+        say what was done.
     """
 
     name: str = "predict density"
@@ -84,6 +91,7 @@ class MLDensityMaker(Maker):
     spin: str | None = None
     device: str | None = None
     unsupported: str = "atoms"
+    paw_occupancies: str = "prev_dir"
 
     @job(data="density", output_schema=MLDensityDocument)
     def make(self, structure: Structure, prev_dir: str | Path | None = None) -> MLDensityDocument:
@@ -91,6 +99,9 @@ class MLDensityMaker(Maker):
         t0 = time.perf_counter()
         if self.unsupported not in ("atoms", "error"):
             raise ValueError(f"unsupported must be 'atoms' or 'error', got {self.unsupported!r}")
+        if self.paw_occupancies not in ("prev_dir", "none"):
+            raise ValueError(
+                f"paw_occupancies must be 'prev_dir' or 'none', got {self.paw_occupancies!r}")
         missing = model_unknown_elements(structure, self.model_path) if self.predictor == "model" else []
         if missing and self.unsupported == "atoms":
             return MLDensityDocument(
@@ -112,6 +123,7 @@ class MLDensityMaker(Maker):
                 prev_dir=prev_dir,
                 spin=self.spin,
                 device=self.device,
+                paw_occupancies="prev_dir" if self.paw_occupancies == "prev_dir" else None,
             )
         except Exception as err:
             if not self.allow_failure:
@@ -173,7 +185,8 @@ def prediction_info(ml_density: Any) -> dict[str, Any]:
     if not isinstance(ml_density, dict):
         return {}
     keys = ("predictor", "model_version", "timings", "valence_mismatch", "reference", "error",
-            "fallback", "spin_start", "total_magnetization", "dir_name")
+            "fallback", "spin_start", "total_magnetization", "dir_name", "paw_occupancies",
+            "paw_occupancies_note", "paw")
     return {k: ml_density.get(k) for k in keys}
 
 

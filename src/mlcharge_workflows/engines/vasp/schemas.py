@@ -49,6 +49,12 @@ class MLDensityDocument(PredictionDocument):
         "symbol/title/ZVAL/sha256, whether it differs from the training pseudopotentials.",
     )
     device: str | None = Field(None, description="torch device of the prediction.")
+    paw_occupancies: dict[str, Any] | None = Field(
+        None, description="PAW occupancies written into the CHGCAR: source CHGCAR, blocks, "
+        "how ('prev_dir' or 'given'); None: none (VASP discards such a CHGCAR for PAW POTCARs).")
+    paw_occupancies_note: str | None = Field(
+        None, description="Why these occupancies, or why none (e.g. prev_dir's LMAXMIX differs).")
+    paw: bool | None = Field(None, description="The run's POTCARs are PAW datasets.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds.")
 
     @model_validator(mode="after")

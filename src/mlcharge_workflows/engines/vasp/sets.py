@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ATOMIC_NSCF_INCAR",
     "BASELINE_START_INCAR",
+    "DONOR_INCAR",
     "ML_NSCF_INCAR",
     "ML_START_INCAR",
     "expected_nelect",
@@ -58,6 +59,10 @@ ML_START_INCAR: dict[str, Any] = {"ICHARG": 1, "ISTART": 0}
 ML_NSCF_INCAR: dict[str, Any] = {"ICHARG": 11, "ISTART": 0}
 #: Non-SCF on the superposition of atomic densities (control of the NSCF check).
 ATOMIC_NSCF_INCAR: dict[str, Any] = {"ICHARG": 12, "ISTART": 0}
+#: The occupancy donor: one electronic step from atoms whose CHGCAR carries PAW occupancies
+#: with the count per ion of this run's POTCARs and LMAXMIX; nothing else written.
+DONOR_INCAR: dict[str, Any] = {"ICHARG": 2, "ISTART": 0, "NELM": 1, "NSW": 0, "LCHARG": True,
+                               "LWAVE": False, "LAECHG": False, "LVTOT": False, "LELF": False}
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,13 @@ from pymatgen.core import Structure
 
 from mlcharge_workflows.common.fallback import FallbackPolicy, RunSummary
 from mlcharge_workflows.engines.vasp.base import annotate_attempts, copy_maker
-from mlcharge_workflows.engines.vasp.baseline import MLFallbackStaticMaker
+from mlcharge_workflows.engines.vasp.baseline import (
+    MLFallbackStaticMaker,
+    donor_dir,
+    donor_record,
+    with_donor,
+)
+from mlcharge_workflows.engines.vasp.density import is_paw
 from mlcharge_workflows.engines.vasp.handlers import (
     ACTIVE_STATUSES,
     ML_CHGCAR,
@@ -33,7 +39,14 @@ from mlcharge_workflows.engines.vasp.handlers import (
     write_ml_start_record,
 )
 from mlcharge_workflows.engines.vasp.parse import task_field, task_magnetization, task_successful
-from mlcharge_workflows.engines.vasp.placement import place_density
+from mlcharge_workflows.engines.vasp.placement import (
+    NO_PAW_OCCUPANCIES,
+    PAW_OCCUPANCY_MODES,
+    add_paw_occupancies,
+    chgcar_titles,
+    occupancy_action,
+    place_density,
+)
 from mlcharge_workflows.engines.vasp.predict import (
     MLDensityMaker,
     density_path,
@@ -72,6 +85,16 @@ class MLStaticMaker(StaticMaker):
         a different magnetic state than the predicted density's. A distrusted run is kept
         in the store and rerun from atoms by :class:`MLFallbackStaticMaker`, which
         replaces this job (its output is the rerun, with the rejected attempt recorded).
+    paw_occupancies
+        Where the PAW occupancies VASP needs come from (a prediction has none, and VASP
+        discards a CHGCAR without them for PAW POTCARs): ``"auto"`` (default) those the
+        CHGCAR already has (copied from ``prev_dir`` by the prediction, or a VASP CHGCAR's),
+        else a one-step donor run's (:class:`OccupancyDonorMaker`, run first: this job
+        replaces itself by [occupancy donor, ml static]; its steps and wall time count for
+        the ML arm); ``"prev_dir"`` only the CHGCAR's own, else the ML start is refused
+        and the run starts from atoms (``fallback = "no_paw_occupancies: ..."``);
+        ``"donor"`` always a donor's; ``"none"`` the file as placed (VASP then discards it
+        and the run's OUTCAR/stdout record that). Runs on non-PAW POTCARs need none.
     """
 
     name: str = "ml static"
@@ -79,6 +102,7 @@ class MLStaticMaker(StaticMaker):
     max_ml_restarts: int = 1
     zval: dict[str, float] | None = None
     fallback_policy: FallbackPolicy = field(default_factory=FallbackPolicy)
+    paw_occupancies: str = "auto"
 
     @vasp_job
     def make(
@@ -87,13 +111,19 @@ class MLStaticMaker(StaticMaker):
         prev_dir: str | Path | None = None,
         ml_density: Any = None,
         reference: Any = None,
+        occupancy_donor: Any = None,
     ) -> Response:
         """Run the static from ``ml_density`` (CHGCAR path, run folder or MLDensityDocument).
 
         ``reference``: the same static run from atoms (a TaskDoc, or a dict with
         ``energy_eV`` and ``total_magnetization``), against which the ML-started result
-        is checked (see ``fallback_policy``).
+        is checked (see ``fallback_policy``). ``occupancy_donor``: the folder (or task
+        document) of an :class:`OccupancyDonorMaker` run whose PAW occupancies go into
+        the CHGCAR (see ``paw_occupancies``).
         """
+        if self.paw_occupancies not in PAW_OCCUPANCY_MODES:
+            raise ValueError(f"paw_occupancies must be one of {PAW_OCCUPANCY_MODES}, got "
+                             f"{self.paw_occupancies!r}")
         if ml_density is None:
             return predict_then(self, structure, prev_dir, reference=reference)
         source = density_path(ml_density)
@@ -103,9 +133,29 @@ class MLStaticMaker(StaticMaker):
         vis = input_set(gen, structure, prev_dir)
         shape = input_fine_grid(vis)
         functional = potcar_functional(gen)
-        placed = place_density(source, vis, ".", functional, self.zval, ("CHGCAR", ML_CHGCAR))
+        names = ("CHGCAR", ML_CHGCAR)
+        placed = place_density(source, vis, ".", functional, self.zval, names)
         placed.update(prediction_info(ml_density))
-        write_ml_start_record(new_ml_start_record(placed, self.max_ml_restarts))
+        donor = donor_dir(occupancy_donor)
+        paw = placed.get("paw")
+        action = occupancy_action(self.paw_occupancies, placed["has_paw_occupancies"],
+                                  is_paw(chgcar_titles(source)) if paw is None else paw, donor)
+        if action in ("donor", "refuse"):
+            for name in names:
+                Path(name).unlink(missing_ok=True)
+            if action == "donor":
+                return with_donor(self, structure, prev_dir, ml_density, reference=reference)
+            note = placed.get("paw_occupancies_note") or "no occupancy source"
+            return self._from_atoms(structure, prev_dir, ml_density, reason=(
+                f"{NO_PAW_OCCUPANCIES}: the CHGCAR has no PAW occupancies and "
+                f"paw_occupancies='prev_dir' allows no donor run ({note}); VASP would discard it"))
+        record = new_ml_start_record(placed, self.max_ml_restarts)
+        if action == "merge":
+            record["density"]["paw_occupancies"] = {
+                **add_paw_occupancies(donor, vis, ".", names), "how": "donor"}
+            record["density"]["has_paw_occupancies"] = True
+            record["occupancy_donor"] = donor_record(donor)
+        write_ml_start_record(record)
         maker = copy_maker(self, with_incar(gen, grid_incar(shape)))
         handlers = maker.run_vasp_kwargs.get("handlers")
         if handlers is None:
@@ -169,12 +219,14 @@ class MLStaticMaker(StaticMaker):
         rerun = rerun_maker.make(structure, prev_dir=prev_dir, rejected=rejected)
         return Response(output=doc, replace=rerun)
 
-    def _from_atoms(self, structure: Structure, prev_dir: Any, ml_density: Any) -> Response:
+    def _from_atoms(
+        self, structure: Structure, prev_dir: Any, ml_density: Any, reason: str | None = None
+    ) -> Response:
         gen = with_incar(self.input_set_generator, BASELINE_START_INCAR)
         shape = input_fine_grid(input_set(gen, structure, prev_dir))
         info = prediction_info(ml_density)
         record = new_ml_start_record(info, 0)
-        reason = info.get("fallback") or f"prediction failed: {info.get('error')}"
+        reason = reason or info.get("fallback") or f"prediction failed: {info.get('error')}"
         record.update(status="abandoned", fallback=reason, start="atomic")
         write_ml_start_record(record)
         for stale in ("CHGCAR", "WAVECAR"):
