@@ -363,6 +363,7 @@ def test_ml_nscf_uniform_skips_scf(mock_vasp, tmp_path):
     assert entry["chgcar"].n_electrons == pytest.approx(8.0)
     rec = _final(out, job.uuid).additional_json["ml_start"]
     assert rec["status"] == "nscf" and rec["density"]["paw_occupancies"]["how"] == "donor"
+    assert rec["start_evidence"]["status"] == "unverified"  # the mock OUTCAR has no start block
     # the donor ran on this job's generator, on a uniform mesh, from atoms for one step
     assert seen["occupancy donor"]["incar"]["ICHARG"] == 2
     assert seen["occupancy donor"]["incar"]["NELM"] == 1

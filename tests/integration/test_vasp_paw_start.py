@@ -152,3 +152,26 @@ def test_prev_dir_only_refuses_without_occupancies(mock_vasp, tmp_path, monkeypa
         MLStaticMaker.make.original(MLStaticMaker(paw_occupancies="guess"), sic(),
                                     ml_density=out[predict.uuid][1].output)
     assert not (tmp_path / "CHGCAR").exists()  # refused before anything was placed
+
+
+def test_ml_nscf_stopped_by_vasp_fails_naming_the_cause(mock_vasp, tmp_path, caplog):
+    """ICHARG=11 on a CHGCAR VASP cannot read: VASP stops; the job fails with its message
+    instead of atomate2's parsing error (paw_occupancies='none': no donor)."""
+    from jobflow import run_locally
+    from test_vasp_mock import ENCUT, NSCF_KEYS, _store
+
+    from mlcharge_workflows.engines.vasp.jobs import MLNonSCFMaker
+    from atomate2.vasp.sets.core import NonSCFSetGenerator
+
+    set_refs, seen = mock_vasp
+    set_refs({"ml non-scf": "ml_nscf_uniform_stopped"},
+             {"ml non-scf": {"incar_settings": NSCF_KEYS}})
+    maker = MLNonSCFMaker(
+        input_set_generator=NonSCFSetGenerator(user_incar_settings={"ENCUT": ENCUT}),
+        density_maker=MLDensityMaker(predictor="sad"), paw_occupancies="none")
+    flow = maker.make(sic(), mode="uniform")
+    run_locally(flow, create_folders=True, root_dir=tmp_path, ensure_success=False,
+                store=_store())
+    assert seen["ml non-scf"]["incar"]["ICHARG"] == 11 and "occupancy donor" not in seen
+    assert "VASP did not read the CHGCAR and stopped" in caplog.text
+    assert "could not be read from file CHGCAR (ICHARG>10: VASP stopped)" in caplog.text

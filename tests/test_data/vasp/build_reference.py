@@ -307,7 +307,30 @@ def build(root: Path = HERE / "SiC", arms: list[str] | None = None) -> None:
             converged_chgcar(vis["POSCAR"].structure, folder / "outputs" / "CHGCAR.gz")
 
 
+#: a non-SCF run VASP stopped at once: the CHGCAR could not be read for ICHARG=11
+#: (stdout as VASP's main.F prints it; no vasprun.xml, an OUTCAR cut after its header)
+NSCF_STOPPED = "ml_nscf_uniform_stopped"
+
+
+def build_nscf_stopped(root: Path = HERE / "SiC") -> None:
+    """``root/ml_nscf_uniform_stopped``: the inputs of ``ml_nscf_uniform``, outputs of a
+    VASP that stopped before the first step."""
+    folder = root / NSCF_STOPPED
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(root / "ml_nscf_uniform" / "inputs", folder / "inputs")
+    shutil.copytree(root / "ml_nscf_uniform" / "inputs", folder / "outputs")
+    (folder / "outputs" / "OUTCAR").write_text(outcar(0.0).split(" General timing")[0])
+    (folder / "outputs" / "vasp.out").write_text(
+        " POSCAR, INCAR and KPOINTS ok, starting setup\n WAVECAR not read\n"
+        " RD_RHO_PAW: ion           1  data corrupt\n"
+        " ERROR: charge density could not be read from file CHGCAR for ICHARG>10\n")
+
+
 if __name__ == "__main__":
     import sys
 
-    build(arms=sys.argv[1:] or None)
+    names = sys.argv[1:]
+    if not names or [n for n in names if n != NSCF_STOPPED]:
+        build(arms=[n for n in names if n != NSCF_STOPPED] or None)
+    if not names or NSCF_STOPPED in names:
+        build_nscf_stopped()

@@ -24,6 +24,7 @@ from pymatgen.core import Structure
 from mlcharge_workflows.engines.vasp.base import copy_maker
 from mlcharge_workflows.engines.vasp.baseline import donor_dir, donor_record, with_donor
 from mlcharge_workflows.engines.vasp.density import is_paw
+from mlcharge_workflows.engines.vasp.parse import read_start_evidence
 from mlcharge_workflows.engines.vasp.handlers import new_ml_start_record, write_ml_start_record
 from mlcharge_workflows.engines.vasp.placement import (
     PAW_OCCUPANCY_MODES,
@@ -124,7 +125,32 @@ class MLNonSCFMaker(NonSCFMaker):
         if action == "merge":
             record["occupancy_donor"] = donor_record(donor)
         write_ml_start_record(record)
-        return NonSCFMaker.make.original(maker, structure, prev_dir, mode)
+        try:
+            response = NonSCFMaker.make.original(maker, structure, prev_dir, mode)
+        except Exception as err:
+            evidence = read_start_evidence(".")
+            if evidence.density_read is False:  # VASP stops for ICHARG=11: name the cause
+                raise RuntimeError(
+                    f"{self.name}: VASP did not read the CHGCAR and stopped "
+                    f"({'; '.join(evidence.messages)}); see docs/vasp-guide.md, first-run "
+                    "checklist"
+                ) from err
+            raise
+        return _with_start_evidence(response)
+
+
+def _with_start_evidence(response: Response) -> Response:
+    """Add what VASP's OUTCAR/stdout say about the start to the non-SCF record."""
+    doc = response.output
+    extra = dict(getattr(doc, "additional_json", None) or {})
+    if doc is None or "ml_start" not in extra:
+        return response
+    record = dict(extra["ml_start"])
+    record["start_evidence"] = read_start_evidence(".").as_dict()
+    write_ml_start_record(record)
+    extra["ml_start"] = record
+    doc.additional_json = extra
+    return response
 
 
 @dataclass

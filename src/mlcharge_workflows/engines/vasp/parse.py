@@ -218,11 +218,11 @@ STDOUT_FILES = ("vasp.out", "std_err.txt", "stdout", "vasp.log")
 #: from VASP's READCH/RD_RHO_PAW and main.F): (phrase as matched, what it means).
 DISCARD_MESSAGES: tuple[tuple[str, str], ...] = (
     ("PAW occupancies are missing on CHGCAR", "no PAW occupancies"),
-    ("data corrupt", "PAW occupancies unreadable (RD_RHO_PAW)"),
     ("could not be read from file CHGCAR", "ICHARG>10: VASP stopped"),
     ("dimensions on CHGCAR file are different", "grid differs from NGXF/NGYF/NGZF"),
     ("number of atoms are different on CHGCAR", "another cell"),
     ("chargedensity file is incomplete", "truncated CHGCAR"),
+    ("data corrupt", "PAW occupancies unreadable (RD_RHO_PAW)"),  # a symptom: named last
 )
 #: OUTCAR: the start block VASP prints for every run from a supplied density (ICHARG=1, 2).
 _SUPPLIED = "initial charge density was supplied"
