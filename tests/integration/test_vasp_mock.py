@@ -279,6 +279,7 @@ def test_comparison_flow_savings_record(mock_vasp, tmp_path):
     assert [a.start for a in doc.details.ml_attempts] == ["atomic", "ml"]
     assert doc.details.ml_attempts[0].rejected.startswith("occupancy donor")
     assert doc.details.ml_attempts[0].scf_iterations == 1
+    assert doc.details.paw_occupancies["how"] == "donor"
     # the mock's OUTCAR has no start block and there is no vasp.out: kept, marked unverified
     assert doc.details.ml_start_evidence["status"] == "unverified"
     assert doc.details.ml_attempts[1].density_read_from_file is None

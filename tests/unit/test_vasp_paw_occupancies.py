@@ -101,3 +101,36 @@ def test_donor_occupancies_go_in_without_touching_density_or_moments(tmp_path) -
                  other / "CHGCAR", data_aug={"total": {1: [1.0], 2: [1.0]}})
     with pytest.raises(ValueError, match="another cell"):
         add_paw_occupancies(other, vis, tmp_path)
+
+
+def test_the_donor_replacement_survives_serialisation() -> None:
+    """[occupancy donor, ml static] as a FireWorks spec holds it: JSON, decoded again."""
+    from jobflow import Flow
+    from monty.json import MontyDecoder, jsanitize
+
+    from mlcharge_workflows.engines.vasp.baseline import DONOR_NAME, with_donor
+    from mlcharge_workflows.engines.vasp.jobs import MLStaticMaker
+    from mlcharge_workflows.engines.vasp.schemas import MLDensityDocument
+
+    vis = _sic_vis()
+    s = vis["POSCAR"].structure
+    doc = MLDensityDocument(dir_name="host:/p", path="/p/CHGCAR", predictor="model", structure=s,
+                            density=DensityGrid(s, np.ones((2, 2, 2))), total_magnetization=1.2)
+    maker = MLStaticMaker(input_set_generator=vis_generator(), density_maker=None)
+    response = with_donor(maker, s, None, doc,
+                          reference={"energy_eV": -10.0, "total_magnetization": 0.0})
+    flow = response.replace
+    assert isinstance(flow, Flow) and [j.name for j in flow.jobs] == [DONOR_NAME, "ml static"]
+    donor, run = flow.jobs
+    assert donor.function.__self__.run_vasp_kwargs["handlers"] == []
+    assert run.function_kwargs["occupancy_donor"].uuid == donor.uuid
+    assert "density" not in run.function_kwargs["ml_density"]  # the grid does not travel
+    again = MontyDecoder().process_decoded(jsanitize(flow.as_dict(), strict=True))
+    assert [j.name for j in again.jobs] == [DONOR_NAME, "ml static"]
+    assert again.jobs[1].function_kwargs["reference"]["energy_eV"] == -10.0
+
+
+def vis_generator():
+    from atomate2.vasp.sets.core import StaticSetGenerator
+
+    return StaticSetGenerator(user_incar_settings={"ENCUT": 300})

@@ -213,7 +213,9 @@ class VaspArmReader(ArmReader):
                        or task_field(prediction, "n_electrons_predicted")},
             "valence_mismatch": task_field(prediction, "valence_mismatch") or {},
             "ml_start_evidence": _evidence_summary(arms.get("ml")),
-            "paw_occupancies": task_field(prediction, "paw_occupancies"),
+            "paw_occupancies": task_field(arms.get("ml"), "additional_json", "ml_start",
+                                          "density", "paw_occupancies")
+            or task_field(prediction, "paw_occupancies"),
         }
 
 

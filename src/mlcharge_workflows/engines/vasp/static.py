@@ -143,8 +143,11 @@ class MLStaticMaker(StaticMaker):
         if action in ("donor", "refuse"):
             for name in names:
                 Path(name).unlink(missing_ok=True)
-            if action == "donor":
-                return with_donor(self, structure, prev_dir, ml_density, reference=reference)
+            if action == "donor":  # the reference travels as its two numbers, not a TaskDoc
+                energy, mag = _reference_values(reference)
+                ref = None if reference is None else {"energy_eV": energy,
+                                                      "total_magnetization": mag}
+                return with_donor(self, structure, prev_dir, ml_density, reference=ref)
             note = placed.get("paw_occupancies_note") or "no occupancy source"
             return self._from_atoms(structure, prev_dir, ml_density, reason=(
                 f"{NO_PAW_OCCUPANCIES}: the CHGCAR has no PAW occupancies and "
