@@ -175,3 +175,32 @@ def test_ml_nscf_stopped_by_vasp_fails_naming_the_cause(mock_vasp, tmp_path, cap
     assert seen["ml non-scf"]["incar"]["ICHARG"] == 11 and "occupancy donor" not in seen
     assert "VASP did not read the CHGCAR and stopped" in caplog.text
     assert "could not be read from file CHGCAR (ICHARG>10: VASP stopped)" in caplog.text
+
+
+def test_a_donor_without_occupancies_is_a_recorded_fallback(mock_vasp, tmp_path):
+    """A donor folder without a usable CHGCAR (the ml_static_read reference outputs stand
+    in: they hold none): the ML static runs from atoms, records why, and still pays for
+    the donor (its 11 steps here)."""
+    from jobflow import Flow
+    from test_vasp_mock import _final
+
+    set_refs, seen = mock_vasp
+    refs = {"occupancy donor": "ml_static_read", "ml static": "baseline_static"}
+    set_refs(refs, {"occupancy donor": {"incar_settings": [], "check_inputs": ["poscar"]},
+                    "ml static": {"incar_settings": ["ISTART"]}})
+    gen = static_gen()
+    predict = MLDensityMaker(input_set_generator=gen, predictor="sad").make(sic())
+    static = MLStaticMaker(input_set_generator=gen, density_maker=None).make(
+        sic(), ml_density=predict.output)
+    out = _run(Flow([predict, static]), tmp_path)
+    task = _final(out, static.uuid)
+    rec = task.additional_json["ml_start"]
+    assert rec["status"] == "abandoned"
+    assert rec["fallback"].startswith("no_paw_occupancies: the occupancy donor's CHGCAR lends none")
+    assert [a["scf_iterations"] for a in rec["occupancy_donor"]["scf_attempts"]] == [11]
+    assert seen["ml static"]["incar"]["ICHARG"] == 2 and "chgcar" not in seen["ml static"]
+    baseline = {"dir_name": "b", "state": "successful", "output": {"energy": -27.1},
+                "additional_json": {"scf_attempts": [{"scf_iterations": 17, "wall_s": 1.0}]}}
+    doc = savings_document.original("SiC", sic(), VaspArmReader(), baseline,
+                                    out[predict.uuid][1].output, task)
+    assert doc.ml_density_used is False and doc.scf_iterations.ml == 17 + 11

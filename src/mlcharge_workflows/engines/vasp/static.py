@@ -154,8 +154,15 @@ class MLStaticMaker(StaticMaker):
                 f"paw_occupancies='prev_dir' allows no donor run ({note}); VASP would discard it"))
         record = new_ml_start_record(placed, self.max_ml_restarts)
         if action == "merge":
-            record["density"]["paw_occupancies"] = {
-                **add_paw_occupancies(donor, vis, ".", names), "how": "donor"}
+            try:
+                summary = add_paw_occupancies(donor, vis, ".", names)
+            except (OSError, ValueError) as err:  # a donor without usable occupancies
+                for name in names:
+                    Path(name).unlink(missing_ok=True)
+                return self._from_atoms(structure, prev_dir, ml_density, reason=(
+                    f"{NO_PAW_OCCUPANCIES}: the occupancy donor's CHGCAR lends none ({err})"),
+                    donor=donor)
+            record["density"]["paw_occupancies"] = {**summary, "how": "donor"}
             record["density"]["has_paw_occupancies"] = True
             record["occupancy_donor"] = donor_record(donor)
         write_ml_start_record(record)
@@ -223,12 +230,15 @@ class MLStaticMaker(StaticMaker):
         return Response(output=doc, replace=rerun)
 
     def _from_atoms(
-        self, structure: Structure, prev_dir: Any, ml_density: Any, reason: str | None = None
+        self, structure: Structure, prev_dir: Any, ml_density: Any, reason: str | None = None,
+        donor: str | None = None,
     ) -> Response:
         gen = with_incar(self.input_set_generator, BASELINE_START_INCAR)
         shape = input_fine_grid(input_set(gen, structure, prev_dir))
         info = prediction_info(ml_density)
         record = new_ml_start_record(info, 0)
+        if donor is not None:  # paid for, though it lent nothing
+            record["occupancy_donor"] = donor_record(donor)
         reason = reason or info.get("fallback") or f"prediction failed: {info.get('error')}"
         record.update(status="abandoned", fallback=reason, start="atomic")
         write_ml_start_record(record)
