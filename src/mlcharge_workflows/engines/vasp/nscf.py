@@ -22,22 +22,16 @@ from jobflow import Response
 from pymatgen.core import Structure
 
 from mlcharge_workflows.engines.vasp.base import copy_maker
-from mlcharge_workflows.engines.vasp.baseline import donor_dir, donor_record, with_donor
-from mlcharge_workflows.engines.vasp.density import is_paw
-from mlcharge_workflows.engines.vasp.parse import read_start_evidence
+from mlcharge_workflows.engines.vasp.baseline import donor_record, with_donor
 from mlcharge_workflows.engines.vasp.handlers import new_ml_start_record, write_ml_start_record
-from mlcharge_workflows.engines.vasp.placement import (
-    PAW_OCCUPANCY_MODES,
-    add_paw_occupancies,
-    chgcar_titles,
-    occupancy_action,
-    place_density,
-)
-from mlcharge_workflows.engines.vasp.predict import (
-    MLDensityMaker,
-    density_path,
-    predict_then,
-    prediction_info,
+from mlcharge_workflows.engines.vasp.parse import read_start_evidence
+from mlcharge_workflows.engines.vasp.placement import add_paw_occupancies
+from mlcharge_workflows.engines.vasp.predict import MLDensityMaker, density_path, predict_then
+from mlcharge_workflows.engines.vasp.predict import prediction_info
+from mlcharge_workflows.engines.vasp.start import (
+    check_paw_mode,
+    place_ml_start,
+    store_ml_start_record,
 )
 from mlcharge_workflows.engines.vasp.sets import (
     ATOMIC_NSCF_INCAR,
@@ -76,8 +70,8 @@ class MLNonSCFMaker(NonSCFMaker):
 
     name: str = "ml non-scf"
     density_maker: MLDensityMaker | None = field(default_factory=MLDensityMaker)
-    zval: dict[str, float] | None = None
     paw_occupancies: str = "auto"
+    zval: dict[str, float] | None = None
 
     @vasp_job
     def make(
@@ -90,9 +84,7 @@ class MLNonSCFMaker(NonSCFMaker):
     ) -> Response:
         """Run the non-SCF job in ``mode`` ("line" or "uniform") on ``ml_density``
         (``occupancy_donor``: see ``paw_occupancies``)."""
-        if self.paw_occupancies not in PAW_OCCUPANCY_MODES:
-            raise ValueError(f"paw_occupancies must be one of {PAW_OCCUPANCY_MODES}, got "
-                             f"{self.paw_occupancies!r}")
+        check_paw_mode(self.paw_occupancies)
         if ml_density is None:
             return predict_then(self, structure, prev_dir, mode=mode)
         source = density_path(ml_density)
@@ -100,13 +92,9 @@ class MLNonSCFMaker(NonSCFMaker):
             raise ValueError(f"{self.name}: no predicted density ({prediction_info(ml_density)})")
         maker, vis = _nscf_maker(self, structure, prev_dir, mode, ML_NSCF_INCAR)
         functional = potcar_functional(maker.input_set_generator)
-        placed = place_density(source, vis, ".", functional, self.zval)
-        placed.update({k: v for k, v in prediction_info(ml_density).items()
-                       if k in ("paw", "paw_occupancies", "paw_occupancies_note")})
-        donor = donor_dir(occupancy_donor)
-        paw = placed.get("paw")
-        action = occupancy_action(self.paw_occupancies, placed["has_paw_occupancies"],
-                                  is_paw(chgcar_titles(source)) if paw is None else paw, donor)
+        placed, action, donor = place_ml_start(
+            source, vis, functional, ml_density, occupancy_donor, self.paw_occupancies,
+            self.zval, info_keys=("paw", "paw_occupancies", "paw_occupancies_note"))
         if action == "donor":
             Path("CHGCAR").unlink(missing_ok=True)
             gen = copy.deepcopy(self.input_set_generator)
@@ -147,10 +135,7 @@ def _with_start_evidence(response: Response) -> Response:
         return response
     record = dict(extra["ml_start"])
     record["start_evidence"] = read_start_evidence(".").as_dict()
-    write_ml_start_record(record)
-    extra["ml_start"] = record
-    doc.additional_json = extra
-    return response
+    return store_ml_start_record(response, record)
 
 
 @dataclass

@@ -23,13 +23,7 @@ from pymatgen.core import Structure
 
 from mlcharge_workflows.common.fallback import FallbackPolicy, RunSummary
 from mlcharge_workflows.engines.vasp.base import annotate_attempts, copy_maker
-from mlcharge_workflows.engines.vasp.baseline import (
-    MLFallbackStaticMaker,
-    donor_dir,
-    donor_record,
-    with_donor,
-)
-from mlcharge_workflows.engines.vasp.density import is_paw
+from mlcharge_workflows.engines.vasp.baseline import MLFallbackStaticMaker, donor_record, with_donor
 from mlcharge_workflows.engines.vasp.handlers import (
     ACTIVE_STATUSES,
     ML_CHGCAR,
@@ -39,19 +33,13 @@ from mlcharge_workflows.engines.vasp.handlers import (
     write_ml_start_record,
 )
 from mlcharge_workflows.engines.vasp.parse import task_field, task_magnetization, task_successful
-from mlcharge_workflows.engines.vasp.placement import (
-    NO_PAW_OCCUPANCIES,
-    PAW_OCCUPANCY_MODES,
-    add_paw_occupancies,
-    chgcar_titles,
-    occupancy_action,
-    place_density,
-)
-from mlcharge_workflows.engines.vasp.predict import (
-    MLDensityMaker,
-    density_path,
-    predict_then,
-    prediction_info,
+from mlcharge_workflows.engines.vasp.placement import NO_PAW_OCCUPANCIES, add_paw_occupancies
+from mlcharge_workflows.engines.vasp.predict import MLDensityMaker, density_path, predict_then
+from mlcharge_workflows.engines.vasp.predict import prediction_info
+from mlcharge_workflows.engines.vasp.start import (
+    check_paw_mode,
+    place_ml_start,
+    store_ml_start_record,
 )
 from mlcharge_workflows.engines.vasp.sets import (
     BASELINE_START_INCAR,
@@ -121,9 +109,7 @@ class MLStaticMaker(StaticMaker):
         document) of an :class:`OccupancyDonorMaker` run whose PAW occupancies go into
         the CHGCAR (see ``paw_occupancies``).
         """
-        if self.paw_occupancies not in PAW_OCCUPANCY_MODES:
-            raise ValueError(f"paw_occupancies must be one of {PAW_OCCUPANCY_MODES}, got "
-                             f"{self.paw_occupancies!r}")
+        check_paw_mode(self.paw_occupancies)
         if ml_density is None:
             return predict_then(self, structure, prev_dir, reference=reference)
         source = density_path(ml_density)
@@ -134,12 +120,9 @@ class MLStaticMaker(StaticMaker):
         shape = input_fine_grid(vis)
         functional = potcar_functional(gen)
         names = ("CHGCAR", ML_CHGCAR)
-        placed = place_density(source, vis, ".", functional, self.zval, names)
-        placed.update(prediction_info(ml_density))
-        donor = donor_dir(occupancy_donor)
-        paw = placed.get("paw")
-        action = occupancy_action(self.paw_occupancies, placed["has_paw_occupancies"],
-                                  is_paw(chgcar_titles(source)) if paw is None else paw, donor)
+        placed, action, donor = place_ml_start(source, vis, functional, ml_density,
+                                               occupancy_donor, self.paw_occupancies,
+                                               self.zval, names)
         if action in ("donor", "refuse"):
             for name in names:
                 Path(name).unlink(missing_ok=True)
@@ -261,11 +244,7 @@ def _apply_start_evidence(response: Response) -> Response:
     record = extra.get("ml_start")
     if record is None:
         return response
-    record = record_start_evidence(record, extra.get("scf_attempts") or [])
-    write_ml_start_record(record)
-    extra["ml_start"] = record
-    doc.additional_json = extra
-    return response
+    return store_ml_start_record(response, record_start_evidence(record, extra.get("scf_attempts") or []))
 
 
 def _reference_values(reference: Any) -> tuple[float | None, float | None]:
