@@ -230,11 +230,11 @@ def _num(x, fmt: str = "{:.3f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
-def section(summary: dict, records: list[dict], meta: dict) -> str:
+def section(summary: dict, records: list[dict], meta: dict, docs: list | None = None) -> str:
     """The Markdown of the Savings section."""
     s = summary
     lines = [
-        SECTION, "",
+        meta.get("section") or SECTION, "",
         f"`mlcharge compare --oracle --nscf` on {s['n_structures']} structures the model never saw "
         f"({meta['source']}); QE 6.7, every run with 1 MPI process, {meta['jobs']} structures at a "
         f"time on {meta['machine']}; model `{meta['model']}`; {meta['date']}.", "",
@@ -278,6 +278,7 @@ def section(summary: dict, records: list[dict], meta: dict) -> str:
             f"{_num(None if de is None else 1000 * abs(de) / r.n_atoms, '{:.1e}')} | "
             f"{_num(g.scf)} / {_num(g.nscf_ml)} / {_num(g.nscf_atomic)} | {note} |"
         )
+    lines += ["", *threshold_lines(records, docs)]
     lines += [
         "",
         "Savings are per structure, then the median. The wall time of the ML arm includes "
@@ -293,10 +294,42 @@ def section(summary: dict, records: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(docs: Path, text: str) -> None:
+def threshold_lines(records: list[dict], docs: list | None = None) -> list[str]:
+    """The report's threshold table (both definitions, by spin, oracle beside) as Markdown.
+
+    ``docs``: the stored savings documents of the same run (they know which baselines were
+    spin-polarised, so the table splits magnetic and non-magnetic cells); else ``records``.
+    """
+    from mlcharge_workflows.savings.report import threshold_table
+    from mlcharge_workflows.savings.schemas import SavingsRecord
+
+    rows = threshold_table(docs or [SavingsRecord.model_validate(r) for r in records])
+    if not rows:
+        return []
+    out = [
+        "Iterations to each threshold, read from each run's own pw.x accuracy history "
+        "(`mlcharge report` shows the same table); median of per-structure savings and the "
+        "drop of the median (ChargE3Net's definition), oracle beside:", "",
+        "| threshold | cells | n | median iterations atoms -> ML | median saving | drop of the "
+        "median | faster / slower | worst slowdown | oracle: median saving / drop |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['threshold']} ({r['value']}) | {r['group']} | {r['n']} | "
+            f"{_num(r['median_baseline'], '{:g}')} -> {_num(r['median_ml'], '{:g}')} | "
+            f"{_num(r['median_saving_pct'], '{:.1f}')} % | {_num(r['drop_of_median_pct'], '{:.1f}')} % | "
+            f"{_num(r['faster_pct'], '{:.0f}')} / {_num(r['slower_pct'], '{:.0f}')} % | "
+            f"{_num(r['worst_slowdown_pct'], '{:.0f}')} % | "
+            f"{_num(r['oracle_median_saving_pct'], '{:.1f}')} / "
+            f"{_num(r['oracle_drop_of_median_pct'], '{:.1f}')} % |")
+    return out
+
+
+def write_section(docs: Path, text: str, heading: str = SECTION) -> None:
     """Replace (or append) the Savings section of ``docs``; other sections are untouched."""
     old = docs.read_text() if docs.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(old):
         new = pattern.sub(lambda _: text + "\n", old, count=1)
     else:
@@ -323,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(REPO / "runs" / "compare_unseen"))
     p.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--section", default=SECTION, help="heading of the docs section written")
     p.add_argument("--render", action="store_true",
                    help="no runs: rebuild the section from WORKDIR/records.json and summary.json")
     args = p.parse_args(argv)
@@ -358,10 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     records = json.loads(records_file.read_text())
     from mlcharge_workflows.savings.flows import project_job_store, savings_documents
 
-    summary = summarize(records, savings_documents(project_job_store(work / "project")))
+    docs = savings_documents(project_job_store(work / "project"))
+    summary = summarize(records, docs)
     shown = ["mlcharge compare STRUCTURES --engine qe --oracle --nscf", f"--jobs {args.jobs}",
              "--nprocs 1"] + ([f"--protocol '{json.dumps(protocol)}'"] if protocol else [])
     meta = {
+        "section": args.section,
         "source": source,
         "jobs": args.jobs,
         "machine": f"{platform.machine()}, {_cores()} cores",
@@ -374,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary["elapsed_min"] = elapsed / 60
     (work / "summary.json").write_text(json.dumps({"summary": summary, "meta": meta}, indent=2))
-    text = section(summary, records, meta)
+    text = section(summary, records, meta, docs)
     print(text)
     if not args.no_docs:
-        write_section(Path(args.docs), text)
-        print(f"updated the Savings section of {args.docs}")
+        write_section(Path(args.docs), text, args.section)
+        print(f"updated the section {args.section!r} of {args.docs}")
     return 0
 
 
@@ -389,13 +425,15 @@ def _render(args) -> int:
     work = Path(args.workdir).resolve()
     records = json.loads((work / "records.json").read_text())
     old = json.loads((work / "summary.json").read_text())
-    summary = summarize(records, savings_documents(project_job_store(work / "project")))
+    docs = savings_documents(project_job_store(work / "project"))
+    summary = summarize(records, docs)
     summary["elapsed_min"] = old["summary"].get("elapsed_min")
     (work / "summary.json").write_text(json.dumps({"summary": summary, "meta": old["meta"]}, indent=2))
-    text = section(summary, records, old["meta"])
+    old["meta"]["section"] = args.section
+    text = section(summary, records, old["meta"], docs)
     print(text)
     if not args.no_docs:
-        write_section(Path(args.docs), text)
+        write_section(Path(args.docs), text, args.section)
     return 0
 
 
