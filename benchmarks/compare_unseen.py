@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CHARGE3NET_MEDIAN_SAVING = 0.267  # Koker et al. 2024: median SCF steps saved on unseen MP (VASP)
 SECTION = "## Savings"
+EXIT_STRUCTURE_ERRORS = 3  # mlcharge compare: every structure finished, some with an error record
 GAP_MIN = 0.05  # eV: gap errors are summarised over structures whose reference gap is larger
 
 
@@ -387,10 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         cmd += ["--model", args.model]
     t0 = time.time()
-    subprocess.run(cmd, check=True)
+    done = subprocess.run(cmd)
+    if done.returncode not in (0, EXIT_STRUCTURE_ERRORS):  # 3: finished, some error records
+        raise SystemExit(f"mlcharge compare failed (exit status {done.returncode})")
     elapsed = time.time() - t0
     records = json.loads(records_file.read_text())
-    from mlcharge_workflows.savings.flows import project_job_store, savings_documents
+    from mlcharge_workflows.common.store import savings_documents
+    from mlcharge_workflows.submit.config import project_job_store
 
     docs = savings_documents(project_job_store(work / "project"))
     summary = summarize(records, docs)
@@ -420,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _render(args) -> int:
     """Rebuild the section from a finished run's files (the command line shown is the run's)."""
-    from mlcharge_workflows.savings.flows import project_job_store, savings_documents
+    from mlcharge_workflows.common.store import savings_documents
+    from mlcharge_workflows.submit.config import project_job_store
 
     work = Path(args.workdir).resolve()
     records = json.loads((work / "records.json").read_text())

@@ -29,6 +29,8 @@ import re
 import signal
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -275,7 +277,11 @@ def run_compare(
         }))
 
     def finish(i: int, out: dict[str, Any]) -> None:
-        """Save one finished structure everywhere, now."""
+        """Save one finished structure everywhere, now, whole: Ctrl-C waits for it."""
+        with _interrupts_deferred():
+            _save(i, out)
+
+    def _save(i: int, out: dict[str, Any]) -> None:
         docs[i] = out["record"]
         result.n_run += 1
         if store is not None:
@@ -353,6 +359,35 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends; a signal that came meanwhile acts after it.
+
+    Saving one structure writes the store, the JSON Lines file and the JSON file in turn;
+    an interrupt between two of them would leave them disagreeing (a record in the JSON
+    Lines file but not in the JSON file the message points to). Python runs signal
+    handlers in the main thread whichever thread the signal reached, so swapping the
+    handlers (not the thread's signal mask) is what holds them.
+    """
+    if not _main_thread():
+        yield
+        return
+    got: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # ignored or default signals keep their meaning
+            previous[signum] = handler
+            signal.signal(signum, lambda n, _frame: got.append(n))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if got:
+        previous[got[0]](got[0], None)
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature

@@ -115,6 +115,14 @@ def test_run_summary_reads_task_documents_and_aliases() -> None:
         FallbackPolicy(magnetization_tol=0)
 
 
+def test_unconverged_run_names_the_iterations_it_ran() -> None:
+    # pw.x prints no "convergence has been achieved in N": the accuracy history counts them
+    s = RunSummary.from_task({"converged": False, "scf_iterations": None,
+                              "scf_accuracy_Ry": [1e-2] * 100})
+    assert s.scf_iterations == 100
+    assert FallbackPolicy().check(s, n_atoms=2).endswith("did not converge in 100 iterations")
+
+
 def test_failed_rerun_keeps_the_ml_attempt() -> None:
     bad = task(converged=False)
 

@@ -75,9 +75,13 @@ class RunSummary:
             mag = mag.get("total", mag.get("total_magnetization"))
         elif mag is not None and not isinstance(mag, (int, float)):
             mag = getattr(mag, "total", getattr(mag, "total_magnetization", None))
+        iterations = get("scf_iterations")
+        history = get("scf_accuracy_Ry")  # QE: one entry per iteration run, converged or not
+        if iterations is None and isinstance(history, (list, tuple)) and history:
+            iterations = len(history)
         return cls(
             converged=get("converged"),
-            scf_iterations=get("scf_iterations"),
+            scf_iterations=iterations,
             energy_eV=get("energy_eV"),
             total_magnetization=None if mag is None else float(mag),
             density_read_from_file=get("density_read_from_file"),
