@@ -258,6 +258,34 @@ def test_sigterm_returns_firework_to_queue(tmp_path, cifs, dummy_builder):
         assert lp.db["mlcharge_launch_owners"].count_documents({}) == 0
 
 
+def test_signal_between_checkout_and_run_requeues(tmp_path, monkeypatch):
+    """SIGTERM after the checkout is committed, before the run starts: the firework goes
+    back to the queue (the worker is not killed with a RUNNING launch left behind)."""
+    import threading
+
+    from mlcharge_workflows.submit import worker
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    handle = EmbeddedLaunchPad(tmp_path / "p")
+    with handle.transaction() as lp:
+        lp.add_wf(flow_to_workflow(count_atoms({"a": 1}, "x")))
+
+    def signal_then_check(spec):  # runs between the checkout and the run
+        handler = signal.getsignal(signal.SIGTERM)
+        assert isinstance(getattr(handler, "__self__", None), worker._StopSignals), handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+    monkeypatch.setattr(worker, "structure_problem", signal_then_check)
+    summary = run_embedded_worker(handle, progress=False)
+    assert summary.interrupted is not None and summary.completed == []
+    assert _states(handle) == ["READY"]
+    with handle.read() as lp:
+        assert lp.db["mlcharge_launch_owners"].count_documents({}) == 0
+        assert lp.launches.count_documents({"state": "RUNNING"}) == 0
+
+
 def test_worker_needs_a_project(tmp_path):
     res = CliRunner().invoke(app, ["worker", "--project", str(tmp_path / "none")])
     assert res.exit_code == 2 and "nothing was submitted" in res.output

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -286,14 +287,14 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
     fworker = fworker or FWorker()
     summary = WorkerSummary()
     with WorkerRegistration(handle.paths.workers_dir) as me, \
-            jobflow_store(handle.job_store()):
+            jobflow_store(handle.job_store()), _stop_signals() as stop:
         recovered, rerun = recover_lost_runs(handle, given_up=summary.fizzled)
         summary.recovered += recovered
         summary.rerun += rerun
         with handle.read() as lp:
             remaining = _count_remaining(lp)
         bar = tqdm(total=remaining, desc="fireworks", unit="fw", disable=not progress)
-        while nlaunches <= 0 or summary.n_launched < nlaunches:
+        while (nlaunches <= 0 or summary.n_launched < nlaunches) and not stop.hits:
             launch_dir = _new_launch_dir(handle.paths.launches_dir)
             fw, launch_id, n_running = _checkout(handle, fworker, launch_dir, me.worker_id)
             if fw is None:
@@ -318,8 +319,11 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
                 bar.total = summary.n_launched + remaining
                 bar.update(1)
                 continue
-            with _interruptible() as interrupted:
-                _run_offline(fworker, fw.fw_id, launch_dir)
+            interrupted = bool(stop.hits)  # asked to stop while checking out: do not start
+            if not interrupted:
+                with stop.raising() as hits:
+                    _run_offline(fworker, fw.fw_id, launch_dir)
+                interrupted = bool(hits)
             if interrupted:  # Ctrl-C / SIGTERM: not the firework's fault, back to the queue
                 _requeue(handle, launch_id, fw.fw_id)
                 summary.interrupted = fw.fw_id
@@ -332,31 +336,57 @@ def run_embedded_worker(handle: EmbeddedLaunchPad, nlaunches: int = 0,
     return summary
 
 
-@contextlib.contextmanager
-def _interruptible() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM into KeyboardInterrupt and note that it happened.
+class _StopSignals:
+    """SIGINT/SIGTERM received by a worker (see :func:`_stop_signals`)."""
 
-    FireWorks' Rocket catches every exception of a task (KeyboardInterrupt included) and
-    records the firework as FIZZLED; the yielded list tells the caller that the run was
-    interrupted, so it can requeue the firework instead. Main thread only.
+    def __init__(self) -> None:
+        self.hits: list[int] = []
+        self._raise = False
+
+    def handler(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.hits.append(signum)
+        if self._raise or len(self.hits) > 1:  # inside a run, or asked twice: stop now
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    @contextlib.contextmanager
+    def raising(self) -> Iterator[list[int]]:
+        """Inside: a signal raises KeyboardInterrupt; the yielded list gets the signals
+        that came inside (a KeyboardInterrupt that escapes is swallowed and noted)."""
+        n = len(self.hits)
+        came: list[int] = []
+        self._raise = True
+        try:
+            yield came
+        except KeyboardInterrupt:
+            if len(self.hits) == n:
+                self.hits.append(signal.SIGINT)
+        finally:
+            self._raise = False
+            came.extend(self.hits[n:])
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_StopSignals]:
+    """SIGINT/SIGTERM for a worker's whole loop (main thread only).
+
+    Inside :meth:`_StopSignals.raising` (the firework run) a signal raises
+    KeyboardInterrupt: FireWorks' Rocket catches every exception of a task (KeyboardInterrupt
+    included) and records the firework as FIZZLED, so the caller checks the yielded list and
+    requeues the firework instead. Elsewhere (checkout, completion, recovery transactions)
+    the signal is only noted and the worker stops at the next safe point: a signal landing
+    between a committed checkout and the run must requeue that firework too, not kill the
+    worker with a RUNNING launch left behind (counted as a worker death). A second signal
+    raises at once.
     """
-    import signal
     import threading
 
-    hits: list[int] = []
+    stop = _StopSignals()
     if threading.current_thread() is not threading.main_thread():
-        yield hits
+        yield stop
         return
-
-    def _handler(signum, frame):
-        hits.append(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield hits
-    except KeyboardInterrupt:
-        hits.append(signal.SIGINT)
+        yield stop
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
