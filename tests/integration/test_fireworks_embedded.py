@@ -192,6 +192,29 @@ def _owned_by(handle: EmbeddedLaunchPad, pid: int) -> bool:
                    for d in lp.db["mlcharge_launch_owners"].find({}))
 
 
+def _freeze(proc: subprocess.Popen) -> bool:
+    """SIGSTOP ``proc`` and wait until it is stopped; False if it has exited."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    while True:
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in "TtZX":
+            return state in "Tt"
+        time.sleep(0.001)
+
+
+def _runs_unfinished(handle: EmbeddedLaunchPad, pid: int) -> bool:
+    """True if worker ``pid`` owns a RUNNING launch whose run has not finished, in the
+    committed database file (read without the lock: a frozen worker may hold it)."""
+    from mlcharge_workflows.submit.launchpad import _launchpad_on, _load_server
+    from mlcharge_workflows.submit.worker import _finished_offline_data
+
+    lp = _launchpad_on(_load_server(handle.paths.launchpad_file))
+    ids = [d["launch_id"] for d in lp.db["mlcharge_launch_owners"].find({})
+           if d["worker"].endswith(f"-{pid}")]
+    return any(_finished_offline_data(d.get("launch_dir")) is None
+               for d in lp.launches.find({"launch_id": {"$in": ids}, "state": "RUNNING"}))
+
+
 def _start_worker(project: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "mlcharge_workflows.cli.main", "worker", "--project",
@@ -212,9 +235,18 @@ def test_two_workers_then_sigkill(tmp_path, cifs, dummy_builder):
     deadline = time.time() + 60
     while time.time() < deadline and _states(handle).count("COMPLETED") < 2:
         time.sleep(0.1)
-    while time.time() < deadline and not _owned_by(handle, w1.pid):
+    # w1 frozen, then killed only if it is inside a firework that has not finished: seen
+    # merely owning a launch, it could finish (or sync) it before a kill landed, and the
+    # lost run to rerun would not exist
+    while time.time() < deadline:
+        assert _freeze(w1), (tmp_path / "w1.log").read_text()  # w1 has not exited
+        if _runs_unfinished(handle, w1.pid):
+            break
+        os.kill(w1.pid, signal.SIGCONT)
         time.sleep(0.05)
-    os.killpg(w1.pid, signal.SIGKILL)  # w1 is inside a firework right now
+    else:
+        pytest.fail("w1 was never seen inside an unfinished firework")
+    os.killpg(w1.pid, signal.SIGKILL)
     w1.wait()
     assert w2.wait(timeout=120) == 0, (tmp_path / "w2.log").read_text()
     # w2 may already have rerun w1's lost firework; a fresh worker finishes anything left
