@@ -15,7 +15,11 @@ import psutil
 import pytest
 
 from mlcharge_workflows.training.dataset import DensityDataset
-from mlcharge_workflows.training.generate import GenerationSettings, generate_dataset
+from mlcharge_workflows.training.generate import (
+    CONVERGENCE_RETRY,
+    GenerationSettings,
+    generate_dataset,
+)
 from mlcharge_workflows.training.splits import check_disjoint
 
 pytestmark = pytest.mark.pwx
@@ -83,7 +87,7 @@ def test_unconverged_runs_are_listed_not_recorded(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mlcharge_workflows.cli.main", "data", "generate", "--n", "1",
          "--out", str(out), "--protocol", str(_protocol_file(tmp_path, electron_maxstep=2)),
-         *CLI_ARGS],
+         "--no-convergence-retry", *CLI_ARGS],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
@@ -94,6 +98,42 @@ def test_unconverged_runs_are_listed_not_recorded(tmp_path):
     assert "not_converged" in proc.stdout
     run_dir = out / "work" / next(iter(man["failures"]))
     assert (run_dir / "pw.out").is_file() and not (run_dir / "out").exists()
+
+
+def test_an_unconverged_run_is_rerun_once_with_local_tf_and_says_so(tmp_path):
+    out = tmp_path / "ds"
+    man = generate_dataset(out, 1, _settings(electron_maxstep=2), nprocs=1, workers=1,
+                           progress=False)
+    assert not man["failures"] and man["summary"]["n_records"] == 1
+    (rec,) = DensityDataset(out).records()
+    retry = rec.metadata["convergence_retry"]
+    assert retry["changed"] == CONVERGENCE_RETRY
+    assert retry["first_attempt"] == {"mixing_mode": "plain", "mixing_beta": 0.4,
+                                      "electron_maxstep": 2}
+    assert "did not converge in 2" in retry["reason"]
+    # the record's protocol is the run that converged, the same physics otherwise
+    prot = rec.metadata["protocol"]
+    assert (prot["mixing_mode"], prot["mixing_beta"], prot["electron_maxstep"]) == (
+        "local-TF", 0.2, 200)
+    assert prot["kspacing"] == FAST["kspacing"] and rec.metadata["converged"]
+    assert 2 < rec.scf_iterations <= 200
+    assert abs(rec.n_electrons - 4 * len(rec.structure)) < 1e-3
+
+
+def test_a_rerun_that_fails_too_is_listed_with_both_reasons(tmp_path):
+    out = tmp_path / "ds"
+    man = generate_dataset(out, 1, _settings(electron_maxstep=2), nprocs=1, workers=1,
+                           progress=False,
+                           convergence_retry={"mixing_mode": "local-TF", "electron_maxstep": 3})
+    assert man["summary"]["n_records"] == 0
+    (fail,) = man["failures"].values()
+    assert fail["kind"] == "not_converged"
+    assert "did not converge in 2" in fail["reason"]
+    assert "rerun with {'mixing_mode': 'local-TF', 'electron_maxstep': 3}" in fail["reason"]
+    assert "did not converge in 3" in fail["reason"]
+    run_dir = out / "work" / next(iter(man["failures"]))
+    assert (run_dir / "pw.out").is_file() and (run_dir / "retry" / "pw.out").is_file()
+    assert not (run_dir / "out").exists() and not (run_dir / "retry" / "out").exists()
 
 
 def _finished(out: Path) -> list[Path]:

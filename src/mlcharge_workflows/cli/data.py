@@ -88,6 +88,10 @@ def generate(
     timeout: float | None = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
                                             "many seconds (listed as a failure)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run recorded failures again."),
+    convergence_retry: bool = typer.Option(True, "--convergence-retry/--no-convergence-retry",
+                                           help="Rerun an SCF that did not converge once with "
+                                           "local-TF mixing (beta 0.2, 200 steps); the record "
+                                           "says so."),
     skip_packed: list[Path] = typer.Option([], "--skip-packed", help="Sharded dataset "
                                            "(data/qe/NAME) whose records are not run again; "
                                            "repeatable."),
@@ -98,7 +102,11 @@ def generate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Run QE statics from atoms on N generated structures and store their densities."""
-    from mlcharge_workflows.training.generate import GenerationSettings, generate_dataset
+    from mlcharge_workflows.training.generate import (
+        CONVERGENCE_RETRY,
+        GenerationSettings,
+        generate_dataset,
+    )
 
     try:
         settings = GenerationSettings(
@@ -112,6 +120,7 @@ def generate(
             out, n, settings, nprocs=nprocs, workers=workers, retry_failed=retry_failed,
             fireworks=fireworks, launchpad_file=launchpad, project=project, progress=progress,
             timeout_s=timeout, skip_packed=skip_packed,
+            convergence_retry=CONVERGENCE_RETRY if convergence_retry else None,
         )  # fmt: skip
     except ValueError as exc:
         _fail(str(exc))

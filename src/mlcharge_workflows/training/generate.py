@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import psutil
 from jobflow import job
@@ -117,7 +118,8 @@ def _fail(out: Path, gen: dict, kind: str, reason: str, t0: float, workdir: Path
         "time": now(),
     }  # fmt: skip
     write_json_atomic(out / "failures" / f"{gen['id']}.json", doc)
-    shutil.rmtree(workdir / "out", ignore_errors=True)  # keep pw.in / pw.out, drop the big data
+    for big in [workdir / "out", *workdir.glob("*/out")]:  # keep pw.in / pw.out, drop the big data
+        shutil.rmtree(big, ignore_errors=True)
     return {"id": gen["id"], "status": "failed", "kind": kind, "reason": reason[-300:]}
 
 
@@ -145,6 +147,20 @@ def _time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
+CONVERGENCE_RETRY: dict[str, Any] = {
+    "mixing_mode": "local-TF", "mixing_beta": 0.2, "electron_maxstep": 200,
+}
+"""QE protocol fields of the one rerun given to a structure whose SCF did not converge.
+
+The converged density does not depend on how the SCF got there, so a record made with
+damped, inhomogeneity-aware mixing (pw.x's choice for metals, surfaces and magnetic cells)
+is the same answer; leaving those cells out instead would bias the data against exactly the
+magnetic and metallic cells that are hard to converge. The record says so:
+``metadata["protocol"]`` is the protocol of the run that converged and
+``metadata["convergence_retry"]`` names the fields changed and why.
+"""
+
+
 def compute_density_record(
     structure,
     gen: dict,
@@ -154,13 +170,17 @@ def compute_density_record(
     nprocs: int = 1,
     provenance: dict | None = None,
     timeout_s: float | None = None,
+    convergence_retry: dict[str, Any] | None = CONVERGENCE_RETRY,
 ) -> dict:
     """Run the QE static of one structure from atoms and store its density record.
 
     Never raises for a failed run: the failure (kind and reason) goes to
     ``failures/<id>.json`` and the returned summary. Returns ``{"id", "status", ...}``
     with status ``ok``, ``exists`` or ``failed``. ``timeout_s`` stops pw.x after that
-    many seconds (failure kind ``timeout``; needs the main thread, as in a pool worker).
+    many seconds, both attempts together (failure kind ``timeout``; needs the main thread,
+    as in a pool worker). A run that does not converge is run once more with the protocol
+    fields ``convergence_retry`` changed (default :data:`CONVERGENCE_RETRY`; ``None``: no
+    rerun), recorded in the record's metadata or, if that fails too, in the failure.
     """
     from mlcharge_workflows.engines.qe.core import align_density, read_converged_density, run_qe_scf
     from mlcharge_workflows.engines.qe.sets import QEProtocol
@@ -174,18 +194,32 @@ def compute_density_record(
     shutil.rmtree(workdir, ignore_errors=True)  # a run killed earlier: start it again
     t0 = time.time()
     prot = QEProtocol(**protocol)
+    run_dir, retry = workdir, None
     try:
         with _time_limit(timeout_s):
-            doc = run_qe_scf(structure, workdir, start="atomic", protocol=prot, nprocs=nprocs)
+            try:
+                doc = run_qe_scf(structure, run_dir, start="atomic", protocol=prot, nprocs=nprocs)
+            except RuntimeError as exc:
+                if not convergence_retry or "did not converge" not in str(exc):
+                    raise
+                retry = {"changed": dict(convergence_retry),
+                         "first_attempt": {k: getattr(prot, k) for k in convergence_retry},
+                         "reason": str(exc)[-500:]}
+                prot = QEProtocol(**{**protocol, **convergence_retry})
+                run_dir = workdir / "retry"  # the first attempt's pw.out stays beside it
+                doc = run_qe_scf(structure, run_dir, start="atomic", protocol=prot, nprocs=nprocs)
     except RunTimeout:
-        return _fail(root, gen, "timeout", f"pw.x stopped after {timeout_s} s", t0, workdir)
+        again = " (in its convergence rerun)" if retry else ""
+        return _fail(root, gen, "timeout", f"pw.x stopped after {timeout_s} s{again}", t0, workdir)
     except RuntimeError as exc:
         kind = "not_converged" if "did not converge" in str(exc) else "pw_failed"
-        return _fail(root, gen, kind, str(exc), t0, workdir)
+        reason = str(exc) if retry is None else (
+            f"{retry['reason']}; rerun with {retry['changed']}: {exc}")
+        return _fail(root, gen, kind, reason, t0, workdir)
     except ValueError as exc:
         return _fail(root, gen, "invalid_structure", str(exc), t0, workdir)
     try:
-        grid = align_density(read_converged_density(workdir), structure)
+        grid = align_density(read_converged_density(run_dir), structure)
         mill, total, mag, stats = stored_coefficients(grid, store_ecut_ry, doc.ecutrho_ry)
         elements = sorted(e.symbol for e in structure.composition)
         meta = {
@@ -214,6 +248,8 @@ def compute_density_record(
             "storage": stats,
             "provenance": provenance or {},
         }
+        if retry is not None:
+            meta["convergence_retry"] = retry
         record = DensityRecord(
             id=rid, structure=structure, grid_shape=grid.shape, mill=mill, total=total,
             magnetization=mag, energy_eV=doc.energy_eV, scf_iterations=doc.scf_iterations,
@@ -378,8 +414,11 @@ def generate_dataset(
     on_result: Callable[[dict], None] | None = None,
     timeout_s: float | None = None,
     skip_packed: list[str | Path] | None = None,
+    convergence_retry: dict[str, Any] | None = CONVERGENCE_RETRY,
 ) -> dict:
     """Generate (or resume) a dataset of ``n`` structures in ``out``; returns the manifest.
+
+    ``convergence_retry``: see :func:`compute_density_record` (``None``: no rerun).
 
     ``skip_packed`` names sharded datasets (``data/qe/<name>``, :mod:`.shards`): structures
     whose id is already stored there (packed or excluded) are not run again, so regenerating
@@ -412,7 +451,7 @@ def generate_dataset(
             yield {"structure": g.structure, "gen": _gen_dict(g), "out": str(root),
                    "nprocs": nprocs, "protocol": settings.protocol,
                    "store_ecut_ry": settings.store_ecut_ry, "provenance": provenance,
-                   "timeout_s": timeout_s}
+                   "timeout_s": timeout_s, "convergence_retry": convergence_retry}
 
     if fireworks:
         return _submit_fireworks(root, list(jobs()), launchpad_file, project,
