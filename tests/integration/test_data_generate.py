@@ -87,7 +87,7 @@ def test_unconverged_runs_are_listed_not_recorded(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mlcharge_workflows.cli.main", "data", "generate", "--n", "1",
          "--out", str(out), "--protocol", str(_protocol_file(tmp_path, electron_maxstep=2)),
-         "--no-convergence-retry", *CLI_ARGS],
+         *CLI_ARGS],  # the default: no convergence rerun
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
@@ -98,12 +98,19 @@ def test_unconverged_runs_are_listed_not_recorded(tmp_path):
     assert "not_converged" in proc.stdout
     run_dir = out / "work" / next(iter(man["failures"]))
     assert (run_dir / "pw.out").is_file() and not (run_dir / "out").exists()
+    assert "rerun with" not in fail["reason"] and not (run_dir / "retry").exists()  # opt-in
 
 
 def test_an_unconverged_run_is_rerun_once_with_local_tf_and_says_so(tmp_path):
     out = tmp_path / "ds"
-    man = generate_dataset(out, 1, _settings(electron_maxstep=2), nprocs=1, workers=1,
-                           progress=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlcharge_workflows.cli.main", "data", "generate", "--n", "1",
+         "--out", str(out), "--protocol", str(_protocol_file(tmp_path, electron_maxstep=2)),
+         "--convergence-retry", *CLI_ARGS],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    man = json.loads((out / "manifest.json").read_text())
     assert not man["failures"] and man["summary"]["n_records"] == 1
     (rec,) = DensityDataset(out).records()
     retry = rec.metadata["convergence_retry"]

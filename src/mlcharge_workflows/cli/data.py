@@ -88,10 +88,10 @@ def generate(
     timeout: float | None = typer.Option(None, "--timeout", help="Stop a pw.x run after this "
                                             "many seconds (listed as a failure)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run recorded failures again."),
-    convergence_retry: bool = typer.Option(True, "--convergence-retry/--no-convergence-retry",
+    convergence_retry: bool = typer.Option(False, "--convergence-retry/--no-convergence-retry",
                                            help="Rerun an SCF that did not converge once with "
                                            "local-TF mixing (beta 0.2, 200 steps); the record "
-                                           "says so."),
+                                           "says so. Costly: it rescued 1 of 5 failures."),
     skip_packed: list[Path] = typer.Option([], "--skip-packed", help="Sharded dataset "
                                            "(data/qe/NAME) whose records are not run again; "
                                            "repeatable."),
