@@ -106,3 +106,23 @@ def test_validation_scores_match_the_grid_functional(tmp_path):
     pred = DensityGrid(rec.structure, rho, m)
     expected = scf_error(pred, rec.to_grid(), pwx_ecut_ry(rec)) / len(rec.structure)
     assert scores["scf_error"] == pytest.approx(expected, rel=1e-4)
+
+
+REAL_DATA = REPO_DATA.parent / "real"
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="the repository's data/qe/real")
+def test_exclude_prototypes_holds_out_every_record_of_them():
+    """``exclude_prototypes`` leaves a benchmark's prototypes out of every split, and only them."""
+    from mlcharge_workflows.training.pack import parse_generated_id
+
+    def protos(splits):
+        return [(parse_generated_id(r.id) or {}).get("prototype") for s in splits.values() for r in s]
+
+    everything = protos(load_records(TrainConfig(datasets=[REAL_DATA])))
+    held = sorted({p for p in everything if p})[:2]
+    lines = []
+    kept = protos(load_records(TrainConfig(datasets=[REAL_DATA], exclude_prototypes=held), lines.append))
+    assert held and not set(held) & set(kept)
+    assert len(kept) == len(everything) - sum(p in held for p in everything)
+    assert any("left out" in line and held[0] in line for line in lines)

@@ -66,6 +66,11 @@ class TrainConfig(BaseModel):
     test_fraction: float = 0.1
     max_minutes: float | None = Field(None, description="Stop (and keep the best model) after this.")
     max_atoms: int | None = Field(None, description="Skip records with more atoms.")
+    exclude_prototypes: list[str] = Field(
+        default_factory=list,
+        description="Leave out every record whose generated id names one of these prototypes "
+        "(e.g. AB_cF8_225_a_b): structures held out for a benchmark stay unseen in every split.",
+    )
     device: str = Field("auto", description="auto (cuda when present), cpu or cuda.")
     threads: int | None = Field(None, description="torch CPU threads (None: torch default).")
     resume: bool = True

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from mlcharge_workflows.training.config import TrainConfig
 from mlcharge_workflows.training.dataset import DensityRecord
+from mlcharge_workflows.training.pack import parse_generated_id
 from mlcharge_workflows.training.shards import open_dataset
 
 
@@ -37,6 +38,7 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
     """
     out: dict[str, list[DensityRecord]] = {"train": [], "val": [], "test": []}
     records, by_id = [], {}
+    held_out, n_held_out = set(cfg.exclude_prototypes), 0
     for root in cfg.datasets:
         ds = open_dataset(root)  # records/ folder or repository shards; ValueError if neither
         manifest_splits = (ds.manifest.get("splits") or {}) if isinstance(ds.manifest, dict) else {}
@@ -50,8 +52,13 @@ def load_records(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[s
                 continue
             if cfg.max_atoms and len(rec.structure) > cfg.max_atoms:
                 continue
+            if held_out and (parse_generated_id(rid) or {}).get("prototype") in held_out:
+                n_held_out += 1
+                continue
             rec.metadata = {**(rec.metadata or {}), "_dataset": str(root)}
             records.append(rec)
+    if held_out:
+        log(f"left out {n_held_out} records of the held-out prototypes {sorted(held_out)}")
     key = lambda r: (r.metadata["_dataset"], r.id)  # noqa: E731
     by_family: dict[str, str] = {}
     for rec in records:  # families listed in a manifest keep their split, in every dataset
