@@ -14,6 +14,14 @@ converged density of the record (the "oracle" restart, the ceiling of any start)
 iterations, the relative reduction, and the energy differences to the atomic start (which
 must stay within the convergence threshold). All arms run in the same process, side by side.
 
+``--structures FILE ...`` runs structure files instead of a dataset's records (e.g. the
+realistic unseen set of ``compare_unseen.py --realistic``, its ``structures/`` folder): the
+structure is kept as given (its ``magmom``, FM or AFM, is the start of every arm, as in
+``mlcharge compare``), the protocol is ``QEProtocol()`` with ``--protocol`` overrides, and
+there is no oracle arm. An ML start that does not converge counts with its iterations plus
+the atomic start's (what the workflows' fallback pays), and every arm's total
+magnetisation is compared with the atomic start's (``state_changed``).
+
 ``--stratify N`` takes up to N magnetic and N non-magnetic structures, one family after
 another (round robin over the families in id order), instead of the first ``--limit`` ids.
 Records or families any of the models was trained or validated on are skipped. Each
@@ -69,6 +77,109 @@ def pick_ids(ds, ids: list[str], stratify: int | None, limit: int | None) -> lis
 
 def _is_magnetic(ds, rid: str) -> bool:
     return ds[rid].magnetization is not None
+
+
+def _magnetic_structure(s, protocol) -> bool:
+    """A magnetic start: a non-zero ``magmom``, else an element with a protocol starting moment."""
+    magmom = s.site_properties.get("magmom")
+    if magmom is not None:
+        return any(abs(float(m)) > 0 for m in magmom)
+    return any(el.symbol in (protocol.starting_magnetization or {}) for el in s.composition.elements)
+
+
+def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int, workdir: Path,
+                   protocol_overrides: dict | None = None, jobs: int = 1) -> dict:
+    """Atomic start vs each model's start (its default spin) on structure files, side by side."""
+    from pymatgen.core import Structure
+
+    from mlcharge_workflows.engines.qe.core import run_qe_scf
+    from mlcharge_workflows.engines.qe.sets import QEProtocol
+    from mlcharge_workflows.model import load_model, predict_density
+
+    protocol = QEProtocol(**(protocol_overrides or {}))
+    loaded = {label: load_model(path) for label, path in models.items()}
+
+    def one(path: Path) -> dict:
+        rid = path.stem
+        s = Structure.from_file(path)
+        row = {"id": rid, "formula": s.composition.reduced_formula, "n_atoms": len(s),
+               "magnetic": _magnetic_structure(s, protocol), "kspacing": protocol.kspacing,
+               "conv_thr_eV": protocol.conv_thr(s) * RY_TO_EV, "runs": {}}
+        starts: dict[str, object] = {"atomic": "atomic"}
+        for label, model in loaded.items():
+            try:
+                model.species_of(s)
+            except ValueError as exc:
+                row.setdefault("skipped_arms", {})[label] = str(exc)
+                continue
+            t0 = time.perf_counter()
+            starts[label] = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1], threads=1)
+            row.setdefault("predict", {})[label] = {"seconds": time.perf_counter() - t0,
+                                                    "spin_start": starts[label].metadata.get("spin_start")}
+        for name, start in starts.items():
+            try:
+                doc = run_qe_scf(s, workdir / rid / name, start=start, protocol=protocol, nprocs=nprocs,
+                                 expect_density_read=name != "atomic", allow_unconverged=True)
+            except Exception as exc:  # recorded, the other arms and structures go on
+                row["runs"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            row["runs"][name] = {"iterations": doc.scf_iterations, "energy_eV": doc.energy_eV,
+                                 "wall_s": doc.wall_time_s, "converged": doc.converged,
+                                 "total_magnetization": doc.total_magnetization}
+        ref = row["runs"].get("atomic", {})
+        if "iterations" not in ref or not ref.get("converged"):
+            row["skipped"] = f"the atomic start did not finish: {ref.get('error') or 'not converged'}"
+            print(json.dumps(row), flush=True)
+            return row
+        for name, out in row["runs"].items():
+            if "iterations" not in out:
+                continue
+            paid = out["iterations"] + (0 if out["converged"] else ref["iterations"])  # the fallback's rerun
+            out["paid_iterations"] = paid
+            out["reduction"] = 1 - paid / ref["iterations"]
+            out["dE_eV"] = out["energy_eV"] - ref["energy_eV"] if out["converged"] else None
+            out["wall_reduction"] = 1 - out["wall_s"] / ref["wall_s"]
+            m0, m1 = ref.get("total_magnetization"), out.get("total_magnetization")
+            out["state_changed"] = (out["converged"] and m0 is not None and m1 is not None
+                                    and abs(m1 - m0) > 0.1)
+        print(json.dumps(row), flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        rows = list(pool.map(one, paths))
+    done = [r for r in rows if "skipped" not in r]
+
+    def med(values):
+        return float(np.median(values)) if values else None
+
+    names = list(dict.fromkeys(n for r in done for n in r["runs"]))
+    summary = {"structures": len(done), "skipped": len(rows) - len(done),
+               "magnetic": sum(r["magnetic"] for r in done), "protocol": protocol.model_dump(mode="json"),
+               "reference": "atomic",
+               "median_reference_iterations": med([r["runs"]["atomic"]["iterations"] for r in done]),
+               "runs": {}}
+    for name in names:
+        sel = [r for r in done if "reduction" in r["runs"].get(name, {})]
+        out = [r["runs"][name] for r in sel]
+        base = [r["runs"]["atomic"]["iterations"] for r in sel]
+        paid = [o["paid_iterations"] for o in out]
+        summary["runs"][name] = {
+            "structures": len(sel),
+            "median_iterations": med(paid),
+            "median_reduction": med([o["reduction"] for o in out]),
+            "drop_of_median": (1 - med(paid) / med(base)) if sel else None,
+            "median_reduction_nonmagnetic": med([o["reduction"] for o, r in zip(out, sel) if not r["magnetic"]]),
+            "median_reduction_magnetic": med([o["reduction"] for o, r in zip(out, sel) if r["magnetic"]]),
+            "median_wall_reduction": med([o["wall_reduction"] for o in out]),
+            "faster": sum(o["reduction"] > 0 for o in out), "slower": sum(o["reduction"] < 0 for o in out),
+            "worse_than_20pct": sum(o["reduction"] < -0.2 for o in out),
+            "not_converged": sum(not o["converged"] for o in out),
+            "state_changed": sum(bool(o["state_changed"]) for o in out),
+            "max_abs_dE_eV": max((abs(o["dE_eV"]) for o in out if o["dE_eV"] is not None), default=None),
+            "all_within_conv_thr": all(o["dE_eV"] is None or abs(o["dE_eV"]) <= r["conv_thr_eV"]
+                                       for o, r in zip(out, sel)),
+        }
+    return {"summary": summary, "rows": rows}
 
 
 def run(dataset: str, split: str, limit: int | None, models: dict[str, str | None], nprocs: int,
@@ -178,13 +289,25 @@ def run(dataset: str, split: str, limit: int | None, models: dict[str, str | Non
     return {"summary": summary, "rows": rows}
 
 
+def _cell(out: dict | None) -> str:
+    """Iterations of one run (``a+b`` when an unconverged ML start paid the atomic rerun)."""
+    if not out:
+        return ""
+    if "iterations" not in out:
+        return "error"
+    text = str(out["iterations"])
+    if out.get("paid_iterations", out["iterations"]) != out["iterations"]:
+        text += f" (not converged: {out['paid_iterations']})"
+    return text + (" (other state)" if out.get("state_changed") else "")
+
+
 def markdown(result: dict) -> str:
     """Per-structure table of SCF iterations, one column per run (start @ diago_thr_init)."""
     done = [r for r in result["rows"] if "skipped" not in r]
     names = list(result["summary"]["runs"])
     lines = ["| structure | atoms | magnetic | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
     for r in done:
-        cells = [str(r["runs"][n]["iterations"]) if n in r["runs"] else "" for n in names]
+        cells = [_cell(r["runs"].get(n)) for n in names]
         lines.append(f"| {r['id']} | {r['n_atoms']} | {'yes' if r['magnetic'] else ''} | " + " | ".join(cells) + " |")
     runs = result["summary"]["runs"]
     for key, label in (("median_reduction", "median saved (iterations)"),
@@ -198,7 +321,10 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset")
+    ap.add_argument("dataset", nargs="?", default=None)
+    ap.add_argument("--structures", type=Path, nargs="+", default=None,
+                    help="structure files instead of a dataset (no oracle arm; QEProtocol() + --protocol)")
+    ap.add_argument("--protocol", default=None, help="with --structures: JSON of QEProtocol overrides")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--model", action="append", default=None,
@@ -223,6 +349,16 @@ def main() -> None:
         label, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).stem, "", spec)
         models[label] = None if path == "shipped" else path
     spins = ("atomic", "model") if args.spin == "both" else (args.spin,)
+    if args.structures:
+        result = run_structures(args.structures, models, args.nprocs, args.workdir,
+                                json.loads(args.protocol) if args.protocol else None, args.jobs)
+        print(json.dumps(result["summary"], indent=1))
+        print(markdown(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return
+    if args.dataset is None:
+        ap.error("give a DATASET or --structures")
     result = run(args.dataset, args.split, args.limit, models, args.nprocs, args.workdir,
                  not args.default_protocol, spins, args.stratify, args.jobs, args.conv_thr_per_atom,
                  args.diago_thr_init)
