@@ -88,7 +88,8 @@ def _magnetic_structure(s, protocol) -> bool:
 
 
 def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int, workdir: Path,
-                   protocol_overrides: dict | None = None, jobs: int = 1) -> dict:
+                   protocol_overrides: dict | None = None, jobs: int = 1,
+                   spins: tuple[str | None, ...] = (None,)) -> dict:
     """Atomic start vs each model's start (its default spin) on structure files, side by side."""
     from pymatgen.core import Structure
 
@@ -112,10 +113,13 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
             except ValueError as exc:
                 row.setdefault("skipped_arms", {})[label] = str(exc)
                 continue
-            t0 = time.perf_counter()
-            starts[label] = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1], threads=1)
-            row.setdefault("predict", {})[label] = {"seconds": time.perf_counter() - t0,
-                                                    "spin_start": starts[label].metadata.get("spin_start")}
+            for spin in spins if row["magnetic"] else spins[:1]:
+                arm = label if len(spins) == 1 else f"{label}+{spin}spin"
+                t0 = time.perf_counter()
+                starts[arm] = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1], spin=spin,
+                                              threads=1)
+                row.setdefault("predict", {})[arm] = {"seconds": time.perf_counter() - t0,
+                                                      "spin_start": starts[arm].metadata.get("spin_start")}
         for name, start in starts.items():
             try:
                 doc = run_qe_scf(s, workdir / rid / name, start=start, protocol=protocol, nprocs=nprocs,
@@ -125,7 +129,14 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
                 continue
             row["runs"][name] = {"iterations": doc.scf_iterations, "energy_eV": doc.energy_eV,
                                  "wall_s": doc.wall_time_s, "converged": doc.converged,
-                                 "total_magnetization": doc.total_magnetization}
+                                 "total_magnetization": doc.total_magnetization,
+                                 "spin_start": getattr(start, "metadata", {}).get("spin_start")}
+        if not row["magnetic"] and len(spins) > 1:  # one prediction per model: every spin arm is it
+            for label in loaded:
+                first = f"{label}+{spins[0]}spin"
+                for spin in spins[1:]:
+                    if first in row["runs"]:
+                        row["runs"][f"{label}+{spin}spin"] = row["runs"][first]
         ref = row["runs"].get("atomic", {})
         if "iterations" not in ref or not ref.get("converged"):
             row["skipped"] = f"the atomic start did not finish: {ref.get('error') or 'not converged'}"
@@ -329,8 +340,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--model", action="append", default=None,
                     help="[LABEL=]PATH of a weights file (repeatable; default: the shipped model)")
-    ap.add_argument("--spin", choices=["atomic", "model", "both"], default="atomic",
-                    help="magnetic cells: pw.x's atomic spin start (package default), the learned one, or both")
+    ap.add_argument("--spin", choices=["atomic", "model", "both", "charge", "all", "default"], default="atomic",
+                    help="magnetic cells: pw.x's atomic spin start, the learned one, both, the learned charge "
+                    "with the atomic magnetisation (charge), all three, or the weights' default "
+                    "(default; --structures only)")
     ap.add_argument("--stratify", type=int, default=None, help="up to N magnetic and N non-magnetic structures")
     ap.add_argument("--jobs", type=int, default=1, help="structures at a time (one pw.x each)")
     ap.add_argument("--conv-thr-per-atom", type=float, default=None, help="override the protocol's (Ry)")
@@ -350,8 +363,11 @@ def main() -> None:
         models[label] = None if path == "shipped" else path
     spins = ("atomic", "model") if args.spin == "both" else (args.spin,)
     if args.structures:
+        spins = {"atomic": ("atomic",), "model": ("model",), "both": ("atomic", "model"),
+                 "charge": ("charge",), "all": ("model", "charge", "atomic"),
+                 "default": (None,)}[args.spin]
         result = run_structures(args.structures, models, args.nprocs, args.workdir,
-                                json.loads(args.protocol) if args.protocol else None, args.jobs)
+                                json.loads(args.protocol) if args.protocol else None, args.jobs, spins)
         print(json.dumps(result["summary"], indent=1))
         print(markdown(result))
         if args.json:

@@ -76,6 +76,21 @@ def test_magnetisation_for_magnetic_elements(model, monkeypatch, si_fcc):
     assert predict_density(si_fcc, (16, 16, 16), model.__class__(model.config, model.table).eval()).magnetization is None
 
 
+def test_charge_spin_start_is_learned_rho_with_atomic_m(model):
+    """``spin="charge"``: the learned total of ``"model"`` with the magnetisation of ``"atomic"``."""
+    s = sic_structure()
+    learned = predict_density(s, (20, 20, 20), model, spin="model")
+    atomic = predict_density(s, (20, 20, 20), model, spin="atomic")
+    mixed = predict_density(s, (20, 20, 20), model, spin="charge")
+    assert mixed.metadata["spin_start"] == "charge"
+    np.testing.assert_allclose(mixed.total, learned.total, atol=1e-10)
+    assert not np.allclose(mixed.total, atomic.total)
+    # the atomic m, clipped to the learned rho (|m| <= rho)
+    np.testing.assert_allclose(mixed.magnetization, np.clip(atomic.magnetization, -mixed.total, mixed.total),
+                               atol=1e-10)
+    assert not np.allclose(mixed.magnetization, learned.magnetization)
+
+
 def test_magmom_flip_is_time_reversal(model):
     """Flipping every starting moment flips the magnetisation and keeps the total, exactly."""
     s = sic_structure()

@@ -213,14 +213,19 @@ def predict_fourier(
     return out
 
 
+#: ``model``: the learned rho and m; ``atomic``: pw.x's own start for both (the atomic
+#: superposition with the starting moments); ``charge``: the learned rho with the atomic m.
+SPIN_STARTS = ("model", "atomic", "charge")
+
+
 def _spin_start(value: str | None, model: DensityModel | None = None) -> str:
     """The spin start: the argument, else ``MLCHARGE_MODEL_SPIN``, else the weights' own
     default (``metadata['spin_start_default']``, set when they were shipped from measurements),
     else ``"atomic"``."""
     meta = getattr(model, "metadata", None) or {}
     value = value or os.environ.get("MLCHARGE_MODEL_SPIN") or meta.get("spin_start_default") or "atomic"
-    if value not in ("atomic", "model"):
-        raise ValueError(f"spin start must be 'atomic' or 'model', got {value!r}")
+    if value not in SPIN_STARTS:
+        raise ValueError(f"spin start must be one of {', '.join(map(repr, SPIN_STARTS))}, got {value!r}")
     return value
 
 
@@ -279,7 +284,7 @@ def predict_density(
     spin
         For a cell with a magnetisation: ``"model"`` predicts rho and m with the model;
         ``"atomic"`` returns the starting-moment superposition of atomic densities for both,
-        i.e. pw.x's own start. None: ``MLCHARGE_MODEL_SPIN``, else the default recorded in
+        i.e. pw.x's own start; ``"charge"`` the learned rho with that atomic m. None: ``MLCHARGE_MODEL_SPIN``, else the default recorded in
         the weights (``metadata['spin_start_default']``; the shipped weights say which their
         SCF benchmark favoured, docs/model-card.md), else ``"atomic"``.
     threads
@@ -310,8 +315,11 @@ def predict_density(
         f = predict_fourier(structure, shape, model, table)
     mill, nelec = f["mill"], f["n_electrons"]
     atomic = f["magnetization"] is not None and spin_start == "atomic" and f["sad_total"] is not None
+    atomic_m = f["magnetization"] is not None and spin_start in ("atomic", "charge")
+    if atomic_m and spin_start == "charge" and f["sad_magnetization"] is None:
+        raise ValueError("spin start 'charge' needs the atomic magnetisation of the reference densities")
     tot = f["sad_total"] if atomic else f["total"]
-    mag = f["sad_magnetization"] if atomic else f["magnetization"]
+    mag = f["sad_magnetization"] if atomic_m else f["magnetization"]
     if f["magnetization"] is not None and mag is None:
         mag = np.zeros_like(tot)
     total = _to_grid(tot, mill, shape)
