@@ -63,6 +63,20 @@ def _summary_lines(man: dict) -> list[str]:
     return lines
 
 
+def _generator_options(items: list[str]) -> dict:
+    """``{KEY: VALUE}`` from ``KEY=VALUE`` items, each VALUE read as JSON when it parses."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--generator-option needs KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 @data_app.command("generate")
 def generate(
     n: int = typer.Option(..., "--n", help="Number of structures (the first N of the seed)."),
@@ -79,6 +93,10 @@ def generate(
     generator: int = typer.Option(1, "--generator", help="Structure generator version: 1 "
                                   "(small prototypes, the seed-0 datasets so far) or 2 (AFLOW "
                                   "prototypes, defect supercells, slabs, FM and AFM starts)."),
+    generator_option: list[str] = typer.Option([], "--generator-option", help="KEY=VALUE of "
+                                               "generator 2 (e.g. afm_fraction=1.0, "
+                                               "size_exponent=0); repeatable, recorded in the "
+                                               "manifest."),
     store_ecut: float = typer.Option(0.0, "--store-ecut", help="Density cutoff (Ry) of the "
                                      "stored coefficients; 0 keeps pw.x's whole sphere."),
     protocol: Path | None = options.PROTOCOL,
@@ -115,6 +133,7 @@ def generate(
             protocol=_protocol_fields(protocol, kspacing, pseudo),
             store_ecut_ry=None if store_ecut <= 0 else store_ecut,
             generator_version=generator,
+            generator_options=_generator_options(generator_option),
         )  # fmt: skip
         man = generate_dataset(
             out, n, settings, nprocs=nprocs, workers=workers, retry_failed=retry_failed,

@@ -79,8 +79,11 @@ class GenerationSettings:
         """The structure generator of these settings (version 1: :mod:`.structures`, the
         datasets made so far; version 2: :mod:`.realistic`)."""
         if self.generator_version == 2:
-            return RealisticGenerator(self.seed, self.elements, max_atoms=self.max_atoms,
-                                      **self.generator_options)
+            try:
+                return RealisticGenerator(self.seed, self.elements, max_atoms=self.max_atoms,
+                                          **self.generator_options)
+            except TypeError as exc:  # an unknown option: say which, as a bad-input error
+                raise ValueError(f"generator 2 options {self.generator_options}: {exc}") from exc
         if self.generator_version != 1:
             raise ValueError(f"unknown generator version {self.generator_version} (1 or 2)")
         if self.generator_options:
