@@ -127,7 +127,8 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
             except Exception as exc:  # recorded, the other arms and structures go on
                 row["runs"][name] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
-            row["runs"][name] = {"iterations": doc.scf_iterations, "energy_eV": doc.energy_eV,
+            iterations = doc.scf_iterations if doc.scf_iterations is not None else len(doc.scf_accuracy_Ry)
+            row["runs"][name] = {"iterations": iterations, "energy_eV": doc.energy_eV,
                                  "wall_s": doc.wall_time_s, "converged": doc.converged,
                                  "total_magnetization": doc.total_magnetization,
                                  "spin_start": getattr(start, "metadata", {}).get("spin_start")}
