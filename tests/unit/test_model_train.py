@@ -76,6 +76,14 @@ def test_train_writes_model_and_metrics(dataset, tmp_path):
     assert row["nmape"] < row["sad_nmape"] * 2 and np.isfinite(row["nmape"])
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["best_val_nmape"] == pytest.approx(metrics["best_val_nmape"])
+    # the last epoch's weights: the checkpoint's, loadable, with the training record
+    last = load_weights(tmp_path / "run" / "model_last.pt")
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    for name, value in last.state_dict().items():
+        assert torch.equal(value.cpu(), ckpt["model"][name].cpu()), name
+    assert last.metadata["training"]["kept"] == "last epoch" and last.metadata["training"]["kept_epoch"] == 3
+    assert last.metadata["training"]["record_ids"] == model.metadata["training"]["record_ids"]
+    assert saved["last_epoch_test"]["nmape"]["count"] == 1
 
 
 def test_resume_and_determinism(dataset, tmp_path):

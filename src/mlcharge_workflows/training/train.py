@@ -315,7 +315,8 @@ def _stop_reason(cfg: TrainConfig, state: dict, clock: _Clock) -> str | None:
 def _finish(cfg: TrainConfig, model, state: dict, splits: dict, samples: dict, fit: list[Sample],
             stop_reason: str, clock: _Clock, out: Path, log) -> dict:
     """Test metrics of the best model; ``model.pt`` (with the model card's training record),
-    ``metrics.json`` and ``history.json``."""
+    ``model_last.pt`` (the last epoch's weights, the same record), ``metrics.json`` and
+    ``history.json``."""
     from mlcharge_workflows.model.io import load_weights
 
     best_path = out / "model.pt"
@@ -342,9 +343,18 @@ def _finish(cfg: TrainConfig, model, state: dict, splits: dict, samples: dict, f
         "minutes": clock.minutes(),
     }
     init = {k: v for k, v in model.metadata.items() if k.startswith("init_")}
-    save_model(best, best_path, {**best.metadata, **init, "training": {k: v for k, v in metrics.items() if k != "test"},
+    training = {k: v for k, v in metrics.items() if k != "test"}
+    save_model(best, best_path, {**best.metadata, **init, "training": training,
                                  "test_nmape": test["nmape"], "test_sad_nmape": test.get("sad_nmape"),
                                  "test_scf_error": test.get("scf_error")})
+    # the last epoch's weights too (the end of a cosine schedule is often the better SCF start)
+    last = evaluate(model, splits["test"]) if splits["test"] else {"nmape": {"count": 0}}
+    save_model(model, out / "model_last.pt", {**best.metadata, **init,
+                                              "training": {**training, "kept": "last epoch",
+                                                           "kept_epoch": state["epoch"]},
+                                              "test_nmape": last["nmape"], "test_sad_nmape": last.get("sad_nmape"),
+                                              "test_scf_error": last.get("scf_error")})
+    metrics["last_epoch_test"] = last
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "history.json").write_text(json.dumps(state["history"], indent=1))
     if test["nmape"].get("count"):
@@ -357,7 +367,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) as configured; returns the final metrics. Writes into ``cfg.output``.
 
     Files: ``checkpoint.pt`` (every epoch, for resume), ``model.pt`` (best validation
-    weights, loadable with ``load_model``), ``metrics.json`` and ``history.json``.
+    weights, loadable with ``load_model``), ``model_last.pt`` (the last epoch's), ``metrics.json`` and ``history.json``.
     """
     clock = _Clock()
     if cfg.threads:
