@@ -159,6 +159,11 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
 
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         rows = list(pool.map(one, paths))
+    return summarize_structures(rows, protocol.model_dump(mode="json"))
+
+
+def summarize_structures(rows: list[dict], protocol: dict | None = None) -> dict:
+    """Summary of ``run_structures`` rows (also of the rows a run printed so far: ``--summarize``)."""
     done = [r for r in rows if "skipped" not in r]
 
     def med(values):
@@ -166,7 +171,7 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
 
     names = list(dict.fromkeys(n for r in done for n in r["runs"]))
     summary = {"structures": len(done), "skipped": len(rows) - len(done),
-               "magnetic": sum(r["magnetic"] for r in done), "protocol": protocol.model_dump(mode="json"),
+               "magnetic": sum(r["magnetic"] for r in done), "protocol": protocol,
                "reference": "atomic",
                "median_reference_iterations": med([r["runs"]["atomic"]["iterations"] for r in done]),
                "runs": {}}
@@ -337,6 +342,8 @@ def main() -> None:
     ap.add_argument("--structures", type=Path, nargs="+", default=None,
                     help="structure files instead of a dataset (no oracle arm; QEProtocol() + --protocol)")
     ap.add_argument("--protocol", default=None, help="with --structures: JSON of QEProtocol overrides")
+    ap.add_argument("--summarize", type=Path, default=None,
+                    help="the log of a --structures run: summary and table of the rows it holds")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--model", action="append", default=None,
@@ -363,6 +370,12 @@ def main() -> None:
         label, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).stem, "", spec)
         models[label] = None if path == "shipped" else path
     spins = ("atomic", "model") if args.spin == "both" else (args.spin,)
+    if args.summarize:  # the rows a --structures run printed (one JSON line each), finished or not
+        rows = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.startswith('{"id"')]
+        result = summarize_structures(rows)
+        print(json.dumps(result["summary"], indent=1))
+        print(markdown(result))
+        return
     if args.structures:
         spins = {"atomic": ("atomic",), "model": ("model",), "both": ("atomic", "model"),
                  "charge": ("charge",), "all": ("model", "charge", "atomic"),
