@@ -135,28 +135,18 @@ def realistic_structures(args, elements: set[str], trained: set[str]) -> tuple[l
     on the model's elements, half with a magnetic start (FM or AFM), whose prototype the model
     never trained on and whose prototype/chemical system no repository shard holds."""
     from pymatgen.core import Composition
-
-    from mlcharge_workflows.training.realistic import RealisticGenerator
+    from realistic_set import magnetic_start, pick
 
     trained_protos = {(parse or {}).get("prototype") for parse in
                       map(_parse_id, trained)} - {None}
     seen = _repository_families()
-    gen = RealisticGenerator(seed=args.seed, elements=sorted(elements), max_atoms=args.max_atoms)
-    want = {True: args.n // 2, False: args.n - args.n // 2}
-    picked: list[tuple[str, object]] = []
-    for index in range(200 * args.n):
-        if not any(want.values()):
-            break
-        g = gen(index)
-        proto = g.id.rsplit("-", 3)[0]
+
+    def skip(g, proto: str) -> bool:
         fam = f"{proto}/{Composition(g.structure.composition).chemical_system}"
-        magnetic = any(abs(m) > 0 for m in g.structure.site_properties.get("magmom", []) or [])
-        if (len(g.structure) > args.max_atoms or proto in trained_protos or fam in seen
-                or not want[magnetic]):
-            continue
-        want[magnetic] -= 1
-        picked.append((g.id, g.structure))
-    n_mag = sum(any(abs(m) > 0 for m in s.site_properties.get("magmom", []) or []) for _, s in picked)
+        return proto in trained_protos or fam in seen
+
+    picked = [(g.id, g.structure) for g in pick(args.n, args.seed, args.max_atoms, sorted(elements), skip)]
+    n_mag = sum(magnetic_start(s) for _, s in picked)
     return picked, (f"{len(picked)} realistic structures (training/realistic.py, seed {args.seed}, "
                     f"<= {args.max_atoms} atoms, {n_mag} with a magnetic start; prototypes the "
                     f"model never trained on, prototype/chemical systems in no repository shard)")

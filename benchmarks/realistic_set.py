@@ -35,8 +35,14 @@ def dataset_prototypes(roots: list[Path]) -> set[str]:
     return out
 
 
-def pick(n: int, seed: int, max_atoms: int, elements: list[str] | None, require_any: set[str],
-         seen_prototypes: set[str]) -> list:
+def magnetic_start(structure) -> bool:
+    """A non-zero ``magmom`` on some site (FM or AFM start)."""
+    return any(abs(m) > 0 for m in structure.site_properties.get("magmom", []) or [])
+
+
+def pick(n: int, seed: int, max_atoms: int, elements: list[str] | None, skip) -> list:
+    """The first ``n`` structures of the realistic generator with at most ``max_atoms``, half
+    with a magnetic start, for which ``skip(generated, prototype)`` is false."""
     from mlcharge_workflows.training.realistic import RealisticGenerator
 
     gen = RealisticGenerator(seed=seed, elements=elements, max_atoms=max_atoms)
@@ -47,13 +53,10 @@ def pick(n: int, seed: int, max_atoms: int, elements: list[str] | None, require_
             break
         g = gen(index)
         proto = g.id.rsplit("-", 3)[0]
-        symbols = {x.specie.symbol for x in g.structure}
-        magnetic = any(abs(m) > 0 for m in g.structure.site_properties.get("magmom", []) or [])
-        if (len(g.structure) > max_atoms or proto in seen_prototypes or not want[magnetic]
-                or (require_any and not symbols & require_any)):
+        magnetic = magnetic_start(g.structure)
+        if len(g.structure) > max_atoms or not want[magnetic] or skip(g, proto):
             continue
         want[magnetic] -= 1
-        seen_prototypes.add(proto)  # one structure per prototype
         picked.append(g)
     return picked
 
@@ -70,12 +73,19 @@ def main() -> None:
                     default=sorted((REPO / "data" / "qe").glob("*")))
     args = ap.parse_args()
     seen = dataset_prototypes(args.exclude_data)
-    picked = pick(args.n, args.seed, args.max_atoms, args.elements, set(args.require_any), seen)
+    require_any = set(args.require_any)
+
+    def skip(g, proto: str) -> bool:
+        if proto in seen or (require_any and not {x.specie.symbol for x in g.structure} & require_any):
+            return True
+        seen.add(proto)  # one structure per prototype
+        return False
+
+    picked = pick(args.n, args.seed, args.max_atoms, args.elements, skip)
     args.out.mkdir(parents=True, exist_ok=True)
     for g in picked:
         (args.out / f"{g.id}.json").write_text(json.dumps(g.structure.as_dict()))
-        mag = any(abs(m) > 0 for m in g.structure.site_properties.get("magmom", []) or [])
-        print(g.id, len(g.structure), "magnetic" if mag else "")
+        print(g.id, len(g.structure), "magnetic" if magnetic_start(g.structure) else "")
     print(f"{len(picked)} structures in {args.out} (prototypes in none of {len(args.exclude_data)} datasets)")
 
 
