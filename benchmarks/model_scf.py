@@ -89,8 +89,11 @@ def _magnetic_structure(s, protocol) -> bool:
 
 def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int, workdir: Path,
                    protocol_overrides: dict | None = None, jobs: int = 1,
-                   spins: tuple[str | None, ...] = (None,)) -> dict:
-    """Atomic start vs each model's start (its default spin) on structure files, side by side."""
+                   spins: tuple[str | None, ...] = (None,), model_spins: dict[str, str] | None = None) -> dict:
+    """Atomic start vs each model's start (its default spin) on structure files, side by side.
+
+    ``model_spins`` gives a model its own spin start (one arm, named by the label), in place of ``spins``.
+    """
     from pymatgen.core import Structure
 
     from mlcharge_workflows.engines.qe.core import run_qe_scf
@@ -113,8 +116,10 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
             except ValueError as exc:
                 row.setdefault("skipped_arms", {})[label] = str(exc)
                 continue
-            for spin in spins if row["magnetic"] else spins[:1]:
-                arm = label if len(spins) == 1 else f"{label}+{spin}spin"
+            own = (model_spins or {}).get(label)
+            mine = (own,) if own else spins
+            for spin in mine if row["magnetic"] else mine[:1]:
+                arm = label if len(mine) == 1 else f"{label}+{spin}spin"
                 t0 = time.perf_counter()
                 starts[arm] = predict_density(s, model=model, ecutrho_ry=protocol.cutoffs(s)[1], spin=spin,
                                               threads=1)
@@ -133,7 +138,7 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
                                  "total_magnetization": doc.total_magnetization,
                                  "spin_start": getattr(start, "metadata", {}).get("spin_start")}
         if not row["magnetic"] and len(spins) > 1:  # one prediction per model: every spin arm is it
-            for label in loaded:
+            for label in (lb for lb in loaded if lb not in (model_spins or {})):
                 first = f"{label}+{spins[0]}spin"
                 for spin in spins[1:]:
                     if first in row["runs"]:
@@ -352,6 +357,8 @@ def main() -> None:
                     help="magnetic cells: pw.x's atomic spin start, the learned one, both, the learned charge "
                     "with the atomic magnetisation (charge), all three, or the weights' default "
                     "(default; --structures only)")
+    ap.add_argument("--model-spin", action="append", default=None, metavar="LABEL=MODE",
+                    help="with --structures: this model's own spin start (atomic, model, charge), one arm")
     ap.add_argument("--stratify", type=int, default=None, help="up to N magnetic and N non-magnetic structures")
     ap.add_argument("--jobs", type=int, default=1, help="structures at a time (one pw.x each)")
     ap.add_argument("--conv-thr-per-atom", type=float, default=None, help="override the protocol's (Ry)")
@@ -380,8 +387,15 @@ def main() -> None:
         spins = {"atomic": ("atomic",), "model": ("model",), "both": ("atomic", "model"),
                  "charge": ("charge",), "all": ("model", "charge", "atomic"),
                  "default": (None,)}[args.spin]
+        model_spins = dict(spec.split("=", 1) for spec in args.model_spin or [])
+        unknown = set(model_spins) - set(models)
+        bad = {m for m in model_spins.values() if m not in ("atomic", "model", "charge")}
+        if unknown or bad:
+            ap.error(f"--model-spin: no --model labelled {sorted(unknown)}" if unknown
+                     else f"--model-spin: unknown spin start(s) {sorted(bad)}")
         result = run_structures(args.structures, models, args.nprocs, args.workdir,
-                                json.loads(args.protocol) if args.protocol else None, args.jobs, spins)
+                                json.loads(args.protocol) if args.protocol else None, args.jobs, spins,
+                                model_spins)
         print(json.dumps(result["summary"], indent=1))
         print(markdown(result))
         if args.json:

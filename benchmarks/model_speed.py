@@ -42,11 +42,11 @@ def silicon(n_atoms: int, seed: int = 0):
     return base
 
 
-def time_model(structure, repeats: int, threads: int | None = None) -> dict:
+def time_model(structure, repeats: int, threads: int | None = None, path: str | None = None) -> dict:
     from mlcharge_workflows.model import default_grid, load_model, predict_density
 
     t0 = time.perf_counter()
-    model = load_model()
+    model = load_model(path)
     load_s = time.perf_counter() - t0
     shape = default_grid(structure, model)
     predict_density(structure, shape, model, threads=threads)  # warm-up
@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--full-probe", action="store_true")
     ap.add_argument("--no-probe", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (model default: 1).")
+    ap.add_argument("--model", default=None, help="weights file (default: the shipped weights)")
     ap.add_argument("--memory", type=int, default=None, help="Only measure peak memory for this many atoms.")
     args = ap.parse_args()
     import torch
@@ -129,7 +130,7 @@ def main() -> None:
         print(json.dumps(memory(args.memory), indent=1))
         return
     s = silicon(args.atoms)
-    ours = time_model(s, args.repeats, args.threads)
+    ours = time_model(s, args.repeats, args.threads, args.model)
     result = {"structure": f"Si{len(s)} (rattled diamond)", "threads": args.threads or 1,
               "load_average": [round(x, 2) for x in __import__("os").getloadavg()], "model": ours}
     if not args.no_probe:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,12 @@ class MLChargeSettings(BaseSettings):
         Path("mlcharge_project"),
         description="Folder of the embedded default: file-backed stores and LaunchPad.",
     )
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_means_shipped(cls, value):
+        """``MLCHARGE_MODEL_PATH=`` (empty) is unset, not the current folder."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 @lru_cache

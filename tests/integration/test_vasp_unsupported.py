@@ -25,14 +25,14 @@ pytestmark = pytest.mark.skipif(not _model_weights_shipped(), reason="no shipped
 
 
 def test_density_job_records_unknown_elements_without_a_chgcar(tmp_path) -> None:
-    mgo = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"],
+    rho = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.3), ["Rh", "O"],
                                     [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
-    job = MLDensityMaker(input_set_generator=static_gen()).make(mgo)
+    job = MLDensityMaker(input_set_generator=static_gen()).make(rho)
     doc = _run(job, tmp_path)[job.uuid][1].output
-    assert doc.fallback == "unsupported_elements: Mg" and doc.path is None and doc.error is None
+    assert doc.fallback == "unsupported_elements: Rh" and doc.path is None and doc.error is None
     assert not (tmp_path / "CHGCAR").exists()
     with pytest.raises(ValueError, match="'atoms' or 'error'"):
-        MLDensityMaker.make.original(MLDensityMaker(unsupported="x"), mgo)
+        MLDensityMaker.make.original(MLDensityMaker(unsupported="x"), rho)
 
 
 def test_ml_static_with_unknown_element_runs_from_atoms_and_says_so(mock_vasp, tmp_path, monkeypatch):

@@ -110,7 +110,7 @@ def test_paw_and_unknown_elements_are_refused(shipped):
     with pytest.raises(ValueError, match="PAW"):
         AtomicReference.from_upf(PSEUDO / "Fe.pbesol-spn-kjpaw_psl.1.0.0.UPF")
     with pytest.raises(ValueError, match="does not know"):
-        reference_table(shipped, {"Al": PSEUDO / "Al.pz-vbc.UPF"})
+        reference_table(shipped, {"Rh": PSEUDO / "Rh.pbe-rrkjus_lb.UPF"})
     with pytest.raises(ValueError, match="is for"):
         shipped.table.with_references({"Fe": AtomicReference.from_upf(PSEUDO / "Ni.pbe-nd-rrkjus.UPF")})
 

@@ -54,3 +54,12 @@ def test_every_command_refuses_a_typo(tmp_path, typo_file, command, monkeypatch)
     assert result.exit_code in (1, 2), result.output
     assert TYPO in result.output
     assert not any((tmp_path / n).exists() for n in ("run", "ds", "proj", "r.json"))
+
+
+def test_empty_model_path_means_the_shipped_weights(monkeypatch):
+    from mlcharge_workflows.settings import MLChargeSettings
+
+    monkeypatch.setenv("MLCHARGE_MODEL_PATH", "")
+    assert MLChargeSettings().model_path is None
+    monkeypatch.setenv("MLCHARGE_MODEL_PATH", "/x/w.pt")
+    assert str(MLChargeSettings().model_path) == "/x/w.pt"
