@@ -82,6 +82,7 @@ def test_train_writes_model_and_metrics(dataset, tmp_path):
     for name, value in last.state_dict().items():
         assert torch.equal(value.cpu(), ckpt["model"][name].cpu()), name
     assert last.metadata["training"]["kept"] == "last epoch" and last.metadata["training"]["kept_epoch"] == 3
+    assert last.metadata["epoch"] == 2 and last.metadata["selected_by"] == "last epoch"  # not the best's
     assert last.metadata["training"]["record_ids"] == model.metadata["training"]["record_ids"]
     assert saved["last_epoch_test"]["nmape"]["count"] == 1
 

@@ -349,7 +349,11 @@ def _finish(cfg: TrainConfig, model, state: dict, splits: dict, samples: dict, f
                                  "test_scf_error": test.get("scf_error")})
     # the last epoch's weights too (the end of a cosine schedule is often the better SCF start)
     last = evaluate(model, splits["test"]) if splits["test"] else {"nmape": {"count": 0}}
-    save_model(model, out / "model_last.pt", {**best.metadata, **init,
+    scored = [h for h in state["history"] if "val_nmape" in h]
+    final = {"epoch": state["epoch"] - 1, "selected_by": "last epoch",  # epochs counted from 0, as kept ones
+             **{k: v for k, v in (scored[-1] if scored else {}).items() if k in ("val_nmape", "val_scf_error")}}
+    save_model(model, out / "model_last.pt", {**{k: v for k, v in best.metadata.items()
+                                                 if k not in ("val_nmape", "val_scf_error")}, **final, **init,
                                               "training": {**training, "kept": "last epoch",
                                                            "kept_epoch": state["epoch"]},
                                               "test_nmape": last["nmape"], "test_sad_nmape": last.get("sad_nmape"),
