@@ -389,7 +389,9 @@ def main() -> None:
                  "default": (None,)}[args.spin]
         model_spins = dict(spec.split("=", 1) for spec in args.model_spin or [])
         unknown = set(model_spins) - set(models)
-        bad = {m for m in model_spins.values() if m not in ("atomic", "model", "charge")}
+        from mlcharge_workflows.model.predict import SPIN_STARTS
+
+        bad = set(model_spins.values()) - set(SPIN_STARTS)
         if unknown or bad:
             ap.error(f"--model-spin: no --model labelled {sorted(unknown)}" if unknown
                      else f"--model-spin: unknown spin start(s) {sorted(bad)}")

@@ -71,6 +71,18 @@ def al() -> Structure:
     return Structure(Lattice.cubic(4.05), ["Al"], [[0, 0, 0]])
 
 
+#: A user's pseudopotential (Debian's US file) for an element outside the registry and every model
+USER_RH = Path("/usr/share/espresso/pseudo/Rh.pbe-rrkjus_lb.UPF")
+
+
+@pytest.fixture
+def user_rh() -> Path:
+    """Rh's UPF as a user brings it (``QEProtocol(pseudopotentials={"Rh": ...})``); skip without it."""
+    if not USER_RH.is_file():
+        pytest.skip(f"needs Debian's {USER_RH.name}")
+    return USER_RH
+
+
 @pytest.fixture
 def mongo_launchpad(monkeypatch, tmp_path):
     """A FireWorks LaunchPad on mongomock (no server): ``(my_launchpad.yaml, handle)``, reset."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -13,22 +11,17 @@ from mlcharge_workflows.engines.qe.jobs import UNSUPPORTED_DEFAULT, QEPredictDen
 from mlcharge_workflows.engines.qe.sets import QEProtocol
 
 
-#: Rh: a user's pseudopotential (Debian's), outside the registry and every model's elements
-RH = Path("/usr/share/espresso/pseudo/Rh.pbe-rrkjus_lb.UPF")
-pytestmark = pytest.mark.skipif(not RH.is_file(), reason="needs Debian's Rh.pbe-rrkjus_lb.UPF")
-
-
 @pytest.fixture
-def rho() -> Structure:  # Rh: not in the shipped model; O: in it
+def rho() -> Structure:  # Rh: not in the shipped model (a user's pseudopotential); O: in it
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.3), ["Rh", "O"],
                                      [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
 
 
-def test_partial_grid_is_learned_plus_reference(rho) -> None:
+def test_partial_grid_is_learned_plus_reference(rho, user_rh) -> None:
     from mlcharge_workflows.density.sad import superposition_density
     from mlcharge_workflows.model import load_model, predict_density
 
-    proto = QEProtocol(pseudopotentials={"Rh": str(RH)})
+    proto = QEProtocol(pseudopotentials={"Rh": str(user_rh)})
     shape = (18, 18, 18)
     assert "Rh" not in load_model().supported_elements
     with pytest.raises(ValueError):
@@ -44,12 +37,12 @@ def test_partial_grid_is_learned_plus_reference(rho) -> None:
     assert np.allclose(grid.total, learned.total + atoms.total)
 
 
-def test_predict_job_partial_by_default_and_atoms_on_request(tmp_path, monkeypatch, rho) -> None:
+def test_predict_job_partial_by_default_and_atoms_on_request(tmp_path, monkeypatch, rho, user_rh) -> None:
     from jobflow import run_locally
 
     monkeypatch.chdir(tmp_path)
     assert UNSUPPORTED_DEFAULT == "partial"
-    proto = QEProtocol(ecutrho_ry=120, ecutwfc_ry=30, pseudopotentials={"Rh": str(RH)})
+    proto = QEProtocol(ecutrho_ry=120, ecutwfc_ry=30, pseudopotentials={"Rh": str(user_rh)})
     job = QEPredictDensityMaker(protocol=proto).make(rho)
     out = run_locally(job, log=False, ensure_success=True)[job.uuid][1].output
     assert out.fallback is None and out.partial_start == ["Rh"] and out.path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from jobflow import OnMissing
@@ -140,18 +139,15 @@ def test_density_grid_is_msonable_and_reads_old_documents(si) -> None:
     assert np.array_equal(PredictionDocument(dir_name=".", density=g.as_dict()).density.total, g.total)
 
 
-def test_predict_job_records_unsupported_elements_without_a_density(tmp_path, monkeypatch) -> None:
+def test_predict_job_records_unsupported_elements_without_a_density(tmp_path, monkeypatch, user_rh) -> None:
     """With the shipped model: a cell of an element it was not trained on (Rh, from the
     user's own pseudopotential) gives a fallback, no file."""
     from jobflow import run_locally
     from pymatgen.core import Lattice, Structure
 
-    rh = Path("/usr/share/espresso/pseudo/Rh.pbe-rrkjus_lb.UPF")
-    if not rh.is_file():
-        pytest.skip("needs Debian's Rh.pbe-rrkjus_lb.UPF")
     monkeypatch.chdir(tmp_path)
     cell = Structure(Lattice.cubic(3.8), ["Rh"], [[0, 0, 0]])
-    job = QEPredictDensityMaker(protocol=QEProtocol(pseudopotentials={"Rh": str(rh)})).make(cell)
+    job = QEPredictDensityMaker(protocol=QEProtocol(pseudopotentials={"Rh": str(user_rh)})).make(cell)
     out = run_locally(job, log=False, ensure_success=True)[job.uuid][1].output
     assert out.fallback == "unsupported_elements: Rh"
     assert out.path is None and out.density is None and out.model_version
