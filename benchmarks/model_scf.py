@@ -20,7 +20,10 @@ structure is kept as given (its ``magmom``, FM or AFM, is the start of every arm
 ``mlcharge compare``), the protocol is ``QEProtocol()`` with ``--protocol`` overrides, and
 there is no oracle arm. An ML start that does not converge counts with its iterations plus
 the atomic start's (what the workflows' fallback pays), and every arm's total
-magnetisation is compared with the atomic start's (``state_changed``).
+magnetisation is compared with the atomic start's (``state_changed``). ML starts are
+stopped when they stall, as the workflows stop them (``FallbackPolicy``'s default
+``StallRule``; ``stalled_at`` in the row); ``--no-stall-stop`` runs them to
+``electron_maxstep`` (the behaviour before session 11).
 
 ``--stratify N`` takes up to N magnetic and N non-magnetic structures, one family after
 another (round robin over the families in id order), instead of the first ``--limit`` ids.
@@ -89,11 +92,14 @@ def _magnetic_structure(s, protocol) -> bool:
 
 def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int, workdir: Path,
                    protocol_overrides: dict | None = None, jobs: int = 1,
-                   spins: tuple[str | None, ...] = (None,), model_spins: dict[str, str] | None = None) -> dict:
+                   spins: tuple[str | None, ...] = (None,), model_spins: dict[str, str] | None = None,
+                   stall_stop: bool = True) -> dict:
     """Atomic start vs each model's start (its default spin) on structure files, side by side.
 
     ``model_spins`` gives a model its own spin start (one arm, named by the label), in place of ``spins``.
+    ``stall_stop``: stop a stalled ML start early, as the workflows' fallback policy does.
     """
+    from mlcharge_workflows.common.fallback import FallbackPolicy
     from pymatgen.core import Structure
 
     from mlcharge_workflows.engines.qe.core import run_qe_scf
@@ -127,8 +133,10 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
                                                       "spin_start": starts[arm].metadata.get("spin_start")}
         for name, start in starts.items():
             try:
+                stall = FallbackPolicy().stall_rule() if stall_stop and name != "atomic" else None
                 doc = run_qe_scf(s, workdir / rid / name, start=start, protocol=protocol, nprocs=nprocs,
-                                 expect_density_read=name != "atomic", allow_unconverged=True)
+                                 expect_density_read=name != "atomic", allow_unconverged=True,
+                                 stall=stall)
             except Exception as exc:  # recorded, the other arms and structures go on
                 row["runs"][name] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
@@ -136,7 +144,8 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
             row["runs"][name] = {"iterations": iterations, "energy_eV": doc.energy_eV,
                                  "wall_s": doc.wall_time_s, "converged": doc.converged,
                                  "total_magnetization": doc.total_magnetization,
-                                 "spin_start": getattr(start, "metadata", {}).get("spin_start")}
+                                 "spin_start": getattr(start, "metadata", {}).get("spin_start"),
+                                 "stalled_at": doc.stalled_at}
         if not row["magnetic"] and len(spins) > 1:  # one prediction per model: every spin arm is it
             for label in (lb for lb in loaded if lb not in (model_spins or {})):
                 first = f"{label}+{spins[0]}spin"
@@ -196,6 +205,7 @@ def summarize_structures(rows: list[dict], protocol: dict | None = None) -> dict
             "faster": sum(o["reduction"] > 0 for o in out), "slower": sum(o["reduction"] < 0 for o in out),
             "worse_than_20pct": sum(o["reduction"] < -0.2 for o in out),
             "not_converged": sum(not o["converged"] for o in out),
+            "stalled_stopped": sum(o.get("stalled_at") is not None for o in out),
             "state_changed": sum(bool(o["state_changed"]) for o in out),
             "max_abs_dE_eV": max((abs(o["dE_eV"]) for o in out if o["dE_eV"] is not None), default=None),
             "all_within_conv_thr": all(o["dE_eV"] is None or abs(o["dE_eV"]) <= r["conv_thr_eV"]
@@ -365,6 +375,8 @@ def main() -> None:
     ap.add_argument("--diago-thr-init", type=float, nargs="+", default=None,
                     help="first-diagonalisation threshold(s) for every run (default: the protocol's); "
                     "several values run every start under each, side by side")
+    ap.add_argument("--no-stall-stop", action="store_true",
+                    help="with --structures: run stalled ML starts to electron_maxstep")
     ap.add_argument("--nprocs", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/model_scf"))
     ap.add_argument("--json", type=Path, default=None)
@@ -397,7 +409,7 @@ def main() -> None:
                      else f"--model-spin: unknown spin start(s) {sorted(bad)}")
         result = run_structures(args.structures, models, args.nprocs, args.workdir,
                                 json.loads(args.protocol) if args.protocol else None, args.jobs, spins,
-                                model_spins)
+                                model_spins, not args.no_stall_stop)
         print(json.dumps(result["summary"], indent=1))
         print(markdown(result))
         if args.json:

@@ -2,7 +2,9 @@
 
 An ML-started SCF is rerun from atoms when it
 
-* did not converge,
+* did not converge, or stalled: its accuracy stopped improving (a
+  :class:`~mlcharge_workflows.convergence.StallRule`; the engine stops such a run early
+  instead of letting it run to its iteration limit),
 * landed in a different magnetic state: ``|ΔM| > magnetization_tol`` μB/cell against the
   baseline when known; without a baseline, against the predicted density's moment, where
   only a different *state* counts (magnetic vs non-magnetic, or the sign of the moment
@@ -19,6 +21,9 @@ but never counted as ML-initialised. Every attempt is returned, so no result is 
 >>> policy = FallbackPolicy()
 >>> policy.check(RunSummary(converged=False, scf_iterations=100), n_atoms=2)
 'not_converged: the ML-started SCF did not converge in 100 iterations'
+>>> policy.check(RunSummary(converged=False, scf_iterations=41, stall_reason="the SCF stalled"),
+...              n_atoms=2)
+'stalled: the SCF stalled'
 >>> policy.check(RunSummary(converged=True, energy_eV=-10.0, total_magnetization=0.0),
 ...              n_atoms=2, reference_magnetization=0.6) is not None
 True
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlcharge_workflows.common.schemas import get_field
+from mlcharge_workflows.convergence import StallRule
 
 #: fallback reason prefixes (the part before ':' in the record's "fallback" field)
 UNSUPPORTED = "unsupported_elements"
@@ -39,6 +45,8 @@ PREDICTION_FAILED = "prediction_failed"
 #: such a start is pw.x's own, so the ML arm runs from atoms and is not counted as ML.
 ATOMIC_SPIN_START = "atomic_spin_start"
 NOT_CONVERGED = "not_converged"
+#: The ML-started SCF stopped improving and was stopped early (a StallRule).
+STALLED = "stalled"
 MAGNETIZATION = "magnetization_mismatch"
 ENERGY = "energy_mismatch"
 NOT_READ = "ml_density_not_read"
@@ -55,6 +63,7 @@ class RunSummary:
     total_magnetization: float | None = None
     density_read_from_file: bool | None = None
     absolute_magnetization: float | None = None
+    stall_reason: str | None = None
 
     @classmethod
     def from_task(cls, task: Any) -> RunSummary:
@@ -86,6 +95,7 @@ class RunSummary:
             total_magnetization=None if mag is None else float(mag),
             density_read_from_file=get("density_read_from_file"),
             absolute_magnetization=get("absolute_magnetization"),
+            stall_reason=get("stall_reason"),
         )
 
 
@@ -106,12 +116,20 @@ class FallbackPolicy:
     absolute_magnetization_tol
         Largest accepted ``|∫|m_ml| - ∫|m_ref||`` in μB per cell: an antiferromagnetic and a
         non-magnetic state have the same total moment (0) and differ here by several μB.
+    stall_window, stall_factor, stall_min_iterations
+        The :class:`~mlcharge_workflows.convergence.StallRule` under which an ML-started
+        pw.x SCF that no longer converges is stopped early (and rerun from atoms);
+        ``stall_window=None`` lets it run to ``electron_maxstep``. VASP runs stop at
+        ``NELM`` under custodian (:mod:`mlcharge_workflows.engines.vasp.handlers`).
     """
 
     magnetization_tol: float = 0.1
     energy_tol_eV_per_atom: float = 1e-3
     absolute_magnetization_tol: float = 0.5
     rerun_on_failure: bool = True
+    stall_window: int | None = StallRule.window
+    stall_factor: float = StallRule.factor
+    stall_min_iterations: int = StallRule.min_iterations
 
     def __post_init__(self) -> None:
         if self.magnetization_tol <= 0 or self.energy_tol_eV_per_atom <= 0:
@@ -119,6 +137,13 @@ class FallbackPolicy:
                 f"fallback tolerances must be positive, got magnetization_tol="
                 f"{self.magnetization_tol}, energy_tol_eV_per_atom={self.energy_tol_eV_per_atom}"
             )
+        self.stall_rule()  # a bad rule is refused here, not in the middle of a run
+
+    def stall_rule(self) -> StallRule | None:
+        """The rule that stops a stalled ML-started SCF (None: no early stop)."""
+        if self.stall_window is None:
+            return None
+        return StallRule(self.stall_window, self.stall_factor, self.stall_min_iterations)
 
     def check(
         self,
@@ -137,6 +162,8 @@ class FallbackPolicy:
         (magnetic vs non-magnetic, or a flipped moment).
         """
         if not run.converged:
+            if run.stall_reason:
+                return f"{STALLED}: {run.stall_reason}"
             n = "?" if run.scf_iterations is None else run.scf_iterations
             return f"{NOT_CONVERGED}: the ML-started SCF did not converge in {n} iterations"
         m, tol = run.total_magnetization, self.magnetization_tol

@@ -24,8 +24,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from mlcharge_workflows.convergence import StallRule
 from mlcharge_workflows.density.grid import DensityGrid
-from mlcharge_workflows.engines.qe.parse import band_edges, parse_pw_xml
+from mlcharge_workflows.engines.qe.parse import band_edges, parse_pw_xml, scf_accuracy_history
 from mlcharge_workflows.engines.qe.placement import (  # noqa: F401 - old import paths
     ELECTRON_TOL,
     START_COPY,
@@ -133,6 +134,7 @@ def run_qe_scf(
     allow_unconverged: bool = False,
     keep_wavefunctions: bool = False,
     task_label: str = "qe scf",
+    stall: StallRule | None = None,
 ) -> QETaskDocument:
     """Run one pw.x SCF of ``structure`` in ``directory`` under ``protocol``.
 
@@ -146,6 +148,10 @@ def run_qe_scf(
     expect_density_read
         Raise ``RuntimeError`` if a density start was requested but pw.x did not print
         "The initial density is read from file". With ``False`` the document records it.
+    stall
+        Stop pw.x (gracefully, as at ``electron_maxstep``) once its accuracy history counts
+        as stalled under this rule; the document records where and why (``stalled_at``,
+        ``stall_reason``) and the run is unconverged. None: run to ``electron_maxstep``.
 
     Raises
     ------
@@ -186,8 +192,10 @@ def run_qe_scf(
             prep_wall_time_s=prep,
         )
     startingpot = "atomic" if grid is None else "file"
+    watch = None if stall is None else _StallWatch(stall)
     elapsed, parsed, kpoints = write_and_run(
-        structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot=startingpot
+        structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot=startingpot,
+        watch=watch,
     )
     if grid is not None and parsed.density_read_from_file and not same_g_order(directory, copy):
         # pw.x ignores the Miller indices in the file: a different order would have scrambled
@@ -199,8 +207,10 @@ def run_qe_scf(
         prep, copy = place_start_density(structure, directory, protocol, nprocs, grid)
         extra["prep_wall_time_s"] = prep + elapsed
         extra["g_order_source"] = "dry run after mismatch"
+        watch = None if stall is None else _StallWatch(stall)
         elapsed, parsed, kpoints = write_and_run(
-            structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot="file"
+            structure, directory, protocol, nprocs, "pw", calculation="scf", startingpot="file",
+            watch=watch,
         )
     if not keep_wavefunctions:
         for wfc in save_dir_of(directory).glob("wfc*.dat"):
@@ -211,15 +221,34 @@ def run_qe_scf(
             f"pw.x in {directory} did not read the start density{why}; it started from "
             "atoms, so this run must not be counted as density-initialised"
         )
+    if watch is not None and watch.at is not None and not parsed.converged:
+        extra.update(stalled_at=watch.at, stall_reason=watch.reason)
     if not parsed.converged and not allow_unconverged:
+        why = f": {extra['stall_reason']}" if "stall_reason" in extra else ""
         raise RuntimeError(
             f"pw.x SCF in {directory} did not converge in {parsed.n_iterations_printed} "
-            f"iterations (electron_maxstep={protocol.electron_maxstep})"
+            f"iterations (electron_maxstep={protocol.electron_maxstep}){why}"
         )
     return _document(
         structure, directory, protocol, parsed, "scf", startingpot, task_label, nprocs,
         elapsed_s=elapsed, kpoints=kpoints, **extra,
     )
+
+
+class _StallWatch:
+    """``watch`` of :func:`~mlcharge_workflows.engines.qe.run.run_pw`: True once the accuracy
+    history in pw.x's output counts as stalled under ``rule`` (then ``at`` and ``reason``)."""
+
+    def __init__(self, rule: StallRule) -> None:
+        self.rule, self.at, self.reason = rule, None, None
+
+    def __call__(self, text: str) -> bool:
+        history = scf_accuracy_history(text)
+        at = self.rule.stalled_at(history)
+        if at is None:
+            return False
+        self.at, self.reason = at, self.rule.describe(at, history)
+        return True
 
 
 def run_qe_nscf(

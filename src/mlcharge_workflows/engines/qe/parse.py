@@ -73,6 +73,11 @@ def _float(s: str) -> float:
     return float(s.replace("D", "E").replace("d", "e"))
 
 
+def scf_accuracy_history(text: str) -> list[float]:
+    """pw.x's "estimated scf accuracy" (Ry per cell) of every SCF iteration in ``text``."""
+    return [_float(v) for v in re.findall(rf"estimated scf accuracy\s+<\s+({_FLOAT})\s+Ry", text)]
+
+
 def parse_pw_output(path_or_text: str | Path) -> PwOutput:
     """Parse a pw.x output given as a path or as the text itself."""
     if isinstance(path_or_text, Path) or (
@@ -93,9 +98,7 @@ def parse_pw_output(path_or_text: str | Path) -> PwOutput:
     out.n_iterations_printed = len(re.findall(r"^\s*iteration #\s*\d+", text, re.MULTILINE))
     if m := _last(rf"^!\s+total energy\s+=\s+({_FLOAT})\s+Ry", text):
         out.energy_eV = _float(m.group(1)) * RY_TO_EV
-    out.scf_accuracy_Ry = [
-        _float(v) for v in re.findall(rf"estimated scf accuracy\s+<\s+({_FLOAT})\s+Ry", text)
-    ]
+    out.scf_accuracy_Ry = scf_accuracy_history(text)
     if m := _last(rf"total magnetization\s+=\s+({_FLOAT})", text):
         out.total_magnetization = _float(m.group(1))
     if m := _last(rf"absolute magnetization\s+=\s+({_FLOAT})", text):

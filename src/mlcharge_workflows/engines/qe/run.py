@@ -14,11 +14,12 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlcharge_workflows.engines.qe.parse import parse_pw_output
-from mlcharge_workflows.engines.qe.sets import QEProtocol, pw_input, write_pw_input
+from mlcharge_workflows.engines.qe.sets import PREFIX, QEProtocol, pw_input, write_pw_input
 from mlcharge_workflows.settings import MLChargeSettings
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 #: pw.x exit status of a run that stopped at ``electron_maxstep`` without converging
 #: (also the status of the zero-step dry run that writes data-file-schema.xml).
 EXIT_NOT_CONVERGED = 2
+#: Seconds between two looks of a ``watch`` at the output of a running pw.x.
+WATCH_EVERY_S = 0.25
+#: pw.x stops gracefully when this file appears in its working folder (QE's ``check_stop``).
+EXIT_FILE = f"{PREFIX}.EXIT"
 
 
 def _tail(path: Path, n_lines: int = 25) -> str:
@@ -132,20 +137,38 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             return
 
 
-def run_tied(cmd: list[str], timeout: float | None = None, **popen_kwargs) -> subprocess.CompletedProcess:
+def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], None] | None,
+          poll_s: float) -> int:
+    """``proc.wait(timeout)``, calling ``poll()`` every ``poll_s`` seconds while it runs."""
+    if poll is None:
+        return proc.wait(timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = poll_s if deadline is None else min(poll_s, max(deadline - time.monotonic(), 0.0))
+        try:
+            return proc.wait(timeout=step)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(proc.args, timeout) from None
+        poll()
+
+
+def run_tied(cmd: list[str], timeout: float | None = None, poll: Callable[[], None] | None = None,
+             poll_s: float = 1.0, **popen_kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run`` for DFT codes whose processes must never outlive this Python.
 
     The command runs in its own process group (a Ctrl-C of the terminal reaches only this
     Python, which then stops the whole group) with a parent-death signal (SIGTERM when this
     process dies, even by SIGKILL; ``mpirun`` forwards it to its ranks). On a timeout, an
     exception or an interrupt the whole group is terminated before this returns or raises.
+    ``poll`` (if given) is called every ``poll_s`` seconds while the command runs.
     """
     prctl = _prctl()
     proc = subprocess.Popen(cmd, process_group=0,
                             preexec_fn=lambda pid=os.getpid(): _tie_to_parent(pid, prctl),
                             **popen_kwargs)
     try:
-        returncode = proc.wait(timeout=timeout)
+        returncode = _wait(proc, timeout, poll, poll_s)
     except BaseException:  # timeout, KeyboardInterrupt, SIGTERM turned into an exception
         kill_group(proc)
         raise
@@ -162,6 +185,7 @@ def run_pw(
     nprocs: int | None = None,
     ok_returncodes: tuple[int, ...] = (0,),
     timeout: float | None = None,
+    watch: Callable[[str], bool] | None = None,
 ) -> Path:
     """Run pw.x in ``directory`` on ``input_file``; stdout and stderr go to ``output_file``.
 
@@ -173,6 +197,11 @@ def run_pw(
         MPI processes; ``None`` uses ``MLCHARGE_QE_NPROCS``.
     ok_returncodes
         Exit statuses that count as success (the zero-step dry run exits with 2).
+    watch
+        Called every :data:`WATCH_EVERY_S` seconds with the output so far; when it returns True, pw.x is
+        asked to stop (the file ``<prefix>.EXIT`` in the run folder, pw.x's own graceful
+        stop: it ends the SCF after the iteration in progress, writes its data and exits
+        with status 2, as at ``electron_maxstep``).
 
     Returns
     -------
@@ -192,16 +221,26 @@ def run_pw(
     out_path = directory / output_file
     crash = directory / "CRASH"
     crash.unlink(missing_ok=True)
+    exit_file = directory / EXIT_FILE
+    exit_file.unlink(missing_ok=True)  # a stale one would stop this run at once
+    poll = None
+    if watch is not None:
+        def poll() -> None:
+            if not exit_file.exists() and watch(out_path.read_text(errors="replace")):
+                exit_file.touch()
     try:
         with open(out_path, "w") as out:
             proc = run_tied(cmd, cwd=directory, stdout=out, stderr=subprocess.STDOUT,
-                            timeout=timeout, env=pw_environment())
+                            timeout=timeout, env=pw_environment(), poll=poll,
+                            poll_s=WATCH_EVERY_S)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(
             f"pw.x in {directory} ran past {timeout} s and was stopped\n{_tail(out_path)}"
         ) from exc
     except OSError as exc:
         raise RuntimeError(f"could not start {' '.join(cmd)}: {exc}") from exc
+    finally:
+        exit_file.unlink(missing_ok=True)
     if proc.returncode not in ok_returncodes:
         msg = [f"pw.x failed in {directory} (exit status {proc.returncode}): {' '.join(cmd)}"]
         if crash.is_file():
@@ -218,17 +257,19 @@ def write_and_run(
     nprocs: int | None,
     stem: str,
     ok_returncodes: tuple[int, ...] = (0, EXIT_NOT_CONVERGED),
+    watch: Callable[[str], bool] | None = None,
     **input_kw,
 ) -> tuple[float, object, list]:
     """Write ``<stem>.in`` for ``structure`` and run pw.x on it in ``directory``.
 
     Returns ``(elapsed_s, parsed output, k-point grid)``; ``RuntimeError`` (with the end of
-    the output) when pw.x stopped without ``JOB DONE``.
+    the output) when pw.x stopped without ``JOB DONE``. ``watch``: see :func:`run_pw`.
     """
     pwin = pw_input(structure, protocol, **input_kw)
     write_pw_input(pwin, directory / f"{stem}.in")
     t0 = time.perf_counter()
-    out = run_pw(directory, f"{stem}.in", f"{stem}.out", nprocs=nprocs, ok_returncodes=ok_returncodes)
+    out = run_pw(directory, f"{stem}.in", f"{stem}.out", nprocs=nprocs, ok_returncodes=ok_returncodes,
+                 watch=watch)
     elapsed = time.perf_counter() - t0
     parsed = parse_pw_output(out)
     if not parsed.job_done:

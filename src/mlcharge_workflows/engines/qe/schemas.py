@@ -47,6 +47,11 @@ class QETaskDocument(BaseModel):
     density_file_missing: bool = Field(False, description="pw.x printed 'Cannot read rho'.")
     converged: bool = False
     scf_iterations: int | None = Field(None, description="SCF iterations to convergence.")
+    stalled_at: int | None = Field(
+        None, description="Iteration at which the SCF was stopped as stalled (a StallRule); "
+        "None if it was not stopped early.",
+    )
+    stall_reason: str | None = Field(None, description="Why the SCF was stopped as stalled.")
     energy_eV: float | None = Field(None, description="Total (free) energy, eV.")
     fermi_energy_eV: float | None = None
     band_gap_eV: float | None = Field(None, description="From the eigenvalues and electron count.")

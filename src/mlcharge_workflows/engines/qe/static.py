@@ -123,7 +123,8 @@ class MLQEStaticMaker(Maker):
         def run_ml() -> QETaskDocument:
             return run_qe_scf(structure, cwd / "ml_start", start=start, protocol=self.protocol,
                               nprocs=self.nprocs, expect_density_read=False,
-                              allow_unconverged=True, task_label=f"{self.name} (ml start)")
+                              allow_unconverged=True, task_label=f"{self.name} (ml start)",
+                              stall=self.policy.stall_rule())
 
         def run_atomic() -> QETaskDocument:
             folder = "atomic_rerun" if start is not None else "atomic"
