@@ -140,11 +140,12 @@ class StallRule:
                 return i
         return None
 
-    def describe(self, iteration: int, history: Sequence[float]) -> str:
-        """Why the SCF counts as stalled at ``iteration`` (for records and logs)."""
+    def describe(self, iteration: int, history: Sequence[float], quantity: str = "accuracy") -> str:
+        """Why the SCF counts as stalled at ``iteration`` (for records and logs);
+        ``quantity`` names what ``history`` holds."""
         best = min(history[:iteration])
         return (
-            f"the SCF stalled: no {self.factor:g}-fold improvement of its best accuracy "
+            f"the SCF stalled: no {self.factor:g}-fold improvement of its best {quantity} "
             f"({best:.2e}) in the last {self.window} iterations, stopped at iteration {iteration}"
         )
 

@@ -24,7 +24,11 @@ from atomate2.vasp.sets.core import NonSCFSetGenerator, StaticSetGenerator  # no
 
 from mlcharge_workflows.density.chgcar import read_chgcar  # noqa: E402
 from mlcharge_workflows.density.grid import DensityGrid  # noqa: E402
-from mlcharge_workflows.engines.vasp.handlers import MLStartFallbackHandler  # noqa: E402
+from mlcharge_workflows.common.fallback import FallbackPolicy  # noqa: E402
+from mlcharge_workflows.engines.vasp.handlers import (  # noqa: E402
+    MLStartFallbackHandler,
+    MLStartStallHandler,
+)
 from mlcharge_workflows.engines.vasp.jobs import (  # noqa: E402
     MLDensityMaker,
     MLNonSCFMaker,
@@ -213,6 +217,8 @@ def test_ml_static_places_predicted_chgcar(mock_vasp, tmp_path, predictor):
     assert entry["incar"]["ICHARG"] == 1 and entry["incar"]["ISTART"] == 0
     assert "CHGCAR.ml" in entry["files"] and "ml_start.json" in entry["files"]
     assert isinstance(entry["handlers"][-1], MLStartFallbackHandler)
+    stall = [h for h in entry["handlers"] if isinstance(h, MLStartStallHandler)]  # the default policy's
+    assert len(stall) == 1 and stall[0].is_monitor and stall[0].rule == FallbackPolicy().stall_rule()
 
     # no prev_dir: the static replaced itself by [occupancy donor, ml static]; the donor's
     # PAW occupancies (both spin blocks) went into the CHGCAR, the density is the prediction's

@@ -10,7 +10,7 @@ Modules (imported on use; atomate2 and custodian are the ``vasp`` extra):
 * :mod:`.flows` - ``VaspComparisonMaker`` (baseline / ML / oracle arms, NSCF check) and
   ``VaspArmReader`` (how the savings document reads TaskDocs)
 * :mod:`.schemas` - ``MLDensityDocument`` (the common prediction document plus NELECT)
-* :mod:`.handlers` - ``MLStartFallbackHandler``
+* :mod:`.handlers` - ``MLStartFallbackHandler``, ``MLStartStallHandler`` (custodian)
 * :mod:`.density` - predict a density for an input set (CHGCAR on the run's POTCARs)
 * :mod:`.placement` - check a CHGCAR and place it in a run folder
 * :mod:`.sets` - input-set structure, fine grid, NELECT (POTCAR ZVAL table)
@@ -33,6 +33,7 @@ _EXPORTS = {
     "VaspComparisonMaker": "flows",
     "VaspArmReader": "flows",
     "MLStartFallbackHandler": "handlers",
+    "MLStartStallHandler": "handlers",
     "parse_vasp_scf": "parse",
     "count_attempts": "parse",
     "read_start_evidence": "parse",

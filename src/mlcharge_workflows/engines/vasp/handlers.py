@@ -14,6 +14,9 @@ Two ways an ML start is silently lost under custodian:
   attempt whose CHGCAR was discarded is not restored (it would be discarded again).
   :func:`record_start_evidence` records the same for the accepted run after custodian.
 
+:class:`MLStartStallHandler` (a custodian monitor) stops an ML-started SCF that has stalled
+and abandons the ML start, as the QE engine does (docs/compare.md, ``stalled:``).
+
 :class:`MLStartFallbackHandler` goes last in the handler list. After a failed attempt
 it restores CHGCAR from the pristine copy ``CHGCAR.ml`` (up to ``max_ml_restarts``
 times), then abandons the ML start on purpose (``ICHARG = 2``, CHGCAR deleted).
@@ -41,7 +44,8 @@ from custodian.vasp.interpreter import VaspModder
 from custodian.vasp.io import load_vasprun
 from monty.os.path import zpath
 
-from mlcharge_workflows.common.fallback import NOT_READ
+from mlcharge_workflows.common.fallback import NOT_READ, STALLED
+from mlcharge_workflows.convergence import StallRule
 from mlcharge_workflows.engines.vasp.parse import (
     is_backed_up,
     read_start_evidence,
@@ -52,6 +56,7 @@ __all__ = [
     "ML_CHGCAR",
     "ML_START_FILE",
     "MLStartFallbackHandler",
+    "MLStartStallHandler",
     "discarded_reason",
     "read_ml_start_record",
     "record_start_evidence",
@@ -253,16 +258,86 @@ class MLStartFallbackHandler(ErrorHandler):
             actions = [{"file": ml_copy.name, "action": {"_file_copy": {"dest": "CHGCAR"}}}]
             record["ml_restarts"] += 1
             record["status"] = "restored"
-        else:
-            actions = [
-                {"dict": "INCAR", "action": {"_set": {"ICHARG": 2}}},
-                {"file": "CHGCAR", "action": {"_file_delete": {"mode": "actual"}}},
-            ]
-            record["status"] = "abandoned"
-            record["fallback"] = reason
-        event.update(action=record["status"], reason=reason)
-        record["events"].append(event)
+            return _apply(directory_p, incar, record, event, reason, actions)
+        return _abandon(directory_p, incar, record, event, reason)
 
-        VaspModder(vi={"INCAR": incar}, directory=str(directory_p)).apply_actions(actions)
-        write_ml_start_record(record, directory_p)
-        return {"errors": [f"ML start: {reason}"], "actions": actions}
+
+def _apply(directory: Path, incar, record: dict[str, Any], event: dict[str, Any], reason: str,
+           actions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply a handler's ``actions`` and record them (``event``) in ``ml_start.json``."""
+    event.update(action=record["status"], reason=reason)
+    record["events"].append(event)
+    VaspModder(vi={"INCAR": incar}, directory=str(directory)).apply_actions(actions)
+    write_ml_start_record(record, directory)
+    return {"errors": [f"ML start: {reason}"], "actions": actions}
+
+
+def _abandon(directory: Path, incar, record: dict[str, Any], event: dict[str, Any],
+             reason: str) -> dict[str, Any]:
+    """Give up the ML start on purpose: the rerun starts from atoms (``ICHARG = 2``)."""
+    actions = [
+        {"dict": "INCAR", "action": {"_set": {"ICHARG": 2}}},
+        {"file": "CHGCAR", "action": {"_file_delete": {"mode": "actual"}}},
+    ]
+    record["status"] = "abandoned"
+    record["fallback"] = reason
+    return _apply(directory, incar, record, event, reason, actions)
+
+
+def _de_history(directory: Path) -> list[float]:
+    """``|dE|`` (eV) of every electronic step of the last ionic step in OSZICAR so far."""
+    from pymatgen.io.vasp import Oszicar
+
+    osz = Path(zpath(str(directory / "OSZICAR")))
+    if not osz.exists():
+        return []
+    try:
+        steps = Oszicar(str(osz)).electronic_steps
+    except Exception:  # noqa: BLE001 - a half-written line: look again at the next check
+        return []
+    return [abs(float(step["dE"])) for step in steps[-1]] if steps else []
+
+
+class MLStartStallHandler(ErrorHandler):
+    """Monitor: stop an ML-started VASP SCF that has stalled and fall back to atoms.
+
+    The QE engine's stall stop for VASP (:class:`~mlcharge_workflows.convergence.StallRule`
+    on the ``|dE|`` of OSZICAR's electronic steps, where pw.x's rule reads its "estimated
+    scf accuracy"): custodian kills VASP, and the rerun starts from atoms (``ICHARG = 2``,
+    CHGCAR deleted; ``ml_start.json``: status ``abandoned``, fallback ``stalled: ...``).
+    Without it a stalled ML start runs to ``NELM``, and :class:`MLStartFallbackHandler`
+    restores the predicted density for another full attempt first.
+
+    Parameters
+    ----------
+    window, factor, min_iterations
+        The :class:`~mlcharge_workflows.convergence.StallRule`.
+    """
+
+    is_monitor = True
+    raises_runtime_error = False
+
+    def __init__(self, window: int = StallRule.window, factor: float = StallRule.factor,
+                 min_iterations: int = StallRule.min_iterations) -> None:
+        self.window, self.factor, self.min_iterations = int(window), float(factor), int(min_iterations)
+        self.rule = StallRule(self.window, self.factor, self.min_iterations)
+
+    def check(self, directory: str = "./") -> bool:
+        """True while an ML start is active and its current SCF counts as stalled."""
+        record = read_ml_start_record(Path(directory))
+        if record is None or record.get("status") not in ACTIVE_STATUSES:
+            return False
+        return self.rule.stalled_at(_de_history(Path(directory))) is not None
+
+    def correct(self, directory: str = "./") -> dict[str, Any]:
+        """Abandon the ML start (the killed attempt is backed up for step counting)."""
+        directory_p = Path(directory)
+        record = read_ml_start_record(directory_p) or new_ml_start_record({})
+        history = _de_history(directory_p)
+        at = self.rule.stalled_at(history) or len(history)
+        if not is_backed_up(directory_p):
+            backup(VASP_BACKUP_FILES, directory=str(directory_p))
+        event: dict[str, Any] = {"attempt": len(record["events"]) + 1, "scf_steps": [len(history)],
+                                 "scf_failed": True}
+        reason = f"{STALLED}: {self.rule.describe(at, history, '|dE| (eV)')}"
+        return _abandon(directory_p, _incar(directory_p), record, event, reason)

@@ -28,6 +28,7 @@ from mlcharge_workflows.engines.vasp.handlers import (
     ACTIVE_STATUSES,
     ML_CHGCAR,
     MLStartFallbackHandler,
+    MLStartStallHandler,
     new_ml_start_record,
     record_start_evidence,
     write_ml_start_record,
@@ -68,7 +69,9 @@ class MLStaticMaker(StaticMaker):
     zval
         Per-element valence overriding the POTCAR table (electron-count normalisation).
     fallback_policy
-        When a converged ML-started run is distrusted: a different magnetic state or
+        Its stall rule stops an ML-started SCF that has stalled (custodian monitor
+        :class:`~mlcharge_workflows.engines.vasp.handlers.MLStartStallHandler`, added to
+        the handlers; ``stall_window=None``: none). When a converged ML-started run is distrusted: a different magnetic state or
         energy than ``reference`` (the same static from atoms), or, without a reference,
         a different magnetic state than the predicted density's. A distrusted run is kept
         in the store and rerun from atoms by :class:`MLFallbackStaticMaker`, which
@@ -155,9 +158,11 @@ class MLStaticMaker(StaticMaker):
             from atomate2.vasp.run import DEFAULT_HANDLERS
 
             handlers = DEFAULT_HANDLERS
-        handlers = [h for h in handlers if not isinstance(h, MLStartFallbackHandler)]
+        handlers = [h for h in handlers if not isinstance(h, (MLStartFallbackHandler, MLStartStallHandler))]
+        rule = self.fallback_policy.stall_rule()
+        stall = [] if rule is None else [MLStartStallHandler(rule.window, rule.factor, rule.min_iterations)]
         fallback = MLStartFallbackHandler(self.max_ml_restarts)
-        maker.run_vasp_kwargs["handlers"] = [*handlers, fallback]
+        maker.run_vasp_kwargs["handlers"] = [*handlers, *stall, fallback]
         response = super(MLStaticMaker, maker).make.original(maker, structure, prev_dir)
         _gzip_ml_copy()
         response = _apply_start_evidence(annotate_attempts(response))
