@@ -209,3 +209,31 @@ def test_spin_start_default_comes_from_the_weights_unless_set(model, monkeypatch
         assert predict_density(sic_structure(), (16, 16, 16), model).metadata["spin_start"] == "atomic"
     finally:
         model.metadata = saved
+
+
+def test_moments_spin_start_is_the_atomic_m_scaled_to_the_learned_moments(model):
+    """``spin="moments"``: each atom's learned moment (its own atomic and orbital terms,
+    integrated) on the atomic magnetisation's shape, with the learned rho."""
+    s = sic_structure()
+    learned = predict_density(s, (20, 20, 20), model, spin="model", clip=False)
+    scaled = predict_density(s, (20, 20, 20), model, spin="moments", clip=False)
+    assert scaled.metadata["spin_start"] == "moments"
+    mu = np.array(scaled.metadata["site_moments"])
+    assert mu.shape == (len(s),) and abs(mu.sum()) > 1e-3
+    # the atoms' moments add up to the learned total moment, and the start keeps it
+    assert mu.sum() == pytest.approx(learned.total_magnetization, abs=1e-5)
+    assert scaled.total_magnetization == pytest.approx(mu.sum(), abs=1e-5)
+    np.testing.assert_allclose(scaled.total, learned.total, atol=1e-10)
+    # the shape is pw.x's atomic one, with the learned moments as starting moments
+    atomic = predict_density(s.copy(site_properties={"magmom": list(mu)}), (20, 20, 20), model,
+                             spin="atomic", clip=False)
+    np.testing.assert_allclose(scaled.magnetization, atomic.magnetization, atol=1e-8)
+    assert not np.allclose(scaled.magnetization, learned.magnetization, atol=1e-4)
+    # a moment belongs to its atom: reordering the sites reorders the moments
+    order = [2, 0, 1]
+    moved = Structure.from_sites([s[i] for i in order])
+    again = predict_density(moved, (20, 20, 20), model, spin="moments", clip=False)
+    np.testing.assert_allclose(again.metadata["site_moments"], mu[order], atol=1e-5)
+    # non-magnetic cells have no moments
+    assert predict_density(s.copy(site_properties={"magmom": [0, 0, 0]}), (20, 20, 20), model,
+                           spin="moments").metadata["site_moments"] is None

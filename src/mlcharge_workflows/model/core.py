@@ -293,6 +293,56 @@ class DensityModel(torch.nn.Module):
         low = math.log(ALPHA_RANGE[0])
         return torch.exp(torch.minimum(log_alpha.clamp(min=low), upper))
 
+    def _magnetization_term(
+        self, cell: Cell, c_mag_all: torch.Tensor, s: int, sel: np.ndarray, alphas_mag: torch.Tensor,
+        form: torch.Tensor | None,
+    ) -> tuple[SpeciesTerm, torch.Tensor]:
+        """The magnetisation of the atoms ``sel`` (species ``s``): their atomic (SAD)
+        magnetisation weighted by the starting moments (learned ones with ``learn_moments``)
+        plus their orbitals; also the starting weights alone (the atomic start's m)."""
+        dev, dtype = self.log_alpha.device, self.log_alpha.dtype
+        start = torch.as_tensor(cell.moments[sel], dtype=dtype, device=dev)  # fractions
+        c_mag = c_mag_all[torch.as_tensor(sel, device=dev)]
+        weights = start
+        if self.config.learn_moments:
+            # the atom's SAD magnetisation is scaled to the moment the network predicts
+            # (odd under time reversal like every magnetisation output): a cell that
+            # converges non-magnetic needs no orbital cancelling its atomic moments
+            weights = start + c_mag[:, -1]
+            c_mag = c_mag[:, :-1]
+        if cell.sad_scale is not None:  # moments in μB over the reference's valence
+            scale = torch.as_tensor(cell.sad_scale[sel], dtype=dtype, device=dev)
+            weights, start = weights * scale, start * scale
+        has_orb = self.mag_layout.n_radial > 0
+        q_max = min(q_cutoff(float(alphas_mag[s].max().detach()), self.mag_layout.lmax),
+                    self.species_qmax()[s]) if has_orb else 0.0
+        term = SpeciesTerm(self.mag_layout, c_mag if has_orb else None,
+                           alphas_mag[s] if has_orb else None, q_max, form, weights)
+        return term, start
+
+    def site_moments(self, cell: Cell, coeffs: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+        """Each atom's moment (μB) in the learned magnetisation: its own atomic and orbital
+        terms integrated over all space (the ``G = 0`` coefficient of each atom alone).
+        Zeros for a cell without magnetisation. ``cell`` keeps its G vectors."""
+        moments = np.zeros(len(cell.species))
+        if not cell.spin:
+            return moments
+        if coeffs is None:
+            coeffs = self.orbital_coefficients([cell])[0]
+        geom = ReciprocalGeometry(cell.lattice, cell.frac, np.zeros((1, 3), dtype=np.int64),
+                                  max(self.layout.lmax, self.mag_layout.lmax if self.mag_layout.n_radial else 0),
+                                  dtype=self.log_alpha.dtype, device=self.log_alpha.device)
+        table = self.table if cell.table is None else cell.table
+        alphas_mag = self.alphas(True)
+        with torch.no_grad():
+            for i, s in enumerate(cell.species):
+                form = torch.as_tensor(table(int(s), geom.q_np), dtype=geom.dtype, device=geom.device) \
+                    if self.config.use_sad else None
+                term, _ = self._magnetization_term(cell, coeffs[1], int(s), np.array([i]), alphas_mag, form)
+                value = species_fourier(geom, np.array([i]), [term])[0]
+                moments[i] = float(value[0].real) * cell.volume
+        return moments
+
     def fourier(
         self,
         cell: Cell,
@@ -327,30 +377,8 @@ class DensityModel(torch.nn.Module):
                 )
             ]
             if cell.spin:
-                start = torch.as_tensor(cell.moments[sel], dtype=dtype, device=dev)  # fractions
-                c_mag = coeffs[1][sel_t]
-                weights = start
-                if self.config.learn_moments:
-                    # the atom's SAD magnetisation is scaled to the moment the network predicts
-                    # (odd under time reversal like every magnetisation output): a cell that
-                    # converges non-magnetic needs no orbital cancelling its atomic moments
-                    weights = start + c_mag[:, -1]
-                    c_mag = c_mag[:, :-1]
-                if cell.sad_scale is not None:  # moments in μB over the reference's valence
-                    scale = torch.as_tensor(cell.sad_scale[sel], dtype=dtype, device=dev)
-                    weights, start = weights * scale, start * scale
-                has_orb = self.mag_layout.n_radial > 0
-                terms.append(
-                    SpeciesTerm(
-                        self.mag_layout,
-                        c_mag if has_orb else None,
-                        alphas[1][s] if has_orb else None,
-                        min(q_cutoff(float(alphas[1][s].max().detach()), self.mag_layout.lmax), qmax[s])
-                        if has_orb else 0.0,
-                        form,
-                        weights,
-                    )
-                )
+                term, start = self._magnetization_term(cell, coeffs[1], int(s), sel, alphas[1], form)
+                terms.append(term)
             n_main = len(terms)
             if sad_out is not None and form is not None:
                 terms.append(SpeciesTerm(self.layout, sad_form=form))

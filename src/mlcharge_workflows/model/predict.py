@@ -179,7 +179,8 @@ def predict_fourier(
     """Unclipped coefficients on half of a grid's G box.
 
     Keys: ``mill``, ``total``, ``magnetization`` (None for non-magnetic cells), ``sad_total``,
-    ``sad_magnetization`` (the atomic superposition alone, None without SAD), ``n_electrons``.
+    ``sad_magnetization`` (the atomic superposition alone, None without SAD), ``n_electrons``,
+    ``site_moments`` (μB per atom of the learned magnetisation; None for non-magnetic cells).
     ``reference``: the atomic table (see :func:`reference_table`; None: the training one).
     The G vectors evaluated are the model's density sphere, and up to a reference's own
     range where it is larger (VASP superposes its POTCAR tables on the whole grid).
@@ -197,8 +198,10 @@ def predict_fourier(
     model.attach_mill(cell, mill)
     sad: list = []
     with torch.no_grad():
-        tot, mag = model.fourier(cell, sad_out=sad)
-    out = {"mill": mill, "n_electrons": cell.n_electrons}
+        coeffs = model.orbital_coefficients([cell])[0]
+        tot, mag = model.fourier(cell, coeffs=coeffs, sad_out=sad)
+        moments = model.site_moments(cell, coeffs) if cell.spin else None
+    out = {"mill": mill, "n_electrons": cell.n_electrons, "site_moments": moments}
     zero = np.flatnonzero((mill == 0).all(axis=1))
     names = ("total", "magnetization", "sad_total", "sad_magnetization")
     for name, value in zip(names, [tot, mag] + (sad or [None, None])):
@@ -214,8 +217,10 @@ def predict_fourier(
 
 
 #: ``model``: the learned rho and m; ``atomic``: pw.x's own start for both (the atomic
-#: superposition with the starting moments); ``charge``: the learned rho with the atomic m.
-SPIN_STARTS = ("model", "atomic", "charge")
+#: superposition with the starting moments); ``charge``: the learned rho with the atomic m;
+#: ``moments``: the learned rho with the atomic m scaled to each atom's learned moment (the
+#: learned m's per-atom integrals, without its orbital shape).
+SPIN_STARTS = ("model", "atomic", "charge", "moments")
 
 
 def _spin_start(value: str | None, model: DensityModel | None = None) -> str:
@@ -227,6 +232,17 @@ def _spin_start(value: str | None, model: DensityModel | None = None) -> str:
     if value not in SPIN_STARTS:
         raise ValueError(f"spin start must be one of {', '.join(map(repr, SPIN_STARTS))}, got {value!r}")
     return value
+
+
+def _moment_scaled_magnetization(structure, shape, model, table, f: dict) -> np.ndarray:
+    """The atomic (SAD) magnetisation with each atom's learned moment as its starting moment."""
+    if f["sad_magnetization"] is None:
+        raise ValueError("spin start 'moments' needs the atomic magnetisation of the reference densities")
+    scaled = structure.copy(site_properties={"magmom": [float(m) for m in f["site_moments"]]})
+    g = predict_fourier(scaled, shape, model, table)
+    if not np.array_equal(g["mill"], f["mill"]) or g["sad_magnetization"] is None:
+        raise RuntimeError("the moment-scaled magnetisation was evaluated on other G vectors")
+    return g["sad_magnetization"]
 
 
 def _good_fft_size(n: int) -> int:
@@ -284,7 +300,9 @@ def predict_density(
     spin
         For a cell with a magnetisation: ``"model"`` predicts rho and m with the model;
         ``"atomic"`` returns the starting-moment superposition of atomic densities for both,
-        i.e. pw.x's own start; ``"charge"`` the learned rho with that atomic m. None: ``MLCHARGE_MODEL_SPIN``, else the default recorded in
+        i.e. pw.x's own start; ``"charge"`` the learned rho with that atomic m; ``"moments"``
+        the learned rho with the atomic m scaled to each atom's learned moment
+        (``metadata['site_moments']``). None: ``MLCHARGE_MODEL_SPIN``, else the default recorded in
         the weights (``metadata['spin_start_default']``; the shipped weights say which their
         SCF benchmark favoured, docs/model-card.md), else ``"atomic"``.
     threads
@@ -320,6 +338,8 @@ def predict_density(
         raise ValueError("spin start 'charge' needs the atomic magnetisation of the reference densities")
     tot = f["sad_total"] if atomic else f["total"]
     mag = f["sad_magnetization"] if atomic_m else f["magnetization"]
+    if f["magnetization"] is not None and spin_start == "moments":
+        mag = _moment_scaled_magnetization(structure, shape, model, table, f)
     if f["magnetization"] is not None and mag is None:
         mag = np.zeros_like(tot)
     total = _to_grid(tot, mill, shape)
@@ -341,6 +361,7 @@ def predict_density(
         "n_electrons": nelec,
         "clipped_electrons": clipped,
         "spin_start": None if f["magnetization"] is None else spin_start,
+        "site_moments": None if f["site_moments"] is None else [float(m) for m in f["site_moments"]],
         "reference": reference_metadata(model, table, structure),
         "device": dev,
         "seconds": time.perf_counter() - t0,
