@@ -150,6 +150,48 @@ class StallRule:
         )
 
 
+#: Two converged SCF runs of the same solution agree to about the convergence threshold;
+#: their energies count as equal within this many thresholds, and within at least
+#: :data:`ENERGY_AGREEMENT_FLOOR_EV` per atom (the realistic set's arms agree to 2.3e-7 eV
+#: per cell at the protocol's threshold; distinct solutions differ by 1e-4 eV and more).
+ENERGY_AGREEMENT_THRESHOLDS = 10.0
+ENERGY_AGREEMENT_FLOOR_EV = 1e-5
+
+
+def energy_tolerance_eV(protocol: dict | None, n_atoms: int) -> float:
+    """Largest energy difference (eV per cell) between arms that still counts as the same
+    SCF solution, from the run's threshold: QE ``conv_thr_per_atom`` (Ry) or VASP ``EDIFF``."""
+    per_cell = 0.0
+    if protocol:
+        if protocol.get("conv_thr_per_atom") is not None:
+            per_cell = float(protocol["conv_thr_per_atom"]) / EV_TO_RY * n_atoms
+        elif protocol.get("EDIFF") is not None:
+            per_cell = float(protocol["EDIFF"])
+    return max(ENERGY_AGREEMENT_THRESHOLDS * per_cell, ENERGY_AGREEMENT_FLOOR_EV * max(n_atoms, 1))
+
+
+def energy_agreement(energies: dict[str, float | None], tolerance_eV: float) -> dict:
+    """Whether the ML and oracle arms converged to the baseline's energy (same SCF solution).
+
+    Returns ``{"tolerance_eV", "differences_eV": {arm: E_arm - E_baseline}, "verdict"}``, the
+    verdict ``"agree"``, ``"baseline_higher"`` (every arm that differs lies lower: the run
+    from atoms converged to a higher-energy solution, e.g. an eigenstate Davidson missed),
+    ``"baseline_lower"`` or ``"mixed"``; ``None`` without a baseline energy and another arm's.
+
+    >>> energy_agreement({"baseline": -262.4168, "ml": -262.4174, "oracle": -262.4174}, 2e-5)["verdict"]
+    'baseline_higher'
+    """
+    base = energies.get("baseline")
+    diffs = {arm: e - base for arm, e in energies.items()
+             if arm != "baseline" and e is not None and base is not None}
+    if not diffs:
+        return {"tolerance_eV": tolerance_eV, "differences_eV": diffs, "verdict": None}
+    off = [d for d in diffs.values() if abs(d) > tolerance_eV]
+    verdict = ("agree" if not off else "baseline_higher" if all(d < 0 for d in off)
+               else "baseline_lower" if all(d > 0 for d in off) else "mixed")
+    return {"tolerance_eV": tolerance_eV, "differences_eV": diffs, "verdict": verdict}
+
+
 def per_structure_savings(baseline: Sequence[int], ml: Sequence[int]) -> list[float]:
     """``1 - ml/baseline`` for each structure (pairs with a missing or zero baseline dropped)."""
     return [1.0 - m / b for b, m in zip(baseline, ml, strict=True) if b and m is not None]

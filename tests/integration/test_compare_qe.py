@@ -54,6 +54,9 @@ def test_si_baseline_ml_oracle_and_nscf(tmp_path, si) -> None:
     # same state: energies agree within the SCF convergence threshold
     conv_thr_eV = protocol.conv_thr(si) * RY_TO_EV
     assert abs(e["ml"] - e["baseline"]) < 10 * conv_thr_eV
+    check = doc["details"]["energy_check"]  # the oracle too, recorded
+    assert check["verdict"] == "agree" and set(check["differences_eV"]) == {"ml", "oracle"}
+    assert doc["details"]["energy_oracle_eV"] == pytest.approx(e["baseline"], abs=check["tolerance_eV"])
     # the converged density is the ceiling; the ML start costs no more than atoms
     assert it["oracle"] <= 2 < it["baseline"]
     assert it["oracle"] <= it["ml"] <= it["baseline"]

@@ -174,3 +174,28 @@ def test_threshold_table_gives_both_definitions_by_spin_with_the_oracle(tmp_path
     assert summary["total_cpu_s"]["net_saved_pct"] == pytest.approx(30.0)
     html = write_report(recs, tmp_path / "r.html").read_text()
     assert "Savings by convergence threshold" in html and "drop_of_median_pct" in html
+
+
+def test_arms_at_different_energies_are_named_in_the_summary() -> None:
+    """A run from atoms that converged to a higher-energy solution (README's SiC, session 10:
+    the ML and oracle starts ended 0.31 meV/atom lower) is reported, not averaged away."""
+    from mlcharge_workflows.convergence import energy_agreement, energy_tolerance_eV
+
+    tol = energy_tolerance_eV({"conv_thr_per_atom": 5e-10}, 2)
+    assert tol == pytest.approx(2e-5)  # the 1e-5 eV/atom floor; 10 thresholds are 6.8e-8 eV/cell
+    assert energy_tolerance_eV({"EDIFF": 1e-4}, 2) == pytest.approx(1e-3)
+    sic = energy_agreement({"baseline": -262.4168, "ml": -262.41742, "oracle": -262.41742}, tol)
+    assert sic["verdict"] == "baseline_higher" and sic["differences_eV"]["ml"] == pytest.approx(-6.2e-4)
+    same = energy_agreement({"baseline": -1.0, "ml": -1.0 + 1e-6, "oracle": None}, tol)
+    assert same["verdict"] == "agree" and set(same["differences_eV"]) == {"ml"}
+    assert energy_agreement({"baseline": -1.0, "ml": -0.9, "oracle": -1.1}, tol)["verdict"] == "mixed"
+    assert energy_agreement({"baseline": None, "ml": -1.0}, tol)["verdict"] is None
+
+    rec = _rec("SiC", 9, 8, 2, de=-6.2e-4)
+    rec.details.energy_check = sic
+    s = summarize([rec, _rec("Si", 8, 5, 1)])
+    assert [d["structure"] for d in s["energy_disagreements"]] == ["SiC"]
+    assert s["energy_disagreements"][0]["minus_baseline_meV_per_atom"]["ml"] == pytest.approx(-0.31)
+    text = "\n".join(summary_lines(s))
+    assert "energies differ (baseline_higher): SiC" in text and "higher-energy SCF solution" in text
+    assert "energies differ" not in "\n".join(summary_lines(summarize([_rec("Si", 8, 5, 1)])))

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from jobflow import job
 from monty.json import MSONable
 
-from mlcharge_workflows.convergence import THRESHOLDS, iterations_to
+from mlcharge_workflows.convergence import (
+    THRESHOLDS,
+    energy_agreement,
+    energy_tolerance_eV,
+    iterations_to,
+)
 
 from mlcharge_workflows.common.schemas import (
     SCFIterations,
@@ -173,12 +178,16 @@ def savings_document(
         missing.append("ml (no run converged)")
     magnetization = {k: r.total_magnetization(arms[k]) for k in SCF_ARMS}
     magnetization["predicted"] = get_field(prediction, "total_magnetization")
+    protocol = protocol if protocol is not None else r.protocol(arms)
+    energies = {k: r.energy_eV(arms[k]) if arms[k] is not None else None for k in SCF_ARMS}
     details = SavingsDetails(
         converged={k: r.converged(arms[k]) for k in SCF_ARMS},
         total_magnetization=magnetization,
         ml_attempts=r.ml_attempts(ml) if ml is not None else [],
         model_version=get_field(prediction, "model_version"),
-        protocol=protocol if protocol is not None else r.protocol(arms),
+        protocol=protocol,
+        energy_oracle_eV=energies["oracle"],
+        energy_check=energy_agreement(energies, energy_tolerance_eV(protocol, len(structure))),
         nprocs=nprocs,
         dir_names={k: r.dir_name(v) for k, v in arms.items()},
         input_structure=structure.as_dict(),

@@ -198,6 +198,12 @@ class SavingsDetails(BaseModel):
     model_version: str | None = None
     nelmdl: int | None = Field(None, description="VASP: non-SCF steps at the start of each arm.")
     protocol: dict[str, Any] | None = Field(None, description="Engine settings shared by all arms.")
+    energy_oracle_eV: float | None = Field(None, description="Final energy of the oracle arm.")
+    energy_check: dict[str, Any] | None = Field(
+        None, description="Whether the ML and oracle arms ended at the baseline's energy "
+        "(mlcharge_workflows.convergence.energy_agreement): tolerance_eV, differences_eV per "
+        "arm, verdict 'agree' | 'baseline_higher' (the run from atoms converged to a "
+        "higher-energy solution) | 'baseline_lower' | 'mixed'.")
     nprocs: int | None = Field(None, description="MPI processes of every DFT run (all arms alike).")
     dir_names: dict[str, str | None] = Field(default_factory=dict)
     input_structure: dict[str, Any] | None = Field(None, description="pymatgen Structure dict.")

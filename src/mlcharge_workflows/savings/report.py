@@ -142,7 +142,21 @@ def summarize(records: Sequence[SavingsRecord]) -> dict[str, Any]:
         "gap_abs_error_eV": {"nscf_ml": _stats(gaps_ml), "nscf_atomic": _stats(gaps_at)},
         "total_cpu_s": _cpu_totals(records),
         "thresholds": threshold_table(records),
+        "energy_disagreements": _energy_disagreements(records),
     }
+
+
+def _energy_disagreements(records: Sequence[SavingsRecord]) -> list[dict[str, Any]]:
+    """Structures whose arms ended at different energies (``details.energy_check``)."""
+    out = []
+    for r in records:
+        check = getattr(getattr(r, "details", None), "energy_check", None) or {}
+        if check.get("verdict") not in (None, "agree"):
+            diffs = {arm: _round(1000.0 * d / r.n_atoms, 3) if r.n_atoms else None
+                     for arm, d in check.get("differences_eV", {}).items()}
+            out.append({"structure": r.structure, "verdict": check["verdict"],
+                        "minus_baseline_meV_per_atom": diffs})
+    return out
 
 
 def _spin_polarized(rec: SavingsRecord) -> bool | None:
@@ -222,6 +236,13 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"NSCF band gap error vs SCF density: ML start MAE {_fmt(gml['mean'], ' eV', 3)}, "
         f"atomic start MAE {_fmt(gat['mean'], ' eV', 3)} "
         f"({gml['n']} and {gat['n']} structures)",
+    ] + [
+        f"energies differ ({d['verdict']}): {d['structure']}: "
+        + ", ".join(f"E_{arm} - E_baseline = {_fmt(v, ' meV/atom', 3)}"
+                    for arm, v in d["minus_baseline_meV_per_atom"].items())
+        + (" (the run from atoms converged to a higher-energy SCF solution; its iteration "
+           "count is not that of the ground state)" if d["verdict"] == "baseline_higher" else "")
+        for d in summary.get("energy_disagreements", [])
     ]
 
 
