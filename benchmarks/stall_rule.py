@@ -43,10 +43,12 @@ def collect(workdirs: list[Path]) -> list[dict]:
             parsed = parse_pw_output(out)
             if not parsed.scf_accuracy_Ry or not parsed.job_done:  # a run killed half-way
                 continue
-            n_atoms = re.search(r"number of atoms/cell\s+=\s+(\d+)", out.read_text(errors="replace"))
+            text = out.read_text(errors="replace")
+            n_atoms = re.search(r"number of atoms/cell\s+=\s+(\d+)", text)
             runs.append({
                 "source": workdir.name, "structure": out.parent.parent.name, "arm": out.parent.name,
                 "n_atoms": int(n_atoms.group(1)) if n_atoms else None,
+                "spin_polarized": parsed.total_magnetization is not None,
                 "converged": parsed.converged, "history_Ry": parsed.scf_accuracy_Ry,
             })
     return runs
