@@ -343,6 +343,25 @@ class DensityModel(torch.nn.Module):
                 moments[i] = float(value[0].real) * cell.volume
         return moments
 
+    def atomic_magnetization(self, cell: Cell, moments: np.ndarray) -> torch.Tensor:
+        """Coefficients at ``cell.mill`` of the atomic (SAD) magnetisation with ``moments``
+        (μB per atom) as the starting moments, as a ``magmom`` site property would give them
+        (each clipped to its atom's valence)."""
+        if cell.geom is None:
+            raise ValueError("cell has no G vectors: call attach_mill first")
+        dev, dtype = self.log_alpha.device, self.log_alpha.dtype
+        weights = np.clip(np.asarray(moments, dtype=float) / self.table.z_valence[cell.species], -1.0, 1.0)
+        if cell.sad_scale is not None:  # moments in μB over the reference's valence
+            weights = weights * cell.sad_scale
+        out = None
+        for s in np.unique(cell.species):
+            sel = np.flatnonzero(cell.species == s)
+            term = SpeciesTerm(self.mag_layout, sad_form=self._sad_form(cell, int(s)),
+                               sad_weights=torch.as_tensor(weights[sel], dtype=dtype, device=dev))
+            value = species_fourier(cell.geom, sel, [term])[0]
+            out = value if out is None else out + value
+        return out
+
     def fourier(
         self,
         cell: Cell,

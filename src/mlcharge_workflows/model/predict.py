@@ -175,12 +175,15 @@ def predict_fourier(
     shape: tuple[int, int, int],
     model: DensityModel,
     reference: AtomicDensityTable | None = None,
+    moments_start: bool = False,
 ) -> dict:
     """Unclipped coefficients on half of a grid's G box.
 
     Keys: ``mill``, ``total``, ``magnetization`` (None for non-magnetic cells), ``sad_total``,
     ``sad_magnetization`` (the atomic superposition alone, None without SAD), ``n_electrons``,
-    ``site_moments`` (μB per atom of the learned magnetisation; None for non-magnetic cells).
+    ``site_moments`` (μB per atom of the learned magnetisation; None for non-magnetic cells),
+    and with ``moments_start`` ``moments_magnetization``: the atomic magnetisation with those
+    moments as the starting moments (spin start ``"moments"``).
     ``reference``: the atomic table (see :func:`reference_table`; None: the training one).
     The G vectors evaluated are the model's density sphere, and up to a reference's own
     range where it is larger (VASP superposes its POTCAR tables on the whole grid).
@@ -201,10 +204,11 @@ def predict_fourier(
         coeffs = model.orbital_coefficients([cell])[0]
         tot, mag = model.fourier(cell, coeffs=coeffs, sad_out=sad)
         moments = model.site_moments(cell, coeffs) if cell.spin else None
+        scaled = model.atomic_magnetization(cell, moments) if moments_start and cell.spin else None
     out = {"mill": mill, "n_electrons": cell.n_electrons, "site_moments": moments}
     zero = np.flatnonzero((mill == 0).all(axis=1))
-    names = ("total", "magnetization", "sad_total", "sad_magnetization")
-    for name, value in zip(names, [tot, mag] + (sad or [None, None])):
+    names = ("total", "magnetization", "sad_total", "sad_magnetization", "moments_magnetization")
+    for name, value in zip(names, [tot, mag] + (sad or [None, None]) + [scaled]):
         arr = None if value is None else value.detach().cpu().numpy().astype(np.complex128)
         if arr is not None and not np.all(np.isfinite(arr)):
             raise RuntimeError(
@@ -232,17 +236,6 @@ def _spin_start(value: str | None, model: DensityModel | None = None) -> str:
     if value not in SPIN_STARTS:
         raise ValueError(f"spin start must be one of {', '.join(map(repr, SPIN_STARTS))}, got {value!r}")
     return value
-
-
-def _moment_scaled_magnetization(structure, shape, model, table, f: dict) -> np.ndarray:
-    """The atomic (SAD) magnetisation with each atom's learned moment as its starting moment."""
-    if f["sad_magnetization"] is None:
-        raise ValueError("spin start 'moments' needs the atomic magnetisation of the reference densities")
-    scaled = structure.copy(site_properties={"magmom": [float(m) for m in f["site_moments"]]})
-    g = predict_fourier(scaled, shape, model, table)
-    if not np.array_equal(g["mill"], f["mill"]) or g["sad_magnetization"] is None:
-        raise RuntimeError("the moment-scaled magnetisation was evaluated on other G vectors")
-    return g["sad_magnetization"]
 
 
 def _good_fft_size(n: int) -> int:
@@ -330,16 +323,16 @@ def predict_density(
         ):
             model.to(dev)
     with _torch_threads(threads):
-        f = predict_fourier(structure, shape, model, table)
+        f = predict_fourier(structure, shape, model, table, moments_start=spin_start == "moments")
     mill, nelec = f["mill"], f["n_electrons"]
     atomic = f["magnetization"] is not None and spin_start == "atomic" and f["sad_total"] is not None
     atomic_m = f["magnetization"] is not None and spin_start in ("atomic", "charge")
-    if atomic_m and spin_start == "charge" and f["sad_magnetization"] is None:
-        raise ValueError("spin start 'charge' needs the atomic magnetisation of the reference densities")
+    if f["magnetization"] is not None and spin_start in ("charge", "moments") and f["sad_magnetization"] is None:
+        raise ValueError(f"spin start {spin_start!r} needs the atomic magnetisation of the reference densities")
     tot = f["sad_total"] if atomic else f["total"]
     mag = f["sad_magnetization"] if atomic_m else f["magnetization"]
     if f["magnetization"] is not None and spin_start == "moments":
-        mag = _moment_scaled_magnetization(structure, shape, model, table, f)
+        mag = f["moments_magnetization"]
     if f["magnetization"] is not None and mag is None:
         mag = np.zeros_like(tot)
     total = _to_grid(tot, mill, shape)
