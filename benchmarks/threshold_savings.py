@@ -50,8 +50,8 @@ def counts(row: dict, threshold, conv_thr_per_atom: float) -> tuple[int | None, 
     limit = threshold.cell_ry(row["n_atoms"])
     if limit < conv_thr_per_atom * row["n_atoms"] * (1 - 1e-9):
         return None, None
-    base = iterations_to(row["atomic"], limit)
-    ml = iterations_to(row["ml"], limit)
+    base = iterations_to(row["atomic"], limit, converged=True)
+    ml = iterations_to(row["ml"], limit, converged=row["ml_converged"])
     if base is not None and ml is None and not row["ml_converged"]:
         ml = len(row["ml"]) + base  # never got there: the fallback reruns it from atoms
     return base, ml

@@ -79,14 +79,27 @@ THRESHOLDS: tuple[Threshold, ...] = (
 )
 
 
-def iterations_to(history_ry: Sequence[float], threshold_ry: float) -> int | None:
+#: pw.x prints small accuracies with two significant digits ("2.0E-09"): a run that
+#: converged at ``conv_thr = 2e-9`` may show 2.0E-09 last. A converged history's last value
+#: within this factor of a threshold counts as below it.
+PRINT_ROUNDING = 1.05
+
+
+def iterations_to(history_ry: Sequence[float], threshold_ry: float, converged: bool = False) -> int | None:
     """1-based index of the first iteration with accuracy below ``threshold_ry``.
 
     ``None`` when the history never gets there (the run stopped earlier or diverged).
+    ``converged``: the run converged at its last iteration, so a last value printed as
+    (nearly) the threshold itself counts (:data:`PRINT_ROUNDING`).
+
+    >>> iterations_to([1e-3, 2e-8, 2.0e-9], 2e-9), iterations_to([1e-3, 2e-8, 2.0e-9], 2e-9, converged=True)
+    (None, 3)
     """
     for i, acc in enumerate(history_ry, start=1):
         if acc < threshold_ry:
             return i
+    if converged and history_ry and history_ry[-1] <= threshold_ry * PRINT_ROUNDING:
+        return len(history_ry)
     return None
 
 
@@ -94,9 +107,10 @@ def iterations_by_threshold(
     history_ry: Sequence[float],
     n_atoms: int,
     thresholds: Sequence[Threshold] = THRESHOLDS,
+    converged: bool = False,
 ) -> dict[str, int | None]:
     """Iterations to reach each threshold, read from one accuracy history (Ry per cell)."""
-    return {t.name: iterations_to(history_ry, t.cell_ry(n_atoms)) for t in thresholds}
+    return {t.name: iterations_to(history_ry, t.cell_ry(n_atoms), converged) for t in thresholds}
 
 
 @dataclass(frozen=True)

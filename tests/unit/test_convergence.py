@@ -25,6 +25,16 @@ def test_first_iteration_strictly_below_threshold():
     assert iterations_to([], 1e-6) is None
 
 
+def test_a_converged_run_printed_at_its_threshold_reaches_it():
+    """pw.x printed "2.0E-09" at the iteration it converged with conv_thr = 2e-9 (Fe3P,
+    4 atoms, session 11): the protocol's row of the record must not lose that run."""
+    history = [0.1, 6e-8, 1e-8, 2.0e-9]
+    assert iterations_to(history, 2e-9) is None
+    assert iterations_to(history, 2e-9, converged=True) == 4
+    assert iterations_to(history, 1e-9, converged=True) is None  # tighter: not reached
+    assert iterations_by_threshold(history, 4, converged=True)["protocol"] == 4
+
+
 def test_per_atom_thresholds_scale_with_cell_and_mp_is_in_ry():
     by_name = {t.name: t for t in THRESHOLDS}
     assert by_name["protocol"].cell_ry(8) == pytest.approx(4e-9)

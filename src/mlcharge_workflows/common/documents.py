@@ -126,10 +126,12 @@ def iterations_by_threshold(
     """
     histories: dict[str, list[float]] = {}
     paid: dict[str, int] = {}
+    converged: dict[str, bool] = {}
     for arm in ("baseline", "oracle"):
         if arms[arm] is not None:
             histories[arm] = reader.accuracy_history(arms[arm])
             paid[arm] = 0
+            converged[arm] = bool(reader.converged(arms[arm]))
     if arms["ml"] is not None:
         attempts = reader.ml_attempts(arms["ml"])
         accepted = [a for a in attempts if get_field(a, "rejected") is None]
@@ -137,13 +139,14 @@ def iterations_by_threshold(
             histories["ml"] = list(get_field(accepted[-1], "scf_accuracy_Ry") or [])
             paid["ml"] = sum(get_field(a, "scf_iterations") or 0 for a in attempts
                              if get_field(a, "rejected") is not None)
+            converged["ml"] = bool(get_field(accepted[-1], "converged"))
     if not any(histories.values()):
         return {}
     table = {}
     for t in THRESHOLDS:
         counts = {}
         for arm, history in histories.items():
-            n = iterations_to(history, t.cell_ry(n_atoms)) if history else None
+            n = iterations_to(history, t.cell_ry(n_atoms), converged[arm]) if history else None
             counts[arm] = None if n is None else n + paid[arm]
         table[t.name] = SCFIterations(**counts)
     return table
