@@ -18,8 +18,9 @@ must stay within the convergence threshold). All arms run in the same process, s
 realistic unseen set of ``compare_unseen.py --realistic``, its ``structures/`` folder): the
 structure is kept as given (its ``magmom``, FM or AFM, is the start of every arm, as in
 ``mlcharge compare``), the protocol is ``QEProtocol()`` with ``--protocol`` overrides, and
-there is no oracle arm. An ML start that does not converge counts with its iterations plus
-the atomic start's (what the workflows' fallback pays), and every arm's total
+there is no oracle arm. An ML start the workflows' fallback would rerun (not converged or
+stalled, another magnetic state or energy than the atomic start's: ``FallbackPolicy``)
+counts with its iterations plus the atomic start's, and every arm's total
 magnetisation is compared with the atomic start's (``state_changed``). ML starts are
 stopped when they stall, as the workflows stop them (``FallbackPolicy``'s default
 ``StallRule``; ``stalled_at`` in the row); ``--no-stall-stop`` runs them to
@@ -157,23 +158,41 @@ def run_structures(paths: list[Path], models: dict[str, str | None], nprocs: int
             row["skipped"] = f"the atomic start did not finish: {ref.get('error') or 'not converged'}"
             print(json.dumps(row), flush=True)
             return row
-        for name, out in row["runs"].items():
-            if "iterations" not in out:
-                continue
-            paid = out["iterations"] + (0 if out["converged"] else ref["iterations"])  # the fallback's rerun
-            out["paid_iterations"] = paid
-            out["reduction"] = 1 - paid / ref["iterations"]
-            out["dE_eV"] = out["energy_eV"] - ref["energy_eV"] if out["converged"] else None
-            out["wall_reduction"] = 1 - out["wall_s"] / ref["wall_s"]
-            m0, m1 = ref.get("total_magnetization"), out.get("total_magnetization")
-            out["state_changed"] = (out["converged"] and m0 is not None and m1 is not None
-                                    and abs(m1 - m0) > 0.1)
+        settle(row)
         print(json.dumps(row), flush=True)
         return row
 
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         rows = list(pool.map(one, paths))
     return summarize_structures(rows, protocol.model_dump(mode="json"))
+
+
+def settle(row: dict) -> dict:
+    """What each arm of a finished row pays: its iterations, plus the atomic start's when the
+    workflows' fallback would rerun it (``FallbackPolicy`` against the atomic run: not
+    converged or stalled, another magnetic state, another energy); recorded as ``fallback``."""
+    from mlcharge_workflows.common.fallback import FallbackPolicy, RunSummary
+
+    ref = row["runs"]["atomic"]
+    for name, out in row["runs"].items():
+        if "iterations" not in out:
+            continue
+        reason = None if name == "atomic" else FallbackPolicy().check(
+            RunSummary(converged=out["converged"], scf_iterations=out["iterations"],
+                       energy_eV=out["energy_eV"], total_magnetization=out.get("total_magnetization"),
+                       stall_reason=f"stopped at {out['stalled_at']}" if out.get("stalled_at") else None),
+            row["n_atoms"], reference_energy_eV=ref["energy_eV"],
+            reference_magnetization=ref.get("total_magnetization"))
+        out["fallback"] = reason
+        paid = out["iterations"] + (ref["iterations"] if reason else 0)  # the fallback's rerun
+        out["paid_iterations"] = paid
+        out["reduction"] = 1 - paid / ref["iterations"]
+        out["dE_eV"] = out["energy_eV"] - ref["energy_eV"] if out["converged"] else None
+        out["wall_reduction"] = 1 - out["wall_s"] / ref["wall_s"]
+        m0, m1 = ref.get("total_magnetization"), out.get("total_magnetization")
+        out["state_changed"] = (out["converged"] and m0 is not None and m1 is not None
+                                and abs(m1 - m0) > 0.1)
+    return row
 
 
 def summarize_structures(rows: list[dict], protocol: dict | None = None) -> dict:
@@ -205,6 +224,7 @@ def summarize_structures(rows: list[dict], protocol: dict | None = None) -> dict
             "faster": sum(o["reduction"] > 0 for o in out), "slower": sum(o["reduction"] < 0 for o in out),
             "worse_than_20pct": sum(o["reduction"] < -0.2 for o in out),
             "not_converged": sum(not o["converged"] for o in out),
+            "fallback_reruns": sum(bool(o.get("fallback")) for o in out),
             "stalled_stopped": sum(o.get("stalled_at") is not None for o in out),
             "state_changed": sum(bool(o["state_changed"]) for o in out),
             "max_abs_dE_eV": max((abs(o["dE_eV"]) for o in out if o["dE_eV"] is not None), default=None),
@@ -322,14 +342,15 @@ def run(dataset: str, split: str, limit: int | None, models: dict[str, str | Non
 
 
 def _cell(out: dict | None) -> str:
-    """Iterations of one run (``a+b`` when an unconverged ML start paid the atomic rerun)."""
+    """Iterations of one run, and what it paid with the fallback's rerun from atoms."""
     if not out:
         return ""
     if "iterations" not in out:
         return "error"
     text = str(out["iterations"])
     if out.get("paid_iterations", out["iterations"]) != out["iterations"]:
-        text += f" (not converged: {out['paid_iterations']})"
+        why = (out.get("fallback") or "not converged").split(":")[0]
+        text += f" ({why}, paid {out['paid_iterations']})"
     return text + (" (other state)" if out.get("state_changed") else "")
 
 
@@ -391,6 +412,7 @@ def main() -> None:
     spins = ("atomic", "model") if args.spin == "both" else (args.spin,)
     if args.summarize:  # the rows a --structures run printed (one JSON line each), finished or not
         rows = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.startswith('{"id"')]
+        rows = [r if "skipped" in r else settle(r) for r in rows]  # the fallback rule of this version
         result = summarize_structures(rows)
         print(json.dumps(result["summary"], indent=1))
         print(markdown(result))

@@ -238,21 +238,3 @@ def test_moments_spin_start_is_the_atomic_m_scaled_to_the_learned_moments(model)
     assert predict_density(s.copy(site_properties={"magmom": [0, 0, 0]}), (20, 20, 20), model,
                            spin="moments").metadata["site_moments"] is None
 
-
-def test_quench_spin_start_takes_the_learned_moment_only_where_it_collapses(model, monkeypatch):
-    """``spin="quench"``: the starting moment, except on atoms whose learned moment is below
-    QUENCH_FRACTION of it; those start at the learned one. Atoms without a starting moment
-    keep none. (The untrained test model's moments follow its starting moments, so the
-    learned moments are set here: 0.1 μB collapses from a 2 μB start, 1.5 μB does not.)"""
-    from mlcharge_workflows.model.predict import QUENCH_FRACTION
-
-    s = sic_structure().copy(site_properties={"magmom": [0, 0, 2.0]})
-    for learned in (0.1, 1.5):
-        monkeypatch.setattr(model, "site_moments", lambda cell, coeffs=None, m=learned: np.array([0.02, -0.02, m]))
-        out = predict_density(s, (20, 20, 20), model, spin="quench", clip=False)
-        assert out.metadata["spin_start"] == "quench" and out.metadata["site_moments"][2] == learned
-        chosen = [0.0, 0.0, learned if learned < QUENCH_FRACTION * 2.0 else 2.0]
-        expected = predict_density(s.copy(site_properties={"magmom": chosen}), (20, 20, 20), model,
-                                   spin="atomic", clip=False)
-        np.testing.assert_allclose(out.magnetization, expected.magnetization, atol=1e-8)
-    assert out.total_magnetization == pytest.approx(2.0, abs=1e-4)  # 1.5 μB learned: the 2 μB start

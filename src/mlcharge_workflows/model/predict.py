@@ -182,10 +182,9 @@ def predict_fourier(
     Keys: ``mill``, ``total``, ``magnetization`` (None for non-magnetic cells), ``sad_total``,
     ``sad_magnetization`` (the atomic superposition alone, None without SAD), ``n_electrons``,
     ``site_moments`` (μB per atom of the learned magnetisation; None for non-magnetic cells),
-    and with ``moments_start`` (``"moments"`` or ``"quench"``, the spin starts of those names)
-    ``moments_magnetization``: the atomic magnetisation with those moments (``"quench"``: only
-    where the learned moment is below :data:`QUENCH_FRACTION` of the starting one, else the
-    starting moment) as the starting moments.
+    and with ``moments_start`` (``"moments"``, the spin start of that name)
+    ``moments_magnetization``: the atomic magnetisation with those moments as the starting
+    moments.
     ``reference``: the atomic table (see :func:`reference_table`; None: the training one).
     The G vectors evaluated are the model's density sphere, and up to a reference's own
     range where it is larger (VASP superposes its POTCAR tables on the whole grid).
@@ -208,11 +207,7 @@ def predict_fourier(
         moments = model.site_moments(cell, coeffs) if cell.spin else None
         scaled = None
         if moments_start and cell.spin:
-            chosen = moments
-            if moments_start == "quench":
-                start = cell.moments * model.table.z_valence[cell.species]
-                chosen = np.where(np.abs(moments) < QUENCH_FRACTION * np.abs(start), moments, start)
-            scaled = model.atomic_magnetization(cell, chosen)
+            scaled = model.atomic_magnetization(cell, moments)
     out = {"mill": mill, "n_electrons": cell.n_electrons, "site_moments": moments}
     zero = np.flatnonzero((mill == 0).all(axis=1))
     names = ("total", "magnetization", "sad_total", "sad_magnetization", "moments_magnetization")
@@ -232,11 +227,7 @@ def predict_fourier(
 #: superposition with the starting moments); ``charge``: the learned rho with the atomic m;
 #: ``moments``: the learned rho with the atomic m scaled to each atom's learned moment (the
 #: learned m's per-atom integrals, without its orbital shape).
-#: ``quench`` (experimental): the learned rho with the atomic m at the starting moments, except
-#: the atoms whose learned moment is below ``QUENCH_FRACTION`` of their starting moment,
-#: which start at the learned one (the model says the moment collapses).
-SPIN_STARTS = ("model", "atomic", "charge", "moments", "quench")
-QUENCH_FRACTION = 0.25
+SPIN_STARTS = ("model", "atomic", "charge", "moments")
 
 
 def _spin_start(value: str | None, model: DensityModel | None = None) -> str:
@@ -336,15 +327,15 @@ def predict_density(
             model.to(dev)
     with _torch_threads(threads):
         f = predict_fourier(structure, shape, model, table,
-                            moments_start=spin_start if spin_start in ("moments", "quench") else None)
+                            moments_start=spin_start if spin_start == "moments" else None)
     mill, nelec = f["mill"], f["n_electrons"]
     atomic = f["magnetization"] is not None and spin_start == "atomic" and f["sad_total"] is not None
     atomic_m = f["magnetization"] is not None and spin_start in ("atomic", "charge")
-    if f["magnetization"] is not None and spin_start in ("charge", "moments", "quench") and f["sad_magnetization"] is None:
+    if f["magnetization"] is not None and spin_start in ("charge", "moments") and f["sad_magnetization"] is None:
         raise ValueError(f"spin start {spin_start!r} needs the atomic magnetisation of the reference densities")
     tot = f["sad_total"] if atomic else f["total"]
     mag = f["sad_magnetization"] if atomic_m else f["magnetization"]
-    if f["magnetization"] is not None and spin_start in ("moments", "quench"):
+    if f["magnetization"] is not None and spin_start == "moments":
         mag = f["moments_magnetization"]
     if f["magnetization"] is not None and mag is None:
         mag = np.zeros_like(tot)
