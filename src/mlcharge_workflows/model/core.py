@@ -228,12 +228,14 @@ class DensityModel(torch.nn.Module):
     def attach_mill(self, cell: Cell, mill: np.ndarray) -> Cell:
         """Set the G vectors at which ``cell`` is evaluated."""
         cell.mill = np.asarray(mill, dtype=np.int64).reshape(-1, 3)
-        lmax = max(self.layout.lmax, self.mag_layout.lmax if self.mag_layout.n_radial else 0)
-        cell.geom = ReciprocalGeometry(
-            cell.lattice, cell.frac, cell.mill, lmax, dtype=self.log_alpha.dtype,
-            device=self.log_alpha.device,
-        )
+        cell.geom = self._geometry(cell, cell.mill)
         return cell
+
+    def _geometry(self, cell: Cell, mill: np.ndarray) -> ReciprocalGeometry:
+        """Phases and spherical harmonics of ``cell``'s atoms at the G vectors ``mill``."""
+        lmax = max(self.layout.lmax, self.mag_layout.lmax if self.mag_layout.n_radial else 0)
+        return ReciprocalGeometry(cell.lattice, cell.frac, mill, lmax, dtype=self.log_alpha.dtype,
+                                  device=self.log_alpha.device)
 
     def _sad_form(self, cell: Cell, species: int) -> torch.Tensor:
         """``F_s(|G|)`` (electrons) at every G of the cell, kept in the cell's geometry."""
@@ -329,18 +331,16 @@ class DensityModel(torch.nn.Module):
             return moments
         if coeffs is None:
             coeffs = self.orbital_coefficients([cell])[0]
-        geom = ReciprocalGeometry(cell.lattice, cell.frac, np.zeros((1, 3), dtype=np.int64),
-                                  max(self.layout.lmax, self.mag_layout.lmax if self.mag_layout.n_radial else 0),
-                                  dtype=self.log_alpha.dtype, device=self.log_alpha.device)
+        geom = self._geometry(cell, np.zeros((1, 3), dtype=np.int64))
         table = self.table if cell.table is None else cell.table
         alphas_mag = self.alphas(True)
         with torch.no_grad():
-            for i, s in enumerate(cell.species):
+            for s in np.unique(cell.species):
                 form = torch.as_tensor(table(int(s), geom.q_np), dtype=geom.dtype, device=geom.device) \
                     if self.config.use_sad else None
-                term, _ = self._magnetization_term(cell, coeffs[1], int(s), np.array([i]), alphas_mag, form)
-                value = species_fourier(geom, np.array([i]), [term])[0]
-                moments[i] = float(value[0].real) * cell.volume
+                for i in np.flatnonzero(cell.species == s):
+                    term, _ = self._magnetization_term(cell, coeffs[1], int(s), np.array([i]), alphas_mag, form)
+                    moments[i] = float(species_fourier(geom, np.array([i]), [term])[0][0].real) * cell.volume
         return moments
 
     def atomic_magnetization(self, cell: Cell, moments: np.ndarray) -> torch.Tensor:

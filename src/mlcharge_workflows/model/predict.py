@@ -175,16 +175,15 @@ def predict_fourier(
     shape: tuple[int, int, int],
     model: DensityModel,
     reference: AtomicDensityTable | None = None,
-    moments_start: str | None = None,
+    moments_start: bool = False,
 ) -> dict:
     """Unclipped coefficients on half of a grid's G box.
 
     Keys: ``mill``, ``total``, ``magnetization`` (None for non-magnetic cells), ``sad_total``,
     ``sad_magnetization`` (the atomic superposition alone, None without SAD), ``n_electrons``,
     ``site_moments`` (μB per atom of the learned magnetisation; None for non-magnetic cells),
-    and with ``moments_start`` (``"moments"``, the spin start of that name)
-    ``moments_magnetization``: the atomic magnetisation with those moments as the starting
-    moments.
+    and with ``moments_start`` ``moments_magnetization``: the atomic magnetisation with those
+    moments as the starting moments (spin start ``"moments"``).
     ``reference``: the atomic table (see :func:`reference_table`; None: the training one).
     The G vectors evaluated are the model's density sphere, and up to a reference's own
     range where it is larger (VASP superposes its POTCAR tables on the whole grid).
@@ -205,9 +204,7 @@ def predict_fourier(
         coeffs = model.orbital_coefficients([cell])[0]
         tot, mag = model.fourier(cell, coeffs=coeffs, sad_out=sad)
         moments = model.site_moments(cell, coeffs) if cell.spin else None
-        scaled = None
-        if moments_start and cell.spin:
-            scaled = model.atomic_magnetization(cell, moments)
+        scaled = model.atomic_magnetization(cell, moments) if moments_start and cell.spin else None
     out = {"mill": mill, "n_electrons": cell.n_electrons, "site_moments": moments}
     zero = np.flatnonzero((mill == 0).all(axis=1))
     names = ("total", "magnetization", "sad_total", "sad_magnetization", "moments_magnetization")
@@ -326,8 +323,7 @@ def predict_density(
         ):
             model.to(dev)
     with _torch_threads(threads):
-        f = predict_fourier(structure, shape, model, table,
-                            moments_start=spin_start if spin_start == "moments" else None)
+        f = predict_fourier(structure, shape, model, table, moments_start=spin_start == "moments")
     mill, nelec = f["mill"], f["n_electrons"]
     atomic = f["magnetization"] is not None and spin_start == "atomic" and f["sad_total"] is not None
     atomic_m = f["magnetization"] is not None and spin_start in ("atomic", "charge")
