@@ -238,39 +238,3 @@ def test_moments_spin_start_is_the_atomic_m_scaled_to_the_learned_moments(model)
     assert predict_density(s.copy(site_properties={"magmom": [0, 0, 0]}), (20, 20, 20), model,
                            spin="moments").metadata["site_moments"] is None
 
-
-
-def test_clamped_moments_keep_each_start_between_the_floor_and_pw_x_start():
-    """The learned moment times the gain, along the start's sign, never below the floor
-    fraction of the starting moment nor above it; atoms without a start stay at zero."""
-    from mlcharge_workflows.model.predict import clamped_moments
-
-    start = np.array([3.2, 3.0, -3.0, 3.0, 0.0, 2.0])
-    learned = np.array([2.0, 0.1, -2.0, -1.0, 0.7, 9.0])
-    got = clamped_moments(learned, start, gain=1.25, floor=0.4)
-    np.testing.assert_allclose(got, [2.5, 1.2, -2.5, 1.2, 0.0, 2.0])
-    with pytest.raises(ValueError, match="shape"):
-        clamped_moments(learned[:2], start)
-
-
-def test_clamped_spin_start_puts_the_clamped_moments_on_the_atomic_shape(model):
-    """``spin="clamped"``: the atomic magnetisation with :func:`clamped_moments` of the learned
-    moments as starting moments, the learned rho; the moments are recorded."""
-    from mlcharge_workflows.model.predict import clamped_moments
-
-    s = sic_structure()
-    scaled = predict_density(s, (20, 20, 20), model, spin="moments", clip=False)
-    clamped = predict_density(s, (20, 20, 20), model, spin="clamped", clip=False)
-    assert clamped.metadata["spin_start"] == "clamped"
-    learned = np.array(clamped.metadata["site_moments"])
-    np.testing.assert_allclose(learned, scaled.metadata["site_moments"], atol=1e-10)
-    cell = model.prepare(s)
-    start = cell.moments * model.table.z_valence[cell.species]
-    want = clamped_moments(learned, start)
-    np.testing.assert_allclose(clamped.metadata["start_moments"], want, atol=1e-10)
-    assert clamped.total_magnetization == pytest.approx(want.sum(), abs=1e-5)
-    np.testing.assert_allclose(clamped.total, scaled.total, atol=1e-10)
-    atomic = predict_density(s.copy(site_properties={"magmom": list(want)}), (20, 20, 20), model,
-                             spin="atomic", clip=False)
-    np.testing.assert_allclose(clamped.magnetization, atomic.magnetization, atol=1e-8)
-    assert scaled.metadata["start_moments"] is None

@@ -75,7 +75,7 @@ def predict(
     model_path: Path | None = typer.Option(None, "--model", help="Weights file (default: shipped)."),
     spin: str | None = typer.Option(
         None, "--spin", help="Magnetic cells: 'charge' (learned rho, pw.x's atomic m), 'model' (learned rho and m), "
-        "'moments' / 'clamped' (learned rho, atomic m at the learned / clamped per-atom moments) or "
+        "'moments' (learned rho, atomic m at each atom's learned moment) or "
         "'atomic' (pw.x's own start); default: MLCHARGE_MODEL_SPIN, else the weights' recorded default."
     ),
     overwrite: bool = options.overwrite("a density already written at --output"),

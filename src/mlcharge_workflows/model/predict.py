@@ -175,16 +175,15 @@ def predict_fourier(
     shape: tuple[int, int, int],
     model: DensityModel,
     reference: AtomicDensityTable | None = None,
-    moments_start: str | None = None,
+    moments_start: bool = False,
 ) -> dict:
     """Unclipped coefficients on half of a grid's G box.
 
     Keys: ``mill``, ``total``, ``magnetization`` (None for non-magnetic cells), ``sad_total``,
     ``sad_magnetization`` (the atomic superposition alone, None without SAD), ``n_electrons``,
     ``site_moments`` (μB per atom of the learned magnetisation; None for non-magnetic cells),
-    and with ``moments_start`` (``"moments"`` or ``"clamped"``, the spin starts of those names)
-    ``moments_magnetization``: the atomic magnetisation with those moments, or with
-    :func:`clamped_moments` of them, as the starting moments.
+    and with ``moments_start`` ``moments_magnetization``: the atomic magnetisation with those
+    moments as the starting moments (spin start ``"moments"``).
     ``reference``: the atomic table (see :func:`reference_table`; None: the training one).
     The G vectors evaluated are the model's density sphere, and up to a reference's own
     range where it is larger (VASP superposes its POTCAR tables on the whole grid).
@@ -205,17 +204,8 @@ def predict_fourier(
         coeffs = model.orbital_coefficients([cell])[0]
         tot, mag = model.fourier(cell, coeffs=coeffs, sad_out=sad)
         moments = model.site_moments(cell, coeffs) if cell.spin else None
-        scaled = start_moments = None
-        if moments_start and cell.spin:
-            start_moments = moments
-            if moments_start == "clamped":
-                start = cell.moments * model.table.z_valence[cell.species]  # μB, as the model sees them
-                start_moments = clamped_moments(moments, start)
-            elif moments_start != "moments":
-                raise ValueError(f"moments_start must be 'moments' or 'clamped', got {moments_start!r}")
-            scaled = model.atomic_magnetization(cell, start_moments)
-    out = {"mill": mill, "n_electrons": cell.n_electrons, "site_moments": moments,
-           "start_moments": start_moments}
+        scaled = model.atomic_magnetization(cell, moments) if moments_start and cell.spin else None
+    out = {"mill": mill, "n_electrons": cell.n_electrons, "site_moments": moments}
     zero = np.flatnonzero((mill == 0).all(axis=1))
     names = ("total", "magnetization", "sad_total", "sad_magnetization", "moments_magnetization")
     for name, value in zip(names, [tot, mag] + (sad or [None, None]) + [scaled]):
@@ -233,39 +223,8 @@ def predict_fourier(
 #: ``model``: the learned rho and m; ``atomic``: pw.x's own start for both (the atomic
 #: superposition with the starting moments); ``charge``: the learned rho with the atomic m;
 #: ``moments``: the learned rho with the atomic m scaled to each atom's learned moment (the
-#: learned m's per-atom integrals, without its orbital shape); ``clamped``: the same with
-#: each moment from :func:`clamped_moments`.
-SPIN_STARTS = ("model", "atomic", "charge", "moments", "clamped")
-
-#: :func:`clamped_moments`: the learned moment's gain and the floor, as a fraction of the
-#: starting moment. On the shipped model's 53 spin-polarised test records the learned cell
-#: moments are a median 0.80 of the converged ones (38 below), pw.x's starting moments 5.4
-#: times too large (|ΔM| median 3.3 μB/cell); gain 1.25 with floor 0.4 starts 6 below,
-#: none below 0.6 of the converged moment, |ΔM| median 0.58 μB/cell
-#: (benchmarks/training/spin_scores.py).
-CLAMP_GAIN, CLAMP_FLOOR = 1.25, 0.4
-
-
-def clamped_moments(
-    learned: np.ndarray, starting: np.ndarray, gain: float = CLAMP_GAIN, floor: float = CLAMP_FLOOR
-) -> np.ndarray:
-    """Per-atom starting moments (μB) from the learned ones, kept on the safe side.
-
-    Each atom starts at ``gain`` times its learned moment along its starting moment's sign,
-    clipped to ``[floor, 1]`` times the starting moment's size: the learned moments of
-    magnetic atoms are mostly too small, and an SCF started below the converged moment
-    converges slower (or into a non-magnetic state) than one started above it, so the start
-    never falls below ``floor`` of pw.x's and never exceeds it. Atoms without a starting
-    moment stay at zero.
-
-    >>> clamped_moments(np.array([2.0, 0.1, -0.5, 3.0]), np.array([3.2, 3.0, 3.0, 0.0])).round(2)
-    array([2.5, 1.2, 1.2, 0. ])
-    """
-    learned, starting = np.asarray(learned, dtype=float), np.asarray(starting, dtype=float)
-    if learned.shape != starting.shape:
-        raise ValueError(f"learned and starting moments differ in shape: {learned.shape} vs {starting.shape}")
-    sign, size = np.sign(starting), np.abs(starting)
-    return sign * np.clip(gain * learned * sign, floor * size, size)
+#: learned m's per-atom integrals, without its orbital shape).
+SPIN_STARTS = ("model", "atomic", "charge", "moments")
 
 
 def _spin_start(value: str | None, model: DensityModel | None = None) -> str:
@@ -336,8 +295,7 @@ def predict_density(
         ``"atomic"`` returns the starting-moment superposition of atomic densities for both,
         i.e. pw.x's own start; ``"charge"`` the learned rho with that atomic m; ``"moments"``
         the learned rho with the atomic m scaled to each atom's learned moment
-        (``metadata['site_moments']``); ``"clamped"`` the same with the moments of
-        :func:`clamped_moments` (``metadata['start_moments']``). None: ``MLCHARGE_MODEL_SPIN``, else the default recorded in
+        (``metadata['site_moments']``). None: ``MLCHARGE_MODEL_SPIN``, else the default recorded in
         the weights (``metadata['spin_start_default']``; the shipped weights say which their
         SCF benchmark favoured, docs/model-card.md), else ``"atomic"``.
     threads
@@ -365,17 +323,15 @@ def predict_density(
         ):
             model.to(dev)
     with _torch_threads(threads):
-        f = predict_fourier(structure, shape, model, table,
-                            moments_start=spin_start if spin_start in ("moments", "clamped") else None)
+        f = predict_fourier(structure, shape, model, table, moments_start=spin_start == "moments")
     mill, nelec = f["mill"], f["n_electrons"]
     atomic = f["magnetization"] is not None and spin_start == "atomic" and f["sad_total"] is not None
     atomic_m = f["magnetization"] is not None and spin_start in ("atomic", "charge")
-    if f["magnetization"] is not None and spin_start in ("charge", "moments", "clamped") \
-            and f["sad_magnetization"] is None:
+    if f["magnetization"] is not None and spin_start in ("charge", "moments") and f["sad_magnetization"] is None:
         raise ValueError(f"spin start {spin_start!r} needs the atomic magnetisation of the reference densities")
     tot = f["sad_total"] if atomic else f["total"]
     mag = f["sad_magnetization"] if atomic_m else f["magnetization"]
-    if f["magnetization"] is not None and spin_start in ("moments", "clamped"):
+    if f["magnetization"] is not None and spin_start == "moments":
         mag = f["moments_magnetization"]
     if f["magnetization"] is not None and mag is None:
         mag = np.zeros_like(tot)
@@ -399,8 +355,6 @@ def predict_density(
         "clipped_electrons": clipped,
         "spin_start": None if f["magnetization"] is None else spin_start,
         "site_moments": None if f["site_moments"] is None else [float(m) for m in f["site_moments"]],
-        "start_moments": None if f["start_moments"] is None or spin_start != "clamped"
-        else [float(m) for m in f["start_moments"]],
         "reference": reference_metadata(model, table, structure),
         "device": dev,
         "seconds": time.perf_counter() - t0,
