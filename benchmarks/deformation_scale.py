@@ -22,7 +22,7 @@ import torch
 from mlcharge_workflows.model.io import load_weights
 from mlcharge_workflows.training.evaluate import _written_density, pwx_ecut_ry, sad_grid
 from mlcharge_workflows.training.metrics import geometric_mean, nmape, scf_error_terms
-from mlcharge_workflows.training.train import TrainConfig, load_records, prepare_sample, record_reference
+from mlcharge_workflows.training.train import TrainConfig, load_splits, prepare_sample, record_reference
 
 ALPHAS = (0.8, 1.0, 1.1, 1.2, 1.3, 1.5, 1.7)
 
@@ -31,10 +31,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     cfg, model, split = TrainConfig.from_yaml(argv[0]), load_weights(argv[1]), argv[2]
     errors_l1, errors_scf = [], []
-    for rec in load_records(cfg, log=lambda _: None)[split]:
-        if "magmom" in rec.structure.site_properties:
-            rec.structure = rec.structure.copy()
-            rec.structure.remove_site_property("magmom")
+    for rec in load_splits(cfg, log=lambda _: None)[split]:
         ref = record_reference(model.table, rec, {})
         sample = prepare_sample(model, rec, cfg.q_core, ref)
         ml, _ = _written_density(model, sample, spin=False)

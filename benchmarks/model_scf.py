@@ -195,6 +195,11 @@ def settle(row: dict) -> dict:
     return row
 
 
+def _atomic_spin_start(run: dict, row: dict) -> bool:
+    """An arm that wrote pw.x's own atomic start for a magnetic cell: a run from atoms, not ML."""
+    return bool(row["magnetic"]) and run.get("spin_start") == "atomic"
+
+
 def summarize_structures(rows: list[dict], protocol: dict | None = None) -> dict:
     """Summary of ``run_structures`` rows (also of the rows a run printed so far: ``--summarize``)."""
     done = [r for r in rows if "skipped" not in r]
@@ -208,14 +213,11 @@ def summarize_structures(rows: list[dict], protocol: dict | None = None) -> dict
                "reference": "atomic",
                "median_reference_iterations": med([r["runs"]["atomic"]["iterations"] for r in done]),
                "runs": {}}
-    def atomic_start(run: dict, row: dict) -> bool:  # pw.x's own start written to a file: not ML
-        return bool(row["magnetic"]) and run.get("spin_start") == "atomic"
-
     for name in names:
         sel = [r for r in done if "reduction" in r["runs"].get(name, {})]
-        excluded = sum(atomic_start(r["runs"][name], r) for r in sel) if name != "atomic" else 0
+        excluded = sum(_atomic_spin_start(r["runs"][name], r) for r in sel) if name != "atomic" else 0
         if name != "atomic":
-            sel = [r for r in sel if not atomic_start(r["runs"][name], r)]
+            sel = [r for r in sel if not _atomic_spin_start(r["runs"][name], r)]
         out = [r["runs"][name] for r in sel]
         base = [r["runs"]["atomic"]["iterations"] for r in sel]
         paid = [o["paid_iterations"] for o in out]
@@ -348,14 +350,15 @@ def run(dataset: str, split: str, limit: int | None, models: dict[str, str | Non
     return {"summary": summary, "rows": rows}
 
 
-def _cell(out: dict | None) -> str:
-    """Iterations of one run, and what it paid with the fallback's rerun from atoms."""
+def _cell(out: dict | None, not_ml: bool = False) -> str:
+    """Iterations of one run, and what it paid with the fallback's rerun from atoms;
+    ``not_ml``: the run started from pw.x's own atomic start (an ``atomic`` arm of a magnetic cell)."""
     if not out:
         return ""
     if "iterations" not in out:
         return "error"
     text = str(out["iterations"])
-    if out.get("spin_start") == "atomic" and out.get("magnetic_row"):
+    if not_ml:
         return text + " (atomic spin start: not ML)"
     if out.get("paid_iterations", out["iterations"]) != out["iterations"]:
         why = (out.get("fallback") or "not converged").split(":")[0]
@@ -369,8 +372,8 @@ def markdown(result: dict) -> str:
     names = list(result["summary"]["runs"])
     lines = ["| structure | atoms | magnetic | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
     for r in done:
-        cells = [_cell(None if r["runs"].get(n) is None else
-                       {**r["runs"][n], "magnetic_row": bool(r["magnetic"]) and n != "atomic"}) for n in names]
+        cells = [_cell(r["runs"].get(n), n != "atomic" and _atomic_spin_start(r["runs"].get(n) or {}, r))
+                 for n in names]
         lines.append(f"| {r['id']} | {r['n_atoms']} | {'yes' if r['magnetic'] else ''} | " + " | ".join(cells) + " |")
     runs = result["summary"]["runs"]
     for key, label in (("median_reduction", "median saved (iterations)"),

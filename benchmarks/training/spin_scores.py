@@ -28,7 +28,7 @@ import torch
 from mlcharge_workflows.model.io import load_weights
 from mlcharge_workflows.training.evaluate import pwx_ecut_ry
 from mlcharge_workflows.training.metrics import geometric_mean, scf_error_coefficients
-from mlcharge_workflows.training.train import TrainConfig, load_records, prepare_sample, record_reference
+from mlcharge_workflows.training.train import TrainConfig, load_splits, prepare_sample, record_reference
 
 STARTS = ("atomic", "charge", "learned")
 
@@ -38,10 +38,7 @@ def main(argv: list[str]) -> int:
     cfg, model = TrainConfig.from_yaml(argv[0]), load_weights(argv[1])
     split = argv[2] if len(argv) > 2 else "test"
     rows, moments = [], []
-    for rec in load_records(cfg, log=lambda _: None)[split]:
-        if "magmom" in rec.structure.site_properties:
-            rec.structure = rec.structure.copy()
-            rec.structure.remove_site_property("magmom")
+    for rec in load_splits(cfg, log=lambda _: None)[split]:
         ref = record_reference(model.table, rec, {})
         s = prepare_sample(model, rec, cfg.q_core, ref)
         if s.target_mag is None or not s.cell.spin:

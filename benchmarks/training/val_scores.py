@@ -21,17 +21,14 @@ import numpy as np
 from mlcharge_workflows.model.io import load_weights
 from mlcharge_workflows.training.evaluate import pwx_ecut_ry, validation_scores
 from mlcharge_workflows.training.metrics import geometric_mean, nmape, scf_error_terms
-from mlcharge_workflows.training.train import TrainConfig, load_records, prepare_sample, record_reference, sad_grid
+from mlcharge_workflows.training.train import TrainConfig, load_splits, prepare_sample, record_reference, sad_grid
 
 
 def main(argv: list[str]) -> int:
     cfg = TrainConfig.from_yaml(argv[0])
     model = load_weights(argv[1] if len(argv) > 1 else Path(cfg.output) / "model.pt")
     rows = []
-    for rec in load_records(cfg, log=lambda _: None)["val"]:
-        if "magmom" in rec.structure.site_properties:
-            rec.structure = rec.structure.copy()
-            rec.structure.remove_site_property("magmom")
+    for rec in load_splits(cfg, log=lambda _: None)["val"]:
         ref = record_reference(model.table, rec, {})
         scores = validation_scores(model, prepare_sample(model, rec, cfg.q_core, ref))
         true, sad = rec.to_grid(), sad_grid(model, rec, ref)

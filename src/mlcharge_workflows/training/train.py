@@ -107,8 +107,9 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _load_splits(cfg: TrainConfig, log) -> dict[str, list[DensityRecord]]:
-    """The records by split; without ``record_magmom`` stripped of their ``magmom``."""
+def load_splits(cfg: TrainConfig, log) -> dict[str, list[DensityRecord]]:
+    """The records by split as training sees them: without ``record_magmom`` stripped of their
+    ``magmom`` (the protocol's starting moments then apply, as in the workflows)."""
     splits = load_records(cfg, log)
     if not cfg.record_magmom:
         for rec in splits["train"] + splits["val"] + splits["test"]:
@@ -382,7 +383,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)
 
-    splits = _load_splits(cfg, log)
+    splits = load_splits(cfg, log)
     model = _build_model(cfg, splits["train"] + splits["val"] + splits["test"], out, device, log)
     log(
         f"data: {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test "
